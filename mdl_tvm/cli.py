@@ -1,0 +1,144 @@
+"""The `mdl-tvm` command line.
+
+    mdl-tvm compile MODEL --target arm64 -o out.so   # ONNX file or zoo name
+    mdl-tvm info ARTIFACT.so
+    mdl-tvm targets
+    mdl-tvm demo                                     # the embedded default job
+    mdl-tvm device ... / mdl-tvm tracker ...         # the emulated phone (deploy/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import MdlError
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.replace("x", ",").split(",") if d)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shape must look like 1,3,224,224, got {text!r}"
+        ) from None
+
+
+def _cmd_compile(args) -> int:
+    from . import zoo
+    from .compiled import compile as compile_model
+
+    if args.model in zoo.MODELS:
+        shape = args.input_shape or zoo.INPUT_SHAPES[args.model]
+        model = zoo.build(args.model)
+        if args.weights:
+            import torch
+
+            model.load_state_dict(torch.load(args.weights, weights_only=True))
+        shapes = [shape]
+    elif os.path.exists(args.model) or args.model.endswith(".onnx"):
+        model = args.model
+        shapes = [args.input_shape] if args.input_shape else None
+    else:
+        raise ValueError(
+            f"{args.model!r} is neither a file nor a zoo model; zoo models: "
+            f"{', '.join(zoo.MODELS)}"
+        )
+    compiled = compile_model(model, target=args.target, input_shapes=shapes)
+    path = compiled.export(args.output)
+    print(f"wrote {path} ({os.path.getsize(path):,} bytes) for target {args.target}")
+    _print_summary(compiled.summary())
+    return 0
+
+
+def _print_summary(meta: dict) -> None:
+    stats = meta["stats"]
+    print(f"  target      {meta['target']} ({meta['mtriple']}"
+          f"{' ' + meta['mcpu'] if meta.get('mcpu') else ''})")
+    for spec in meta["inputs"]:
+        print(f"  input       {spec['name']} {tuple(spec['shape'])} {spec['dtype']}")
+    for i, spec in enumerate(meta["outputs"]):
+        print(f"  output {i}    {tuple(spec['shape'])} {spec['dtype']}")
+    print(f"  weights     {stats['weight_bytes']:,} bytes in {stats['num_weights']} tensors")
+    print(f"  MACs        {stats['macs']:,}")
+    ops = ", ".join(f"{k} {v}" for k, v in stats["op_counts"].items())
+    print(f"  ops         {ops}")
+
+
+def _cmd_info(args) -> int:
+    from .artifact import read_metadata
+
+    meta = read_metadata(args.artifact)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        print(f"{args.artifact}: {os.path.getsize(args.artifact):,} bytes")
+        _print_summary(meta)
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from .targets import PROFILES
+
+    width = max(len(n) for n in PROFILES)
+    for name, profile in PROFILES.items():
+        fp16 = "fp16" if profile.fp16_arith else "    "
+        print(f"{name:<{width}}  {fp16}  {profile.description}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(phone=not args.no_phone, epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdl-tvm", description="MobileDL on TVM: compile networks for 64-bit ARM phones"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile an ONNX file or zoo model to a device library")
+    p.add_argument("model", help="ONNX file or zoo model name")
+    p.add_argument("--target", default="arm64", help="target profile (see `mdl-tvm targets`)")
+    p.add_argument("-o", "--output", required=True, help="output library path (.so)")
+    p.add_argument("--input-shape", type=_parse_shape, help="e.g. 1,3,224,224")
+    p.add_argument("--weights", help="state_dict (.pt) for a zoo model")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("info", help="show what an exported library holds")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("targets", help="list target profiles")
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("demo", help="train, compile and run a CNN end to end (no arguments)")
+    p.add_argument("--no-phone", action="store_true", help="skip the emulated arm64 phone")
+    p.add_argument("--epochs", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
+
+    try:
+        from deploy import cli as deploy_cli
+    except ImportError:
+        deploy_cli = None
+    if deploy_cli is not None and hasattr(deploy_cli, "register"):
+        deploy_cli.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MdlError, ValueError, TypeError, FileNotFoundError) as err:
+        print(f"mdl-tvm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""`compile` and `load`: the public entry points, and the `CompiledModel` they return."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .artifact import export_library, read_metadata
+from .errors import InputSpecError, UnknownTargetError
+from .graph_stats import GraphStats, graph_stats
+from .importers import InputSpec, import_model
+from .pipeline import BuildState, run_pipeline
+from .targets import TargetProfile, get_profile
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+def _output_specs(mod) -> list[OutputSpec]:
+    ret = mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else mod["main"].body.ty
+    fields = getattr(ret, "fields", None) or [ret]
+    specs = []
+    for ty in fields:
+        shape = getattr(ty, "shape", None)
+        dims = tuple(int(d) for d in shape) if shape is not None else ()
+        specs.append(OutputSpec(dims, str(getattr(ty, "dtype", "float32"))))
+    return specs
+
+
+class CompiledModel:
+    """A model compiled for one target profile.
+
+    Created by `mdl_tvm.compile` (holds the executable) or `mdl_tvm.load` (holds the
+    loaded library). `run` works when the profile is this machine's; `export` writes the
+    device library for any profile.
+    """
+
+    def __init__(self, profile: TargetProfile, inputs: list[InputSpec],
+                 outputs: list[OutputSpec], stats: GraphStats, executable=None,
+                 library=None, relax_module=None, timings=None, source="relax"):
+        self.profile = profile
+        self.inputs = inputs
+        self.outputs = outputs
+        self.stats = stats
+        self.executable = executable
+        self.relax_module = relax_module
+        self.timings = dict(timings or {})
+        self.source = source
+        self._library = library
+        self._vm = None
+
+    # -- metadata ---------------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "format": 1,
+            "target": self.profile.name,
+            "mtriple": self.profile.mtriple,
+            "mcpu": self.profile.mcpu,
+            "mattr": list(self.profile.mattr),
+            "source": self.source,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "stats": self.stats.to_json(),
+        }
+
+    def summary(self) -> dict:
+        """Target, inputs, outputs, weight bytes, MACs and operator counts."""
+        meta = self.metadata()
+        meta["compile_seconds"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return meta
+
+    # -- export -----------------------------------------------------------------------
+    def export(self, path: str) -> str:
+        """Write one shared library the target device loads; returns the absolute path.
+
+        The write is atomic: on failure nothing is left at `path`.
+        """
+        if self.executable is None:
+            raise ValueError("this model was loaded from a library; it is already exported")
+        return export_library(self.executable, path, self.metadata(), self.profile.compiler())
+
+    # -- run --------------------------------------------------------------------------
+    def _machine(self):
+        import tvm
+        from tvm import relax
+
+        if self._vm is None:
+            if not self.profile.is_host:
+                raise UnknownTargetError(
+                    f"this model is compiled for {self.profile.name!r}, which cannot run on this "
+                    "machine; export it and run it on the device (mdl-tvm device start + "
+                    "deploy.remote), or compile with target='host'"
+                )
+            module = self._library if self._library is not None else self.executable
+            self._vm = relax.VirtualMachine(module, tvm.cpu())
+        return self._vm
+
+    def check_inputs(self, arrays) -> list[np.ndarray]:
+        """Validate count, shape and dtype of `arrays`; returns them as contiguous numpy."""
+        if len(arrays) != len(self.inputs):
+            raise InputSpecError(
+                f"the model takes {len(self.inputs)} input(s) "
+                f"({', '.join(s.name for s in self.inputs)}), got {len(arrays)}"
+            )
+        out = []
+        for spec, arr in zip(self.inputs, arrays, strict=True):
+            arr = np.asarray(arr)
+            if tuple(arr.shape) != spec.shape:
+                raise InputSpecError(
+                    f"input {spec.name!r} must have shape {spec.shape}, got {tuple(arr.shape)}"
+                )
+            if str(arr.dtype) != spec.dtype:
+                raise InputSpecError(
+                    f"input {spec.name!r} must have dtype {spec.dtype}, got {arr.dtype}; "
+                    f"convert it with .astype({spec.dtype!r})"
+                )
+            out.append(np.ascontiguousarray(arr))
+        return out
+
+    def run(self, *inputs) -> list[np.ndarray]:
+        """Run on this machine; returns the outputs as a list of numpy arrays."""
+        import tvm
+
+        arrays = self.check_inputs(inputs)
+        vm = self._machine()
+        result = vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+        return _flatten(result)
+
+    __call__ = run
+
+    def benchmark(self, *inputs, repeat: int = 20, warmup: int = 3) -> dict:
+        """Median and spread of `repeat` host runs, in milliseconds."""
+        import tvm
+
+        arrays = [tvm.runtime.tensor(a) for a in self.check_inputs(inputs)]
+        main = self._machine()["main"]
+        for _ in range(warmup):
+            main(*arrays)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            main(*arrays)
+            times.append((time.perf_counter() - start) * 1e3)
+        return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)),
+                "max_ms": float(np.max(times)), "repeat": repeat}
+
+
+def _flatten(result) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
+            input_dtype="float32", graph_passes=()) -> CompiledModel:
+    """Compile a model for a target profile.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, str, onnx.ModelProto or tvm.IRModule
+        PyTorch module (give `example_inputs` or `input_shapes`), ONNX path or proto,
+        or a Relax module with a ``main`` function.
+    target : str or TargetProfile
+        Profile name, see `mdl_tvm.targets.PROFILES` / ``mdl-tvm targets``.
+    input_shapes : dict or list, optional
+        Input shapes (required where the model does not fix them).
+    example_inputs : tuple of torch.Tensor, optional
+        Example inputs for `torch.export`.
+    input_dtype : str
+        Dtype of inputs built from `input_shapes`.
+    graph_passes : sequence of callables
+        Relax module passes run after preparation and before lowering.
+
+    Returns
+    -------
+    CompiledModel
+    """
+    profile = get_profile(target)
+    start = time.perf_counter()
+    mod, inputs, source = import_model(model, input_shapes, example_inputs, input_dtype)
+    state = BuildState(mod=mod, profile=profile, options={"graph_passes": tuple(graph_passes)})
+    state.timings["import"] = time.perf_counter() - start
+    state = run_pipeline(state)
+    return CompiledModel(
+        profile=profile,
+        inputs=inputs,
+        outputs=_output_specs(state.high_level_mod),
+        stats=graph_stats(state.high_level_mod),
+        executable=state.executable,
+        relax_module=state.high_level_mod,
+        timings=state.timings,
+        source=source,
+    )
+
+
+def load(path: str) -> CompiledModel:
+    """Load an exported library. Running it needs a profile of this machine's kind.
+
+    Raises
+    ------
+    ModelFormatError
+        When `path` is not a MobileDL artifact.
+    UnknownTargetError
+        When the library was built for a target this machine cannot execute.
+    """
+    import tvm
+
+    meta = read_metadata(path)
+    name = meta["target"]
+    host = get_profile("host")
+    if name != "host" and not meta["mtriple"].startswith(host.mtriple.split("-")[0]):
+        raise UnknownTargetError(
+            f"{path!r} is built for {name!r} ({meta['mtriple']}) and cannot be loaded on this "
+            f"{host.mtriple} machine; run it on the device (mdl-tvm device start, deploy.remote)"
+        )
+    profile = host if name == "host" else get_profile(name)
+    library = tvm.runtime.load_module(path)
+    model = CompiledModel(
+        profile=host if profile.mtriple == host.mtriple else profile,
+        inputs=[InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in meta["inputs"]],
+        outputs=[OutputSpec(tuple(o["shape"]), o["dtype"]) for o in meta["outputs"]],
+        stats=GraphStats(**meta["stats"]),
+        library=library,
+        source=meta.get("source", "relax"),
+    )
+    return model
