@@ -54,6 +54,7 @@ class CompiledModel:
         self.relax_module = relax_module
         self.timings = dict(timings or {})
         self.source = source
+        self.compression: list[dict] = []  # per-layer-group report of a compress= pass
         self._library = library
         self._vm = None
 
@@ -69,6 +70,7 @@ class CompiledModel:
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
             "stats": self.stats.to_json(),
+            "compression": self.compression,
         }
 
     def summary(self) -> dict:
@@ -163,7 +165,7 @@ def _flatten(result) -> list[np.ndarray]:
 
 
 def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
-            input_dtype="float32", graph_passes=()) -> CompiledModel:
+            input_dtype="float32", compress=None, graph_passes=()) -> CompiledModel:
     """Compile a model for a target profile.
 
     Parameters
@@ -179,20 +181,26 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         Example inputs for `torch.export`.
     input_dtype : str
         Dtype of inputs built from `input_shapes`.
+    compress : str or (str, relay_passes.CompressConfig), optional
+        Channel compression: ``"kmeans:0.5"`` removes half of each layer group's channels
+        by k-means clustering (see `relay_passes.kmeans_cluster`).
     graph_passes : sequence of callables
-        Relax module passes run after preparation and before lowering.
+        Relax module passes run after preparation (and compression), before lowering.
 
     Returns
     -------
     CompiledModel
     """
     profile = get_profile(target)
+    compressor = _compressor(compress)
+    if compressor is not None:
+        graph_passes = (compressor, *graph_passes)
     start = time.perf_counter()
     mod, inputs, source = import_model(model, input_shapes, example_inputs, input_dtype)
     state = BuildState(mod=mod, profile=profile, options={"graph_passes": tuple(graph_passes)})
     state.timings["import"] = time.perf_counter() - start
     state = run_pipeline(state)
-    return CompiledModel(
+    compiled = CompiledModel(
         profile=profile,
         inputs=inputs,
         outputs=_output_specs(state.high_level_mod),
@@ -202,6 +210,20 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         timings=state.timings,
         source=source,
     )
+    if compressor is not None:
+        compiled.compression = [vars(r) for r in compressor.reports]
+    return compiled
+
+
+def _compressor(compress):
+    if compress is None:
+        return None
+    from relay_passes import KMeansChannelClustering, parse_compress
+
+    method, config = parse_compress(compress)
+    if method == "kmeans":
+        return KMeansChannelClustering(config)
+    raise ValueError(f"compression method {method!r} is not available yet; use 'kmeans:RATIO'")
 
 
 def load(path: str) -> CompiledModel:
@@ -234,4 +256,5 @@ def load(path: str) -> CompiledModel:
         library=library,
         source=meta.get("source", "relax"),
     )
+    model.compression = meta.get("compression", [])
     return model

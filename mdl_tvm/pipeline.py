@@ -60,11 +60,22 @@ def _graph_passes(state: BuildState) -> BuildState:
 
 
 def _lower(state: BuildState) -> BuildState:
-    """Legalize to TIR, fuse, and apply schedules ("zero" pipeline: no tuning)."""
+    """Legalize to TIR, fuse, and apply schedules (no tuning).
+
+    `schedules.lowering_pipeline` is the "zero" pipeline (LegalizeOps, AnnotateTIROpPattern,
+    FoldConstant, FuseOps, FuseTIR, a current tuning database) with conv2d / matmul lowered
+    to weight-packed kernels and every PrimFunc given a default schedule for the profile.
+    ``options["default_schedules"] = False`` restores TVM's plain "zero" pipeline.
+    """
     from tvm import relax
 
+    import schedules
+
     with state.profile.tvm_target():
-        state.mod = relax.get_pipeline("zero")(state.mod)
+        if state.options.get("default_schedules", True):
+            state.mod = schedules.lowering_pipeline(state.profile)(state.mod)
+        else:
+            state.mod = relax.get_pipeline("zero")(state.mod)
     return state
 
 

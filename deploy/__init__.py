@@ -1,0 +1,12 @@
+"""The emulated arm64 phone and everything that talks to a device.
+
+* `deploy.device`   set up the phone (Debian arm64 sysroot + TVM runtime under QEMU), cached;
+* `deploy.hosttools` host packages, the Debian mirror, QEMU's plugin header;
+* `deploy.procs`    start / stop / inspect the RPC tracker and the phone's RPC server;
+* `deploy.remote`   `RemoteDevice`: upload an exported ``.so``, run it, time it, over RPC;
+* `deploy.emulator` run the device-side runner under QEMU, count retired instructions;
+* `deploy.device_runner` the script that runs on the device (needs only TVM's runtime);
+* `deploy.cli`      ``mdl-tvm device ...`` and ``mdl-tvm tracker ...`` subcommands.
+
+Submodules are imported on use: importing `deploy` itself is cheap.
+"""

@@ -1,0 +1,234 @@
+"""``mdl-tvm device ...`` and ``mdl-tvm tracker ...``: the emulated phone from the shell.
+
+    mdl-tvm device setup [--force]
+    mdl-tvm tracker start [--port P]          # then: tracker stop / tracker status
+    mdl-tvm device start [--tracker HOST:PORT --key KEY | --port P] [--host ADDR]
+    mdl-tvm device status | stop
+    mdl-tvm device run ARTIFACT.so --input x.npy [--outputs-dir DIR]
+    mdl-tvm device insns ARTIFACT.so --input x.npy [--runs N]
+
+`register(subparsers)` adds these to the main ``mdl-tvm`` parser; every command's ``func``
+takes the argparse namespace and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _print_state(name: str, state: dict | None) -> None:
+    if not state:
+        print(f"{name}: not started")
+        return
+    where = f"{state.get('host')}:{state.get('port')}"
+    alive = "running" if state["alive"] else "DEAD (stale pid file)"
+    extra = ""
+    if state.get("tracker"):
+        extra = f", key {state['key']!r} at tracker {state['tracker'][0]}:{state['tracker'][1]}"
+    print(f"{name}: {alive}, pid {state['pid']}, {where}{extra}, log {state.get('log')}")
+
+
+def _cmd_setup(args) -> int:
+    import time
+
+    from . import device
+
+    t0 = time.monotonic()
+    env = device.setup(force=args.force)
+    print(f"phone ready in {time.monotonic() - t0:.1f} s: {env.root}")
+    print(f"  python: {env.python}\n  plugin: {env.plugin}")
+    return 0
+
+
+def _cmd_device_start(args) -> int:
+    from . import procs
+
+    if args.tracker and args.port:
+        raise ValueError("give either --tracker (register there) or --port (standalone)")
+    tracker = procs.parse_addr(args.tracker) if args.tracker else None
+    if tracker is None and not args.port:  # default: the tracker `tracker start` runs
+        t = procs.status()["tracker"]
+        if t and t["alive"]:
+            tracker = (t["host"], t["port"])
+    state = procs.start_phone(
+        tracker=tracker,
+        key=args.key,
+        port=args.port,
+        host=args.host,
+        allow_remote=args.allow_remote,
+        timeout=args.timeout,
+    )
+    _print_state("phone", dict(state, alive=True))
+    return 0
+
+
+def _cmd_device_stop(args) -> int:
+    from . import procs
+
+    print("phone stopped" if procs.stop_phone() else "no phone was running")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from . import procs
+
+    st = procs.status()
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    names = ["tracker", "phone"] if args.which == "all" else [args.which]
+    for name in names:
+        _print_state(name, st[name])
+    summary = (st["tracker"] or {}).get("summary")
+    if isinstance(summary, dict) and "tracker" in names:
+        for key, q in sorted(summary["queue_info"].items()):
+            print(f"  key {key!r}: {q['free']} free, {q['pending']} pending")
+    return 0 if all(st[n] and st[n]["alive"] for n in names) else 1
+
+
+def _cmd_tracker_start(args) -> int:
+    from . import procs
+
+    host, port = procs.start_tracker(port=args.port, host=args.host, allow_remote=args.allow_remote)
+    print(f"tracker running at {host}:{port}")
+    return 0
+
+
+def _cmd_tracker_stop(args) -> int:
+    from . import procs
+
+    print("tracker stopped" if procs.stop_tracker() else "no tracker was running")
+    return 0
+
+
+def _load_inputs(paths: list[str]):
+    import numpy as np
+
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"no such input file: {p}")
+    return [np.load(p) for p in paths]
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from .emulator import run_on_emulator
+
+    outs = run_on_emulator(args.artifact, _load_inputs(args.input), repeat=args.repeat)
+    if args.outputs_dir:
+        os.makedirs(args.outputs_dir, exist_ok=True)
+    for i, arr in enumerate(outs):
+        line = f"out{i}: shape {tuple(arr.shape)} {arr.dtype}"
+        if args.outputs_dir:
+            path = os.path.join(args.outputs_dir, f"out{i}.npy")
+            np.save(path, arr)
+            line += f" -> {path}"
+        print(line)
+    return 0
+
+
+def _cmd_insns(args) -> int:
+    from .emulator import count_instructions
+
+    if not os.path.isfile(args.artifact):
+        raise FileNotFoundError(f"no such artifact: {args.artifact}")
+    n = count_instructions(
+        args.artifact, _load_inputs(args.input), runs=args.runs, verify=args.verify
+    )
+    print(
+        f"{n} aarch64 instructions per inference ({os.path.basename(args.artifact)}, "
+        f"steady state over {args.runs} runs)"
+    )
+    return 0
+
+
+def _help(parser: argparse.ArgumentParser):
+    def show(args) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def _bind_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (TVM RPC has NO authentication)",
+    )
+
+
+def register(subparsers) -> None:
+    """Add the ``device`` and ``tracker`` commands to an argparse subparsers object.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        From ``parser.add_subparsers(dest="command")`` of the main CLI.
+    """
+    dev = subparsers.add_parser("device", help="the emulated arm64 phone (QEMU)")
+    dev.set_defaults(func=_help(dev))
+    dsub = dev.add_subparsers(dest="device_command")
+
+    p = dsub.add_parser("setup", help="build the phone once (cached under ~/.cache/mdl_tvm)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache is complete")
+    p.set_defaults(func=_cmd_setup)
+
+    p = dsub.add_parser("start", help="start the phone's RPC server")
+    p.add_argument(
+        "--tracker",
+        metavar="HOST:PORT",
+        help="register with this tracker (default: the one `tracker start` runs)",
+    )
+    p.add_argument("--key", default="phone", help="device key at the tracker (default phone)")
+    p.add_argument("--port", type=int, help="standalone server on this port (no tracker)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+    _bind_args(p)
+    p.set_defaults(func=_cmd_device_start)
+
+    p = dsub.add_parser("stop", help="stop the phone and its workers")
+    p.set_defaults(func=_cmd_device_stop)
+
+    p = dsub.add_parser("status", help="is the phone running?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status, which="phone")
+
+    for name, fn, what in (
+        ("run", _cmd_run, "run an arm64 .so under QEMU (no RPC)"),
+        ("insns", _cmd_insns, "count aarch64 instructions per inference"),
+    ):
+        p = dsub.add_parser(name, help=what)
+        p.add_argument("artifact", metavar="ARTIFACT.so")
+        p.add_argument(
+            "--input",
+            action="extend",
+            nargs="+",
+            required=True,
+            metavar="X.npy",
+            help="one .npy per model input, in order",
+        )
+        if name == "run":
+            p.add_argument("--repeat", type=int, default=1)
+            p.add_argument("--outputs-dir", metavar="DIR", help="save out0.npy, out1.npy, ...")
+        else:
+            p.add_argument("--runs", type=int, default=10, help="N in (c(2N)-c(N))/N")
+            p.add_argument("--verify", action="store_true", help="count twice, check equal")
+        p.set_defaults(func=fn)
+
+    tr = subparsers.add_parser("tracker", help="the TVM RPC tracker")
+    tr.set_defaults(func=_help(tr))
+    tsub = tr.add_subparsers(dest="tracker_command")
+    p = tsub.add_parser("start", help="start the tracker (free port unless --port)")
+    p.add_argument("--port", type=int)
+    _bind_args(p)
+    p.set_defaults(func=_cmd_tracker_start)
+    p = tsub.add_parser("stop", help="stop the tracker")
+    p.set_defaults(func=_cmd_tracker_stop)
+    p = tsub.add_parser("status", help="tracker state and its device queues")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status, which="tracker")

@@ -1,0 +1,406 @@
+"""One channel-dependency analysis over a Relax graph, shared by every channel pruner.
+
+What it computes
+----------------
+A *channel space* is born at each layer that creates channels: a conv2d with constant
+weights and ``groups == 1`` (output axis 0 of its OIHW weight) or a matmul with a constant
+``(K, N)`` weight (axis 1). The analysis follows each space forward through the graph and
+records everything indexed by its channels:
+
+* ``producers``  the weight rows that create the channels;
+* ``params``     per-channel constants met on the way (bias adds, folded BatchNorm scales
+                 and shifts, depthwise filters), which must keep the same channels;
+* ``consumers``  weights that read the channels: conv2d (input axis 1), matmul (axis 0),
+                 including dense after flatten, where one channel spans ``H*W`` rows.
+
+Spaces that meet in a residual ``add`` (or any binary element-wise op) are *coupled*:
+their channels must change together, so they are joined into one `ChannelGroup`
+(union-find, as Torch-Pruning's dependency graph does). ``concatenate`` along the channel
+axis lays its inputs' spaces side by side at offsets; depthwise conv, element-wise ops,
+pooling, spatial ``mean`` and flatten pass channels through.
+
+A group is *frozen* — never changed — when a space reaches the function's output, meets
+a graph input, or flows into an op the analysis does not understand; the reason names the
+op, so a pruner can warn instead of producing a silently wrong graph.
+
+Preconditions: a Relax ``main`` made of one dataflow block, NCHW / OIHW layouts, weights
+bound as constants (``mdl_tvm``'s prepare stage does this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+UNARY_PASSTHROUGH = {
+    "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.gelu",
+    "relax.nn.silu", "relax.nn.leakyrelu", "relax.nn.dropout", "relax.astype", "relax.exp",
+    "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
+    "relax.negative", "relax.abs", "relax.sqrt", "relax.square",
+}
+BINARY_ELEMENTWISE = {
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum",
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`length` channels of `space` (None: channels no pruner may touch)."""
+
+    space: int | None
+    length: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the channels of a tensor are: an axis, laid out as segments, each channel
+    spanning `span` consecutive positions (``H*W`` after a flatten, else 1)."""
+
+    axis: int
+    segments: tuple[Segment, ...]
+    span: int = 1
+
+    @property
+    def channels(self) -> int:
+        return sum(s.length for s in self.segments)
+
+    def offsets(self):
+        offset = 0
+        for seg in self.segments:
+            yield offset, seg
+            offset += seg.length
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """Rows `[offset, offset + length)` (times `span`) on `axis` of constant arg `arg` of
+    binding number `binding` of the dataflow block."""
+
+    binding: int
+    arg: int
+    axis: int
+    offset: int
+    length: int
+    span: int = 1
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled channel spaces that must be pruned or clustered together."""
+
+    name: str
+    channels: int
+    producers: list[WeightRef] = field(default_factory=list)
+    params: list[WeightRef] = field(default_factory=list)
+    consumers: list[WeightRef] = field(default_factory=list)
+    depthwise: list[int] = field(default_factory=list)  # convs whose `groups` follows C
+    frozen: str | None = None  # why the group must not change
+
+    @property
+    def prunable(self) -> bool:
+        return self.frozen is None and bool(self.producers) and bool(self.consumers)
+
+
+@dataclass
+class ChannelGraph:
+    """The result of `analyze`: groups by name, and the flatten reshapes to rewrite.
+
+    Bindings are named by their position in the dataflow block (Relax variable names
+    need not be unique)."""
+
+    groups: dict[str, ChannelGroup]
+    flatten_reshapes: list[int]
+    producer_names: dict[int, str]  # binding number -> layer name (conv0, dense1, ...)
+
+
+def _shape(expr) -> tuple[int, ...] | None:
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _const_array(expr):
+    import tvm
+
+    if isinstance(expr, tvm.ir.Constant) and hasattr(expr.value, "numpy"):
+        return expr.value.numpy()
+    return None
+
+
+class _Analysis:
+    def __init__(self):
+        self.parent: list[int] = []  # union-find over spaces
+        self.space_info: list[dict] = []
+        self.layouts: dict[int, Layout | None] = {}  # keyed by hash(var): object identity
+        self.tuples: dict[int, list] = {}  # tuple-valued binding -> the vars it holds
+        self.flatten_reshapes: list[int] = []
+        self.producer_names: dict[int, str] = {}
+        self.counts = {"conv": 0, "dense": 0}
+
+    # -- union-find -------------------------------------------------------------------
+    def new_space(self, binding: int, kind: str, channels: int) -> int:
+        name = f"{kind}{self.counts[kind]}"
+        self.counts[kind] += 1
+        self.producer_names[binding] = name
+        self.parent.append(len(self.parent))
+        self.space_info.append({"name": name, "channels": channels, "producers": [],
+                                "params": [], "consumers": [], "depthwise": [],
+                                "frozen": None})
+        return len(self.parent) - 1
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def freeze_all(self, var, reason: str) -> None:
+        """Freeze the channels of `var`, or of every field when it is a tuple."""
+        self.freeze(self.layouts.get(hash(var)), reason)
+        for field_var in self.tuples.get(hash(var), []):
+            self.freeze_all(field_var, reason)
+
+    def freeze(self, layout: Layout | None, reason: str) -> None:
+        for seg in layout.segments if layout else ():
+            if seg.space is not None and self.space_info[seg.space]["frozen"] is None:
+                self.space_info[seg.space]["frozen"] = reason
+
+    # -- recording --------------------------------------------------------------------
+    def record(self, kind: str, layout: Layout, binding: int, arg: int, axis: int) -> None:
+        for offset, seg in layout.offsets():
+            if seg.space is not None:
+                self.space_info[seg.space][kind].append(
+                    WeightRef(binding, arg, axis, offset, seg.length, layout.span))
+
+    def layout_of(self, expr) -> Layout | None:
+        from tvm import relax
+
+        return self.layouts.get(hash(expr)) if isinstance(expr, relax.Var) else None
+
+    # -- per binding ------------------------------------------------------------------
+    def visit(self, index: int, var, value) -> None:
+        import tvm
+        from tvm import relax
+
+        key = hash(var)
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            self.layouts[key] = self.visit_call(index, value.op.name, value)
+        elif isinstance(value, relax.Tuple):
+            self.tuples[key] = [v for f in value.fields for v in _vars_in(f)]
+            self.layouts[key] = None
+        elif isinstance(value, relax.Var):
+            self.layouts[key] = self.layout_of(value)
+            self.tuples[key] = self.tuples.get(hash(value), [])
+        else:
+            for used in _vars_in(value):
+                self.freeze_all(used, f"expression {type(value).__name__}")
+            self.layouts[key] = None
+
+    def visit_call(self, name: int, op: str, call) -> Layout | None:
+        args = list(call.args)
+        in_layout = self.layout_of(args[0]) if args else None
+        out_shape = _shape(call)
+        if op == "relax.nn.conv2d":
+            return self.visit_conv(name, call, in_layout, out_shape)
+        if op == "relax.matmul":
+            return self.visit_matmul(name, args, in_layout, out_shape)
+        if op in UNARY_PASSTHROUGH:
+            if op.startswith("relax.nn.") and "pool" in op and call.attrs.layout != "NCHW":
+                self.freeze(in_layout, f"{op} with layout {call.attrs.layout}")
+                return None
+            return in_layout
+        if op in BINARY_ELEMENTWISE:
+            return self.visit_binary(name, op, args, out_shape)
+        if op == "relax.reshape":
+            return self.visit_reshape(name, args[0], in_layout, out_shape)
+        if op == "relax.mean":
+            return self.visit_mean(call, in_layout, out_shape)
+        if op == "relax.concat":
+            return self.visit_concat(call, out_shape)
+        for arg in args:  # an op the analysis does not know: freeze what flows in
+            for var in _vars_in(arg):
+                self.freeze_all(var, f"op {op}")
+        return None
+
+    def visit_conv(self, name, call, in_layout, out_shape):
+        attrs = call.attrs
+        weight = _const_array(call.args[1])
+        if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or weight is None
+                or out_shape is None):
+            self.freeze(in_layout, f"conv2d {attrs.data_layout}/{attrs.kernel_layout} "
+                        "or with non-constant weight")
+            return None
+        groups, c_out, c_in = int(attrs.groups), weight.shape[0], _shape(call.args[0])[1]
+        if groups == 1:
+            if in_layout is not None:
+                self.record("consumers", in_layout, name, 1, 1)
+            space = self.new_space(name, "conv", c_out)
+            self.space_info[space]["producers"].append(WeightRef(name, 1, 0, 0, c_out))
+            return Layout(1, (Segment(space, c_out),))
+        if groups == c_in == c_out and weight.shape[1] == 1:  # depthwise: channels pass
+            if in_layout is None:
+                return None
+            self.record("params", in_layout, name, 1, 0)
+            for _, seg in in_layout.offsets():
+                if seg.space is not None:
+                    self.space_info[seg.space]["depthwise"].append(name)
+            return in_layout
+        self.freeze(in_layout, f"grouped conv2d (groups={groups})")
+        return None
+
+    def visit_matmul(self, name, args, in_layout, out_shape):
+        weight = _const_array(args[1])
+        if weight is None or weight.ndim != 2 or out_shape is None:
+            for arg in args:
+                self.freeze(self.layout_of(arg), "matmul without a constant 2-D weight")
+            return None
+        if in_layout is not None:
+            if in_layout.axis != len(_shape(args[0])) - 1:
+                self.freeze(in_layout, "matmul over a non-channel axis")
+            else:
+                self.record("consumers", in_layout, name, 1, 0)
+        space = self.new_space(name, "dense", weight.shape[1])
+        self.space_info[space]["producers"].append(WeightRef(name, 1, 1, 0, weight.shape[1]))
+        return Layout(len(out_shape) - 1, (Segment(space, weight.shape[1]),))
+
+    def visit_binary(self, name, op, args, out_shape):
+        layouts = [self.layout_of(a) for a in args]
+        tracked = [lay for lay in layouts if lay is not None]
+        if not tracked:
+            return None
+        out = tracked[0]
+        rank = len(out_shape) if out_shape else 0
+        for i, (arg, lay) in enumerate(zip(args, layouts, strict=True)):
+            const = _const_array(arg)
+            if lay is not None:
+                if lay.axis != out.axis or len(lay.segments) != len(out.segments) or any(
+                        a.length != b.length for a, b in zip(lay.segments, out.segments,
+                                                             strict=True)):
+                    self.freeze(lay, f"{op} of tensors with different channel layouts")
+                    self.freeze(out, f"{op} of tensors with different channel layouts")
+                    continue
+                for a, b in zip(lay.segments, out.segments, strict=True):
+                    if (a.space is None) != (b.space is None):
+                        self.freeze(lay, f"{op} with a fixed-channel tensor")
+                        self.freeze(out, f"{op} with a fixed-channel tensor")
+                    elif a.space is not None:
+                        self.union(a.space, b.space)
+            elif const is not None:
+                axis = out.axis - (rank - const.ndim)
+                if axis >= 0 and const.shape[axis] != 1:
+                    if const.shape[axis] != out.channels * out.span or out.span != 1:
+                        self.freeze(out, f"{op} with a constant not per-channel")
+                    else:
+                        self.record("params", out, name, i, axis)
+            else:
+                self.freeze(out, f"{op} with a graph input")
+        return out
+
+    def visit_reshape(self, name, data, in_layout, out_shape):
+        if in_layout is None:
+            return None
+        in_shape = _shape(data)
+        if (in_shape and out_shape and len(in_shape) == 4 and in_layout.axis == 1
+                and len(out_shape) == 2 and out_shape[0] == in_shape[0]):
+            self.flatten_reshapes.append(name)
+            return Layout(1, in_layout.segments, in_shape[2] * in_shape[3] * in_layout.span)
+        self.freeze(in_layout, "reshape other than flatten")
+        return None
+
+    def visit_mean(self, call, in_layout, out_shape):
+        if in_layout is None:
+            return None
+        rank = len(_shape(call.args[0]) or ())
+        axes = sorted(int(a) % rank for a in call.attrs.axis) if call.attrs.axis else []
+        if in_layout.axis == 1 and axes == [2, 3] and rank == 4:
+            return in_layout
+        self.freeze(in_layout, f"mean over axes {axes}")
+        return None
+
+    def visit_concat(self, call, out_shape):
+        from tvm import relax
+
+        tensors = call.args[0]
+        if isinstance(tensors, relax.Tuple):
+            fields = list(tensors.fields)
+        else:
+            fields = self.tuples.get(hash(tensors))
+        if fields is None or out_shape is None:
+            return None
+        axis = int(call.attrs.axis) % len(out_shape)
+        layouts = [self.layout_of(f) for f in fields]
+        if all(lay is None for lay in layouts):
+            return None
+        segments: list[Segment] = []
+        for f, lay in zip(fields, layouts, strict=True):
+            if lay is not None and (lay.axis != axis or lay.span != 1):
+                self.freeze(lay, "concat along a non-channel axis")
+                lay = None
+            segments += list(lay.segments) if lay else [Segment(None, _shape(f)[axis])]
+        return Layout(axis, tuple(segments))
+
+    # -- results ----------------------------------------------------------------------
+    def groups(self) -> dict[str, ChannelGroup]:
+        groups: dict[int, ChannelGroup] = {}
+        for s, info in enumerate(self.space_info):
+            root = self.find(s)
+            group = groups.get(root)
+            if group is None:
+                root_info = self.space_info[root]
+                group = groups[root] = ChannelGroup(root_info["name"], root_info["channels"])
+            for key in ("producers", "params", "consumers", "depthwise"):
+                getattr(group, key).extend(info[key])
+            if info["frozen"] and not group.frozen:
+                group.frozen = info["frozen"]
+        return {g.name: g for g in groups.values()}
+
+
+def _vars_in(expr):
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(
+        expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
+    return found
+
+
+def main_bindings(mod, func_name: str = "main"):
+    """The bindings of `func_name`'s single dataflow block; raises ValueError otherwise."""
+    func = mod[func_name]
+    blocks = list(func.body.blocks)
+    if len(blocks) != 1:
+        raise ValueError(
+            f"{func_name} has {len(blocks)} binding blocks; channel passes need exactly one "
+            "dataflow block (run them before lowering)"
+        )
+    return list(blocks[0].bindings), func
+
+
+def analyze(mod, func_name: str = "main") -> ChannelGraph:
+    """Group the channels of `mod[func_name]` that must change together."""
+    bindings, func = main_bindings(mod, func_name)
+    analysis = _Analysis()
+    for param in func.params:
+        analysis.layouts[hash(param)] = None
+    for index, binding in enumerate(bindings):
+        analysis.visit(index, binding.var, binding.value)
+    for var in _vars_in(func.body.body):
+        analysis.freeze_all(var, "the model output")
+    return ChannelGraph(analysis.groups(), analysis.flatten_reshapes, analysis.producer_names)
+
+
+def channel_rows(ref: WeightRef) -> np.ndarray:
+    """Absolute indices on `ref.axis` covered by `ref` (all spans of its channels)."""
+    start = ref.offset * ref.span
+    return np.arange(start, start + ref.length * ref.span)

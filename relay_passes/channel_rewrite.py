@@ -1,0 +1,119 @@
+"""Apply channel edits to a Relax function: the structural half of every channel pruner.
+
+An edit says: on constant argument `arg` of binding `binding`, replace the channel rows
+``[offset, offset + length)`` of `axis` (each channel spanning `span` rows) by
+``matrix @ rows``, where `matrix` is ``(k, length)``. Selection matrices prune, averaging
+matrices replace a cluster by its centroid, 0/1 membership matrices sum a consumer's
+inputs over a cluster. Edits on different axes of one weight compose (they are linear,
+so their order does not matter); several segments on one axis are applied from the
+highest offset down, so offsets stay valid.
+
+The function is then rebuilt binding by binding with a `BlockBuilder`, which re-infers
+every shape; depthwise convs get ``groups`` equal to their new channel count and flatten
+reshapes get their new size. The pure numpy part is `apply_edits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channel_graph import WeightRef, main_bindings
+
+
+@dataclass(frozen=True)
+class Edit:
+    ref: WeightRef
+    matrix: np.ndarray  # (k, ref.length)
+
+
+def apply_edit(array: np.ndarray, edit: Edit) -> np.ndarray:
+    """Return `array` with `edit` applied (pure numpy)."""
+    ref, matrix = edit.ref, edit.matrix
+    moved = np.moveaxis(array, ref.axis, 0)
+    start, stop = ref.offset * ref.span, (ref.offset + ref.length) * ref.span
+    block = moved[start:stop].reshape((ref.length, ref.span) + moved.shape[1:])
+    new_block = np.tensordot(matrix.astype(np.float64), block.astype(np.float64), axes=(1, 0))
+    new_block = new_block.reshape((-1,) + moved.shape[1:]).astype(array.dtype)
+    out = np.concatenate([moved[:start], new_block, moved[stop:]], axis=0)
+    return np.moveaxis(out, 0, ref.axis)
+
+
+def apply_edits(array: np.ndarray, edits: list[Edit]) -> np.ndarray:
+    """Apply all `edits` of one weight: per axis, from the highest offset down."""
+    for edit in sorted(edits, key=lambda e: (e.ref.axis, -e.ref.offset)):
+        array = apply_edit(array, edit)
+    return array
+
+
+def rewrite(mod, edits: list[Edit], depthwise: set[int], flattens: set[int],
+            func_name: str = "main"):
+    """Return a copy of `mod` with `edits` applied to `func_name`'s constants."""
+    import tvm
+    from tvm import relax
+
+    by_arg: dict[tuple[int, int], list[Edit]] = {}
+    for edit in edits:
+        by_arg.setdefault((edit.ref.binding, edit.ref.arg), []).append(edit)
+    bindings, func = main_bindings(mod, func_name)
+
+    bb = relax.BlockBuilder()
+    var_map: dict[int, relax.Expr] = {}  # hash(old var) -> new var
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    for old, new in zip(func.params, params, strict=True):
+        var_map[hash(old)] = new
+
+    def remap(expr):
+        if isinstance(expr, relax.Var):
+            return var_map[hash(expr)]
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([remap(f) for f in expr.fields])
+        return expr
+
+    def new_call(name, call):
+        args = []
+        for i, arg in enumerate(call.args):
+            arg_edits = by_arg.get((name, i))
+            if arg_edits:
+                args.append(relax.const(apply_edits(arg.value.numpy(), arg_edits)))
+            else:
+                args.append(remap(arg))
+        op = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+        if op == "relax.nn.conv2d" and name in depthwise:
+            a = call.attrs
+            return relax.op.nn.conv2d(
+                args[0], args[1], strides=a.strides, padding=a.padding, dilation=a.dilation,
+                groups=_shape_of(args[1])[0], data_layout=a.data_layout,
+                kernel_layout=a.kernel_layout, out_layout=a.out_layout, out_dtype=a.out_dtype)
+        if op == "relax.reshape" and name in flattens:
+            in_shape = _shape_of(args[0])
+            return relax.op.reshape(args[0], (in_shape[0], int(np.prod(in_shape[1:]))))
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    with bb.function(func_name, params, attrs=dict(func.attrs) if func.attrs else None):
+        with bb.dataflow():
+            for index, binding in enumerate(bindings):
+                name, value = binding.var.name, binding.value
+                if isinstance(value, relax.Call):
+                    expr = new_call(index, value)
+                elif isinstance(value, relax.TupleGetItem):
+                    expr = relax.TupleGetItem(remap(value.tuple_value), value.index)
+                else:
+                    expr = remap(value)
+                emit = bb.emit if isinstance(binding.var, relax.DataflowVar) else bb.emit_output
+                var_map[hash(binding.var)] = emit(expr, name_hint=name)
+        bb.emit_func_output(remap(func.body.body))
+    new_mod = bb.get()
+    out = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions))
+    out[func_name] = new_mod[func_name]
+    return out
+
+
+def _shape_of(expr) -> tuple[int, ...]:
+    ty = getattr(expr, "ty", None)
+    if ty is None or getattr(ty, "shape", None) is None:
+        from tvm import relax
+
+        ty = relax.BlockBuilder().normalize(expr).ty
+    return tuple(int(d) for d in ty.shape)

@@ -1,0 +1,187 @@
+"""Helpers shared by the rules: the rule interface, block lookup, epilogue fusion, and the
+parallel + vector treatment every loop nest outside a register block gets.
+
+A rule is an object with a ``name`` and ``apply(func, cfg) -> Schedule | None``; ``None``
+means "not mine" and the next rule is tried (the dlight convention, with the target
+profile's `MachineConfig` in place of a `Target`).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .compute import RULE_KEY, TILE_KEY
+
+# Below this many innermost iterations a parallel loop costs more than it saves.
+PARALLEL_MIN_WORK = 16384
+
+
+class Rule:
+    """Base class of a schedule rule: recognise a PrimFunc and schedule it."""
+
+    name = "rule"
+
+    def apply(self, func: tirx.PrimFunc, cfg) -> s_tir.Schedule | None:
+        """Return a schedule of `func`, or None when the rule does not apply.
+
+        Parameters
+        ----------
+        func : tirx.PrimFunc
+            An unscheduled function.
+        cfg : schedules.config.MachineConfig
+            The target's lanes, registers and cores.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<schedule rule {self.name}>"
+
+
+def extent(sch: s_tir.Schedule, loop) -> int | None:
+    """The constant extent of `loop`, or None when it is symbolic."""
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, tirx.IntImm) else None
+
+
+def root_blocks(sch: s_tir.Schedule) -> list:
+    """The blocks directly under the root block, in program order."""
+    root = sch.mod["main"].body.block
+    return list(sch.get_child_blocks(sch.get_sblock(root.name_hint)))
+
+
+def annotated_block(sch: s_tir.Schedule, rule: str):
+    """The root-level block annotated ``mdl.rule == rule`` and its ``mdl.tile``, or None."""
+    for block in root_blocks(sch):
+        ann = sch.get(block).annotations
+        if RULE_KEY in ann and str(ann[RULE_KEY]) == rule:
+            tile = int(ann[TILE_KEY]) if TILE_KEY in ann else None
+            return block, tile
+    return None
+
+
+def is_spatial(sch: s_tir.Schedule, block) -> bool:
+    """True when every block iterator is data-parallel."""
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def fuse_epilogue(sch: s_tir.Schedule, producer, loop) -> list:
+    """Fuse the element-wise blocks after `producer` into its tile at `loop`.
+
+    Every injective block after `producer` is inlined into the next one, so one block is
+    left that reads the tile (plus bias, residual ...) and writes the output; it is moved
+    under `loop` with `reverse_compute_at`. Returns the blocks that stay at the root
+    (empty when everything fused).
+    """
+    blocks = root_blocks(sch)
+    index = next(i for i, b in enumerate(blocks) if sch.get(b).same_as(sch.get(producer)))
+    after = blocks[index + 1:]
+    if not after or not all(is_spatial(sch, b) for b in after):
+        return after
+    for block in after[:-1]:
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 - a block with several consumers stays
+            return root_blocks(sch)[index + 1:]
+    last = after[-1]
+    try:
+        sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
+    except Exception:  # noqa: BLE001
+        return [last]
+    return []
+
+
+def work(sch: s_tir.Schedule, block) -> int:
+    """Iterations of all loops around `block` (1 for symbolic extents)."""
+    total = 1
+    for loop in sch.get_loops(block):
+        total *= extent(sch, loop) or 1
+    return total
+
+
+def schedule_spatial(sch: s_tir.Schedule, block, cfg, dtype_lanes: int) -> None:
+    """Vectorise a spatial loop nest's innermost loop and parallelise the loops around it.
+
+    The innermost loop is vectorised by `dtype_lanes` only when the lanes divide it (no
+    remainder guard in a vector loop; otherwise it stays a scalar loop LLVM may still
+    vectorise); the outer loops are fused into one loop, parallel when the nest has enough
+    work.
+    """
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    total = work(sch, block)
+    inner_ext = extent(sch, loops[-1])
+    outer = list(loops[:-1])
+    if inner_ext and dtype_lanes > 1 and inner_ext % dtype_lanes == 0:
+        if inner_ext > dtype_lanes:
+            rest, vec = sch.split(loops[-1], [None, dtype_lanes])
+            outer.append(rest)
+        else:
+            vec = loops[-1]
+        sch.vectorize(vec)
+    elif not outer:
+        outer = [loops[-1]]
+    if outer:
+        fuse_parallel(sch, outer, cfg, total)
+
+
+def block_dtype(sch: s_tir.Schedule, block) -> str:
+    """Dtype of the first buffer `block` writes."""
+    writes = sch.get(block).writes
+    return str(writes[0].source.dtype) if writes else "float32"
+
+
+def fuse_parallel(sch: s_tir.Schedule, loops: list, cfg, min_work: int):
+    """Fuse `loops` into one loop and make it parallel when `min_work` justifies it."""
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if min_work >= PARALLEL_MIN_WORK and cfg.num_cores > 1:
+        sch.parallel(fused)
+    return fused
+
+
+def schedule_others(sch: s_tir.Schedule, main_block, cfg, lanes: int) -> None:
+    """Give every spatial root loop nest not containing `main_block` `schedule_spatial`.
+
+    These are the prologue (padding, packing of non-constant weights) and any epilogue
+    block that could not be fused into the main block's tile.
+    """
+    main_outer = sch.get(sch.get_loops(main_block)[0])
+    for block in root_blocks(sch):
+        loops = sch.get_loops(block)
+        if not loops or sch.get(loops[0]).same_as(main_outer):
+            continue
+        if is_spatial(sch, block) and not schedule_pad(sch, block, cfg, lanes):
+            schedule_spatial(sch, block, cfg, lanes)
+
+
+def vectorize_init(sch: s_tir.Schedule, init) -> None:
+    """Vectorise the innermost loop of a decomposed reduction's init block (if not yet)."""
+    loops = sch.get_loops(init)
+    if loops and sch.get(loops[-1]).kind != tirx.ForKind.VECTORIZED:
+        sch.vectorize(loops[-1])
+
+
+def schedule_pad(sch: s_tir.Schedule, block, cfg, lanes: int, parallel: bool = True) -> bool:
+    """Split a zero-padding block into a fill and a condition-free interior copy.
+
+    The loops above the last two (rows, columns) are fused (and made parallel when
+    `parallel` and the nest is big enough); under them `decompose_padding` writes the
+    pad value and then copies the interior rows, whose column loop is vectorised when the
+    lanes divide it. Returns False (nothing changed) when `block` is not a padding block.
+    """
+    loops = [lp for lp in sch.get_loops(block) if len(sch.get_child_blocks(lp)) == 1]
+    if len(loops) < 2 or not sch.can_decompose_padding(block, loops[-2]):
+        return False
+    total = work(sch, block)
+    if len(loops) > 2:
+        outer = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
+        if parallel and total >= PARALLEL_MIN_WORK and cfg.num_cores > 1:
+            sch.parallel(outer)
+    fill = sch.decompose_padding(block, sch.get_loops(block)[-2])
+    for part in (fill, block):
+        inner = sch.get_loops(part)[-1]
+        ext = extent(sch, inner)
+        if ext and lanes > 1 and ext % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+    return True

@@ -1,0 +1,66 @@
+"""Rule for the packed dense / matmul kernel and its fused epilogue.
+
+Recognises
+    a PrimFunc with a root block annotated ``mdl.rule = "dense"`` (made by
+    `schedules.compute.dense_packed`): ``out[m, n_chunk, n_block] += x[m, k]
+    * w[n_chunk, k, n_block]`` with weights packed so that one chunk is a contiguous
+    ``K x n_block`` panel, followed by the unpack to ``[M, N]`` and any element-wise
+    epilogue (bias add, ReLU).
+
+Schedule
+    ``parallel(n_chunk * m_outer)`` → ``k`` → ``m_tile`` (unrolled) → ``n_block``
+    (vectorised): an ``m_tile x n_block`` register block, one broadcast of ``x`` times one
+    weight vector per FMA, the panel streamed once. Unpack + epilogue are inlined into one
+    block computed per tile, so bias and activation are applied while the tile is in
+    registers.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .common import (
+    PARALLEL_MIN_WORK,
+    Rule,
+    annotated_block,
+    block_dtype,
+    extent,
+    fuse_epilogue,
+    schedule_others,
+    vectorize_init,
+    work,
+)
+
+
+class DensePacked(Rule):
+    """Register-blocked matmul over packed weight panels (see module docstring)."""
+
+    name = "dense"
+
+    def apply(self, func: tirx.PrimFunc, cfg) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        found = annotated_block(sch, "dense")
+        if found is None:
+            return None
+        dense, m_tile = found
+        loops = sch.get_loops(dense)
+        if len(loops) != 4:
+            return None
+        m, n_chunk, n_block, rk = loops
+        rows = extent(sch, m)
+        if m_tile is None or rows is None or rows % m_tile:
+            m_tile = 1
+        m_outer, m_inner = sch.split(m, [None, m_tile])
+        sch.reorder(n_chunk, m_outer, rk, m_inner, n_block)
+        total = work(sch, dense)
+        outer = sch.fuse(n_chunk, m_outer)
+        if not fuse_epilogue(sch, dense, outer):  # tile read inside the tile: registers
+            sch.set_scope(dense, 0, "local")
+        if cfg.num_cores > 1 and total >= PARALLEL_MIN_WORK:
+            sch.parallel(outer)
+        sch.vectorize(n_block)
+        sch.unroll(m_inner)
+        init = sch.decompose_reduction(dense, rk)
+        vectorize_init(sch, init)
+        schedule_others(sch, dense, cfg, cfg.lanes(block_dtype(sch, dense)))
+        return sch

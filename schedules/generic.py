@@ -1,0 +1,203 @@
+"""Rules for everything without a dedicated kernel: pooling and other reductions, and a
+fallback that schedules any PrimFunc safely.
+
+`Reduction` recognises
+    a PrimFunc with at least one reduction block in normal form (every block iterator bound
+    to its own loop): max / average pooling, global (adaptive) pooling, sums and means, and
+    convolutions / matmuls TVM legalized itself (grouped convolutions, other layouts).
+    Schedule: a small padding block feeding a small window (pooling) is inlined; the
+    innermost output axis is split by the vector lanes and moved inside the reduction loops
+    when the output is contiguous along it (``out[..., x_o*L : x_o*L + L]`` accumulates in a
+    vector); the remaining spatial loops are fused into one parallel loop.
+
+`Fallback` recognises
+    anything (it never returns None for a function it can parse). Element-wise chains are
+    inlined into their last block; every spatial loop nest is fused, vectorised by the lanes
+    when they divide it, and made parallel when it has enough work; a reduction nest gets
+    its spatial loops fused and parallel.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .common import (
+    Rule,
+    block_dtype,
+    extent,
+    fuse_parallel,
+    is_spatial,
+    root_blocks,
+    schedule_pad,
+    schedule_spatial,
+    vectorize_init,
+    work,
+)
+
+_SMALL_WINDOW = 64  # reduction extents up to this count as a pooling window
+
+
+def _normal_loops(sch: s_tir.Schedule, block):
+    """``(spatial_loops, reduce_loops, spatial_iters)`` when each block iterator is bound to
+    its own loop (spatial and reduction loops each in loop order), else None."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    bindings = _bindings(sch, block)
+    if bindings is None or len(bindings) != len(loops) or len(loops) != len(stmt.iter_vars):
+        return None
+    spatial, reduce = [], []
+    loop_vars = [sch.get(loop).loop_var for loop in loops]
+    for iv, value in zip(stmt.iter_vars, bindings, strict=True):
+        if not isinstance(value, tirx.Var):
+            return None
+        index = next((i for i, v in enumerate(loop_vars) if v.same_as(value)), None)
+        if index is None:
+            return None
+        kind = iv.iter_type
+        if kind == tirx.IterVar.DataPar:
+            spatial.append((index, iv))
+        elif kind == tirx.IterVar.CommReduce:
+            reduce.append((index, iv))
+        else:
+            return None
+    return ([loops[i] for i, _ in sorted(spatial, key=lambda p: p[0])],
+            [loops[i] for i, _ in sorted(reduce, key=lambda p: p[0])],
+            [iv for _, iv in sorted(spatial, key=lambda p: p[0])])
+
+
+def _bindings(sch: s_tir.Schedule, block):
+    """The iterator values of `block` when it is the whole body of its innermost loop."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return None
+    body = sch.get(loops[-1]).body
+    if isinstance(body, s_tir.SBlockRealize) and body.block.same_as(sch.get(block)):
+        return list(body.iter_values)
+    return None
+
+
+def _reduce_extent(sch, loops) -> int:
+    total = 1
+    for loop in loops:
+        total *= extent(sch, loop) or 1 << 20
+    return total
+
+
+def _contiguous_in(stmt, iv) -> bool:
+    """True when the block's output is indexed by `iv` in its innermost dimension."""
+    if not stmt.writes:
+        return False
+    last = stmt.writes[0].region[-1]
+    return isinstance(last.min, tirx.Var) and last.min.same_as(iv.var)
+
+
+def schedule_reduction(sch: s_tir.Schedule, block, cfg) -> bool:
+    """Vectorise and parallelise one reduction block in normal form; False if not normal."""
+    found = _normal_loops(sch, block)
+    if found is None:
+        return False
+    spatial, reduce, spatial_iters = found
+    if not reduce or not spatial:
+        return False
+    total = work(sch, block)
+    lanes = cfg.lanes(block_dtype(sch, block))
+    inner_ext = extent(sch, spatial[-1])
+    stmt = sch.get(block)
+    if (inner_ext and lanes > 1 and inner_ext % lanes == 0
+            and _contiguous_in(stmt, spatial_iters[-1])):
+        outer, vec = sch.split(spatial[-1], [None, lanes])
+        sch.reorder(*spatial[:-1], outer, *reduce, vec)
+        fuse_parallel(sch, [*spatial[:-1], outer], cfg, total)
+        sch.vectorize(vec)
+        init = sch.decompose_reduction(block, reduce[0])
+        vectorize_init(sch, init)
+        return True
+    sch.reorder(*spatial, *reduce)
+    fuse_parallel(sch, spatial, cfg, total)
+    return True
+
+
+class Reduction(Rule):
+    """Pooling and other reductions (see module docstring)."""
+
+    name = "reduction"
+
+    def apply(self, func: tirx.PrimFunc, cfg) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        blocks = root_blocks(sch)
+        reductions = [b for b in blocks if not is_spatial(sch, b)]
+        if not reductions:
+            return None
+        for block in reductions:
+            found = _normal_loops(sch, block)
+            if found is None:
+                return None
+            if _reduce_extent(sch, found[1]) <= _SMALL_WINDOW:
+                for producer in sch.get_producers(block):
+                    if is_spatial(sch, producer) and len(sch.get_consumers(producer)) == 1:
+                        try:
+                            sch.compute_inline(producer)
+                        except Exception:  # noqa: BLE001 - keep it as a loop nest
+                            pass
+        for block in root_blocks(sch):
+            if is_spatial(sch, block):
+                _schedule_spatial_or_pad(sch, block, cfg)
+            elif not schedule_reduction(sch, block, cfg):
+                return None
+        return sch
+
+
+class Fallback(Rule):
+    """Safe schedule for any PrimFunc (see module docstring)."""
+
+    name = "fallback"
+
+    def apply(self, func: tirx.PrimFunc, cfg) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        outputs = {b.name_hint for b in _output_blocks(sch)}
+        for block in root_blocks(sch):
+            stmt = sch.get(block)
+            if stmt.name_hint in outputs or not is_spatial(sch, block):
+                continue
+            consumers = sch.get_consumers(block)
+            if consumers and all(is_spatial(sch, c) for c in consumers):
+                try:
+                    sch.compute_inline(block)
+                except Exception:  # noqa: BLE001 - stays a separate loop nest
+                    pass
+        for block in root_blocks(sch):
+            if is_spatial(sch, block):
+                _schedule_spatial_or_pad(sch, block, cfg)
+                continue
+            loops = sch.get_loops(block)
+            kinds = _leading_spatial(sch, block, len(loops))
+            if kinds:
+                fuse_parallel(sch, loops[:kinds], cfg, work(sch, block))
+        return sch
+
+
+def _schedule_spatial_or_pad(sch, block, cfg) -> None:
+    lanes = cfg.lanes(block_dtype(sch, block))
+    if not schedule_pad(sch, block, cfg, lanes):
+        schedule_spatial(sch, block, cfg, lanes)
+
+
+def _output_blocks(sch):
+    root = sch.mod["main"].body.block
+    return [sch.get(b) for b in sch.get_output_blocks(sch.get_sblock(root.name_hint))]
+
+
+def _leading_spatial(sch, block, num_loops: int) -> int:
+    """How many outer loops bind only spatial iterators (0 when unknown)."""
+    found = _normal_loops(sch, block)
+    if found is None:
+        return 0
+    spatial, _reduce, _ = found
+    loops = sch.get_loops(block)
+    count = 0
+    for loop in loops:
+        if any(sch.get(loop).same_as(sch.get(s)) for s in spatial):
+            count += 1
+        else:
+            break
+    return min(count, num_loops)

@@ -1,0 +1,127 @@
+"""Relax legalization that lowers conv2d, depthwise conv2d and matmul to the packed kernels.
+
+`legalize_map(cfg)` is a ``customize_legalize_map`` for `relax.transform.LegalizeOps`:
+
+* ``relax.nn.conv2d`` NCHW/OIHW with groups = 1 → `compute.pack_conv_weight` (its own
+  call, folded into a constant by `FoldConstant` when the weight is a constant) and
+  `compute.conv2d_packed`;
+* ``relax.nn.conv2d`` with groups = IC (depthwise, any multiplier) → `compute.depthwise_conv2d`;
+* ``relax.matmul`` of a 2-D input by a 2-D weight → `compute.pack_dense_weight` +
+  `compute.dense_packed`.
+
+Anything else (other layouts, grouped convolutions, symbolic shapes, integer dtypes,
+batched matmuls) keeps TVM's default legalization and is scheduled by the generic rules.
+The register tiles come from `schedules.config`, so the weight layout matches the target.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import tvm
+
+from . import compute
+from .config import (
+    ConvGeometry,
+    MachineConfig,
+    choose_conv_tile,
+    choose_dense_tile,
+    choose_row_tile,
+)
+
+_FLOAT_DTYPES = ("float32", "float16")
+
+
+def _default(op_name: str, bb, call):
+    return tvm.ir.Op.get(op_name).get_attr("FLegalize")(bb, call)
+
+
+def _static_shape(expr):
+    ty = getattr(expr, "ty", None)
+    shape = getattr(ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dtype(expr) -> str:
+    return str(getattr(expr.ty, "dtype", ""))
+
+
+def _out_dtype(call, fallback: str) -> str:
+    out = call.attrs.out_dtype
+    out = "" if out is None else str(out)
+    return fallback if out in ("", "void") else out
+
+
+def _conv2d(cfg: MachineConfig, bb, call):
+    attrs = call.attrs
+    data, weight = call.args
+    dshape, wshape = _static_shape(data), _static_shape(weight)
+    layouts_ok = (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
+                  and attrs.out_layout in ("NCHW", ""))
+    dtype = _dtype(data)
+    if (not layouts_ok or dshape is None or wshape is None or len(dshape) != 4
+            or dtype not in _FLOAT_DTYPES or _dtype(weight) != dtype):
+        return _default("relax.nn.conv2d", bb, call)
+    out_dtype = _out_dtype(call, dtype)
+    strides = tuple(int(v) for v in attrs.strides)
+    dilation = tuple(int(v) for v in attrs.dilation)
+    padding = tuple(int(v) for v in attrs.padding)
+    if len(padding) == 2:
+        padding = padding * 2
+    groups = int(attrs.groups)
+    in_c, out_c = dshape[1], wshape[0]
+    kh, kw = wshape[2], wshape[3]
+    oh = (dshape[2] + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (dshape[3] + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    if oh <= 0 or ow <= 0:
+        return _default("relax.nn.conv2d", bb, call)
+    if groups == 1:
+        geo = ConvGeometry(in_c, dshape[2], dshape[3], out_c, ow, (kh, kw), strides, dilation,
+                           padding[0], padding[1])
+        tile = choose_conv_tile(cfg, out_dtype, geo, oh)
+        packed = bb.emit_te(compute.pack_conv_weight, weight, tile.oc_block,
+                            primfunc_name_hint="mdl_pack_conv_weight")
+        return bb.call_te(compute.conv2d_packed, data, packed, out_c, strides, padding,
+                          dilation, tile.ow_tile, out_dtype, tile.vector_axis,
+                          primfunc_name_hint="mdl_conv2d")
+    if groups == in_c and wshape[1] == 1 and out_c % in_c == 0:
+        row_tile = choose_row_tile(cfg, out_dtype, ow)
+        return bb.call_te(compute.depthwise_conv2d, data, weight, strides, padding, dilation,
+                          row_tile, out_dtype, primfunc_name_hint="mdl_depthwise_conv2d")
+    return _default("relax.nn.conv2d", bb, call)
+
+
+def _matmul(cfg: MachineConfig, bb, call):
+    data, weight = call.args
+    dshape, wshape = _static_shape(data), _static_shape(weight)
+    dtype = _dtype(data)
+    if (dshape is None or wshape is None or len(dshape) != 2 or len(wshape) != 2
+            or dshape[1] != wshape[0] or dtype not in _FLOAT_DTYPES or _dtype(weight) != dtype):
+        return _default("relax.matmul", bb, call)
+    out_dtype = _out_dtype(call, dtype)
+    n_block, m_tile = choose_dense_tile(cfg, out_dtype, dshape[0], wshape[1])
+    packed = bb.emit_te(compute.pack_dense_weight, weight, n_block,
+                        primfunc_name_hint="mdl_pack_dense_weight")
+    return bb.call_te(compute.dense_packed, data, packed, wshape[1], m_tile, out_dtype,
+                      primfunc_name_hint="mdl_dense")
+
+
+def legalize_map(cfg: MachineConfig) -> dict:
+    """The ``customize_legalize_map`` for `relax.transform.LegalizeOps`.
+
+    Parameters
+    ----------
+    cfg : MachineConfig
+        Lane count and registers of the target; they fix the weight packing.
+
+    Returns
+    -------
+    dict
+        ``{"relax.nn.conv2d": fn, "relax.matmul": fn}``.
+    """
+    return {"relax.nn.conv2d": partial(_conv2d, cfg), "relax.matmul": partial(_matmul, cfg)}

@@ -1,0 +1,271 @@
+"""Default schedules, rule by rule: each rule on a small case against the same function
+unscheduled, the generic rules on Relax operators, and the machine configuration."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, te, tirx, topi
+
+import schedules
+from mdl_tvm.targets import get_profile
+from schedules import compute
+from schedules.config import ConvGeometry, MachineConfig, choose_conv_tile, choose_dense_tile
+from schedules.conv2d import Conv2DPacked
+from schedules.dense import DensePacked
+from schedules.depthwise import DepthwiseConv2D
+
+HOST = get_profile("host")
+CFG = MachineConfig.from_profile(HOST)
+
+
+def _random_args(func, rng):
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    infos = ArgInfo.from_prim_func(func)
+    return [rng.standard_normal([int(d) for d in a.shape]).astype(a.dtype) for a in infos]
+
+
+def _run_prim_func(func, arrays):
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=HOST.tvm_target())
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def _assert_rule_preserves_numerics(func, rule, rng):
+    sch = rule.apply(func, CFG)
+    assert sch is not None, f"rule {rule.name} did not match"
+    arrays = _random_args(func, rng)
+    expected = _run_prim_func(func, [a.copy() for a in arrays])
+    actual = _run_prim_func(sch.mod["main"], [a.copy() for a in arrays])
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+    return sch
+
+
+def _bias_relu(out):
+    bias = te.placeholder((1, int(out.shape[1]), 1, 1), name="bias")
+    added = te.compute(out.shape, lambda n, c, y, x: out[n, c, y, x] + bias[0, c, 0, 0],
+                       name="T_add")
+    relu = te.compute(out.shape, lambda *i: tirx.max(added(*i), tirx.const(0, "float32")),
+                      name="relu")
+    return bias, relu
+
+
+@pytest.mark.parametrize(
+    "in_c, out_c, size, kernel, stride, pad, dilation, axis",
+    [
+        (13, 37, 16, 3, 1, 1, 1, "oc"),  # pruned channel counts, remainder chunk
+        (13, 37, 16, 3, 1, 1, 1, "ow"),
+        (3, 16, 23, 7, 2, 3, 1, "oc"),  # stem-like, odd width
+        (16, 24, 14, 1, 1, 0, 1, "ow"),  # 1x1, width not a whole vector
+        (8, 9, 12, 3, 1, 2, 2, "oc"),  # dilation
+    ],
+)
+def test_conv2d_rule(rng, in_c, out_c, size, kernel, stride, pad, dilation, axis):
+    lanes = CFG.lanes("float32")
+    oc_block, ow_tile = (lanes, 3) if axis == "oc" else (5, lanes)
+    data = te.placeholder((1, in_c, size, size), name="data")
+    weight = te.placeholder((out_c, in_c, kernel, kernel), name="weight")
+    packed = compute.pack_conv_weight(weight, oc_block)
+    out = compute.conv2d_packed(data, packed, out_c, (stride, stride), (pad,) * 4,
+                                (dilation, dilation), ow_tile, "float32", axis)
+    bias, relu = _bias_relu(out)
+    func = te.create_prim_func([data, weight, bias, relu])
+    sch = _assert_rule_preserves_numerics(func, Conv2DPacked(), rng)
+    assert "mdl_conv2d_blocked_local" in sch.mod["main"].script()
+
+
+@pytest.mark.parametrize("channels, mult, size, stride", [(8, 1, 15, 1), (6, 2, 16, 2),
+                                                           (16, 1, 7, 2)])
+def test_depthwise_rule(rng, channels, mult, size, stride):
+    data = te.placeholder((1, channels, size, size), name="data")
+    weight = te.placeholder((channels * mult, 1, 3, 3), name="weight")
+    out = compute.depthwise_conv2d(data, weight, (stride, stride), (1, 1, 1, 1), (1, 1),
+                                   2 * CFG.lanes("float32"))
+    bias, relu = _bias_relu(out)
+    func = te.create_prim_func([data, weight, bias, relu])
+    _assert_rule_preserves_numerics(func, DepthwiseConv2D(), rng)
+
+
+@pytest.mark.parametrize("rows, k, cols", [(1, 37, 10), (4, 64, 70)])
+def test_dense_rule(rng, rows, k, cols):
+    n_block, m_tile = choose_dense_tile(CFG, "float32", rows, cols)
+    data = te.placeholder((rows, k), name="data")
+    weight = te.placeholder((k, cols), name="weight")
+    out = compute.dense_packed(data, compute.pack_dense_weight(weight, n_block), cols, m_tile)
+    bias = te.placeholder((cols,), name="bias")
+    relu = te.compute(out.shape, lambda m, n: tirx.max(out[m, n] + bias[n], 0.0), name="relu")
+    func = te.create_prim_func([data, weight, bias, relu])
+    _assert_rule_preserves_numerics(func, DensePacked(), rng)
+
+
+def _relax_module(shape, body):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _lower_build_run(mod, x, rules):
+    target = HOST.tvm_target()
+    with target:
+        lowered = schedules.lowering_pipeline(HOST, rules=rules)(mod)
+    vm = relax.VirtualMachine(relax.build(lowered, target), tvm.cpu())
+    return lowered, vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _rules_used(mod) -> dict:
+    return {gv.name_hint: (f.attrs.get(schedules.RULE_ATTR) if f.attrs else None)
+            for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def _check_against_unscheduled(mod, x):
+    plain, expected = _lower_build_run(mod, x, rules=())
+    assert not any(_rules_used(plain).values())
+    lowered, actual = _lower_build_run(mod, x, rules=schedules.DEFAULT_RULES)
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+    return _rules_used(lowered)
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool", "global_avg_pool"])
+def test_reduction_rule_on_pooling(rng, op):
+    def body(bb, x):
+        if op == "max_pool":
+            return relax.op.nn.max_pool2d(x, pool_size=3, strides=2, padding=1)
+        if op == "avg_pool":
+            return relax.op.nn.avg_pool2d(x, pool_size=2, strides=2)
+        return relax.op.nn.adaptive_avg_pool2d(x, output_size=1)
+
+    x = rng.standard_normal((1, 5, 16, 16)).astype("float32")
+    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    assert set(used.values()) == {"reduction"}
+
+
+def test_grouped_and_nhwc_convs_fall_back_to_generic_rules(rng):
+    w_grouped = rng.standard_normal((8, 2, 3, 3)).astype("float32")
+    w_nhwc = rng.standard_normal((3, 3, 8, 4)).astype("float32")
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w_grouped), padding=1, groups=4))
+        y = bb.emit(relax.op.permute_dims(y, [0, 2, 3, 1]))
+        return relax.op.nn.conv2d(y, relax.const(w_nhwc), data_layout="NHWC",
+                                  kernel_layout="HWIO")
+
+    x = rng.standard_normal((1, 8, 10, 10)).astype("float32")
+    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    assert "conv2d" not in used.values() and all(used.values())
+
+
+def test_shape_no_rule_matches_still_builds_and_runs(rng):
+    def body(bb, x):
+        y = bb.emit(relax.op.permute_dims(x, [0, 2, 1]))
+        y = bb.emit(relax.op.nn.softmax(relax.op.exp(y), axis=-1))
+        return relax.op.cumsum(y, axis=1)
+
+    x = rng.standard_normal((2, 7, 13)).astype("float32")
+    _, actual = _lower_build_run(_relax_module(x.shape, body), x, schedules.DEFAULT_RULES)
+    y = np.exp(np.transpose(x, (0, 2, 1)))
+    y = np.exp(y - y.max(-1, keepdims=True))
+    expected = np.cumsum(y / y.sum(-1, keepdims=True), axis=1)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scheduled_functions_are_left_alone():
+    data = te.placeholder((4, 8), name="data")
+    out = te.compute((4, 8), lambda i, j: data[i, j] * 2.0, name="double")
+    func = te.create_prim_func([data, out]).with_attr("tirx.is_scheduled", True)
+    gvar = tvm.ir.GlobalVar("double")
+    mod = tvm.IRModule({gvar: func})
+    assert schedules.apply_default_schedules(mod, HOST)[gvar].same_as(func)
+    fresh = tvm.IRModule({gvar: te.create_prim_func([data, out])})
+    done = schedules.apply_default_schedules(fresh, HOST)[gvar]
+    assert schedules.is_scheduled(done) and done.attrs[schedules.RULE_ATTR] == "fallback"
+
+
+def test_lanes_and_registers_come_from_the_profile():
+    arm = MachineConfig.from_profile(get_profile("arm64"))
+    fp16 = MachineConfig.from_profile(get_profile("arm64-fp16"))
+    assert (arm.lanes("float32"), arm.lanes("float16"), arm.num_regs) == (4, 4, 32)
+    assert (fp16.lanes("float32"), fp16.lanes("float16")) == (4, 8)
+    assert CFG.lanes("float32") == HOST.fp32_lanes() and CFG.num_cores == HOST.num_cores
+    for cfg in (arm, fp16, CFG):
+        for in_c, out_c, width, k in ((13, 37, 16, 3), (64, 64, 56, 3), (144, 24, 56, 1),
+                                      (512, 512, 7, 3), (960, 160, 7, 1)):
+            geo = ConvGeometry(in_c, width, width, out_c, width, (k, k), pad_top=k // 2,
+                               pad_left=k // 2)
+            tile = choose_conv_tile(cfg, "float32", geo, width)
+            lanes = cfg.lanes("float32")
+            vecs = tile.oc_block // lanes if tile.vector_axis == "oc" else tile.ow_tile // lanes
+            blocks = tile.ow_tile if tile.vector_axis == "oc" else tile.oc_block
+            assert vecs * blocks + vecs + 1 <= cfg.num_regs  # accumulators + operands fit
+
+
+def test_lowering_matches_topi_conv_reference(rng):
+    """The packed legalization computes what TOPI's conv2d computes."""
+    w = rng.standard_normal((37, 13, 3, 3)).astype("float32")
+
+    def body(bb, x):
+        return relax.op.nn.conv2d(x, relax.const(w), strides=2, padding=(1, 0, 2, 1))
+
+    x = rng.standard_normal((1, 13, 17, 19)).astype("float32")
+    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    assert "conv2d" in used.values()
+    data, kernel = te.placeholder(x.shape), te.placeholder(w.shape)
+    ref = te.create_prim_func([data, kernel, topi.nn.conv2d_nchw(data, kernel, 2, (1, 0, 2, 1),
+                                                                 1)])
+    expected = _run_prim_func(ref, [x, w, np.zeros((1, 37, 9, 9), "float32")])
+    _, actual = _lower_build_run(_relax_module(x.shape, body), x, schedules.DEFAULT_RULES)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_non_constant_weights_are_packed_at_run_time(rng):
+    """Weights passed as inputs (not folded constants) still go through the packed kernels."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 9, 9), "float32"))
+    w = relax.Var("w", relax.TensorType((11, 6, 3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(x, w, padding=1)))
+        bb.emit_func_output(out)
+    target = HOST.tvm_target()
+    with target:
+        lowered = schedules.lowering_pipeline(HOST)(bb.get())
+    assert "conv2d" in _rules_used(lowered).values()
+    vm = relax.VirtualMachine(relax.build(lowered, target), tvm.cpu())
+    xs = rng.standard_normal((1, 6, 9, 9)).astype("float32")
+    ws = rng.standard_normal((11, 6, 3, 3)).astype("float32")
+    actual = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws)).numpy()
+    data, kernel = te.placeholder(xs.shape), te.placeholder(ws.shape)
+    ref = te.create_prim_func([data, kernel, topi.nn.conv2d_nchw(data, kernel, 1, 1, 1)])
+    expected = np.maximum(_run_prim_func(ref, [xs, ws, np.zeros(actual.shape, "float32")]), 0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_tuning_database_leaves_the_default_schedules(rng):
+    from tvm.s_tir import meta_schedule as ms
+
+    w = rng.standard_normal((8, 3, 3, 3)).astype("float32")
+    mod = _relax_module((1, 3, 12, 12), lambda bb, x: relax.op.nn.conv2d(x, relax.const(w)))
+    with HOST.tvm_target(), ms.database.MemoryDatabase():
+        lowered = schedules.lowering_pipeline(HOST)(mod)
+    assert set(_rules_used(lowered).values()) == {"conv2d"}
+
+
+def test_conv_whose_output_is_also_returned(rng):
+    """A fused function with two outputs (conv and relu(conv)) keeps both correct."""
+    w = rng.standard_normal((10, 4, 3, 3)).astype("float32")
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=1))
+        z = bb.emit(relax.op.nn.relu(y))
+        return relax.op.add(relax.op.sum(y, axis=[1]), relax.op.sum(z, axis=[1]))
+
+    x = rng.standard_normal((1, 4, 11, 11)).astype("float32")
+    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    assert all(used.values())
