@@ -59,7 +59,8 @@ def test_cli_errors_are_one_clear_line(args, message, tmp_path):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_demo_runs_and_prints_table():
-    proc = mdl("demo", "--no-phone")
+def test_demo_runs_on_host_and_phone_and_prints_table():
+    proc = mdl("demo")
     assert "PyTorch eager" in proc.stdout and "MobileDL" in proc.stdout
     assert "top-1 acc" in proc.stdout
+    assert "arm64 phone (QEMU)" in proc.stdout and "argmax = host" in proc.stdout
