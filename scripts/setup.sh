@@ -24,7 +24,8 @@ fi
 
 PY="${PYTHON:-python3}"
 # torch==2.13.0 is pinned in the extras: an unpinned torch pulls a multi-GB CUDA build.
-if ! "$PY" -c "import mdl_tvm, torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado" \
+if ! "$PY" -c "import importlib.metadata as m; m.version('mdl-tvm')
+import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib" \
     >/dev/null 2>&1 || [ "${MDL_TVM_REINSTALL:-0}" = 1 ]; then
   echo "setup: pip install -e .[all]"
   "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
