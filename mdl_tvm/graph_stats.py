@@ -30,8 +30,9 @@ class GraphStats:
         }
 
 
-def _shape(expr) -> tuple[int, ...] | None:
-    shape = getattr(expr.ty, "shape", None)
+def static_shape(expr) -> tuple[int, ...] | None:
+    """The static shape of a Relax expression, or None when it has none (or a symbolic one)."""
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
     if shape is None:
         return None
     try:
@@ -45,18 +46,18 @@ def _call_macs(op_name: str, call, out_shape) -> int:
         return 0
     out_elems = int(np.prod(out_shape))
     if op_name in ("relax.nn.conv2d", "relax.nn.conv1d", "relax.nn.conv2d_transpose"):
-        w_shape = _shape(call.args[1])
+        w_shape = static_shape(call.args[1])
         if w_shape is None:
             return 0
         if op_name == "relax.nn.conv2d_transpose":  # weight IOHW: each input feeds O*kh*kw outputs
-            in_shape = _shape(call.args[0])
+            in_shape = static_shape(call.args[0])
             return int(np.prod(in_shape)) * int(np.prod(w_shape[1:])) if in_shape else 0
         return out_elems * int(np.prod(w_shape[1:]))  # (C_in / groups) * kernel
     if op_name == "relax.matmul":
-        a_shape = _shape(call.args[0])
+        a_shape = static_shape(call.args[0])
         return out_elems * (a_shape[-1] if a_shape else 0)
     if op_name == "relax.linear":
-        a_shape = _shape(call.args[0])
+        a_shape = static_shape(call.args[0])
         return out_elems * (a_shape[-1] if a_shape else 0)
     return 0
 
@@ -85,7 +86,7 @@ def graph_stats(mod, func_name: str = "main") -> GraphStats:
             if isinstance(expr.op, tvm.ir.Op):
                 name = expr.op.name
                 ops[name.removeprefix("relax.")] += 1
-                macs += _call_macs(name, expr, _shape(expr))
+                macs += _call_macs(name, expr, static_shape(expr))
         elif isinstance(expr, relax.Tuple):
             for field_ in expr.fields:
                 visit(field_)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mdl_tvm.graph_stats import static_shape
+
 UNARY_PASSTHROUGH = {
     "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.gelu",
     "relax.nn.silu", "relax.nn.leakyrelu", "relax.nn.dropout", "relax.astype", "relax.exp",
@@ -113,16 +115,6 @@ class ChannelGraph:
     groups: dict[str, ChannelGroup]
     flatten_reshapes: list[int]
     producer_names: dict[int, str]  # binding number -> layer name (conv0, dense1, ...)
-
-
-def _shape(expr) -> tuple[int, ...] | None:
-    shape = getattr(getattr(expr, "ty", None), "shape", None)
-    if shape is None:
-        return None
-    try:
-        return tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        return None
 
 
 def _const_array(expr):
@@ -210,7 +202,7 @@ class _Analysis:
     def visit_call(self, name: int, op: str, call) -> Layout | None:
         args = list(call.args)
         in_layout = self.layout_of(args[0]) if args else None
-        out_shape = _shape(call)
+        out_shape = static_shape(call)
         if op == "relax.nn.conv2d":
             return self.visit_conv(name, call, in_layout, out_shape)
         if op == "relax.matmul":
@@ -241,7 +233,7 @@ class _Analysis:
             self.freeze(in_layout, f"conv2d {attrs.data_layout}/{attrs.kernel_layout} "
                         "or with non-constant weight")
             return None
-        groups, c_out, c_in = int(attrs.groups), weight.shape[0], _shape(call.args[0])[1]
+        groups, c_out, c_in = int(attrs.groups), weight.shape[0], static_shape(call.args[0])[1]
         if groups == 1:
             if in_layout is not None:
                 self.record("consumers", in_layout, name, 1, 1)
@@ -266,7 +258,7 @@ class _Analysis:
                 self.freeze(self.layout_of(arg), "matmul without a constant 2-D weight")
             return None
         if in_layout is not None:
-            if in_layout.axis != len(_shape(args[0])) - 1:
+            if in_layout.axis != len(static_shape(args[0])) - 1:
                 self.freeze(in_layout, "matmul over a non-channel axis")
             else:
                 self.record("consumers", in_layout, name, 1, 0)
@@ -310,7 +302,7 @@ class _Analysis:
     def visit_reshape(self, name, data, in_layout, out_shape):
         if in_layout is None:
             return None
-        in_shape = _shape(data)
+        in_shape = static_shape(data)
         if (in_shape and out_shape and len(in_shape) == 4 and in_layout.axis == 1
                 and len(out_shape) == 2 and out_shape[0] == in_shape[0]):
             self.flatten_reshapes.append(name)
@@ -321,7 +313,7 @@ class _Analysis:
     def visit_mean(self, call, in_layout, out_shape):
         if in_layout is None:
             return None
-        rank = len(_shape(call.args[0]) or ())
+        rank = len(static_shape(call.args[0]) or ())
         axes = sorted(int(a) % rank for a in call.attrs.axis) if call.attrs.axis else []
         if in_layout.axis == 1 and axes == [2, 3] and rank == 4:
             return in_layout
@@ -347,7 +339,7 @@ class _Analysis:
             if lay is not None and (lay.axis != axis or lay.span != 1):
                 self.freeze(lay, "concat along a non-channel axis")
                 lay = None
-            segments += list(lay.segments) if lay else [Segment(None, _shape(f)[axis])]
+            segments += list(lay.segments) if lay else [Segment(None, static_shape(f)[axis])]
         return Layout(axis, tuple(segments))
 
     # -- results ----------------------------------------------------------------------
