@@ -46,11 +46,34 @@ def _cmd_compile(args) -> int:
             f"{args.model!r} is neither a file nor a zoo model; zoo models: "
             f"{', '.join(zoo.MODELS)}"
         )
-    compiled = compile_model(model, target=args.target, input_shapes=shapes)
+    compiled = compile_model(model, target=args.target, input_shapes=shapes,
+                             **_compression_args(args))
     path = compiled.export(args.output)
+    if getattr(args, "save_masks", None) and compiled.masks is not None:
+        print(f"wrote channel masks to {compiled.masks.save(args.save_masks)}")
     print(f"wrote {path} ({os.path.getsize(path):,} bytes) for target {args.target}")
     _print_summary(compiled.summary())
     return 0
+
+
+def _compression_args(args) -> dict:
+    """``compress`` / ``calibration`` keywords from --compress, --calibration, --masks."""
+    import numpy as np
+
+    calibration = None
+    if getattr(args, "calibration", None):
+        try:
+            calibration = np.load(args.calibration, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read calibration inputs {args.calibration!r} ({err}); "
+                             "give a .npy array (N, C, H, W)") from None
+    compress = getattr(args, "compress", None)
+    if getattr(args, "masks", None):
+        import relay_passes as rp
+
+        options = rp.RecoveryConfig(recovery="ls" if calibration is not None else "none")
+        compress = rp.MaskPruning(options=options, masks=rp.ChannelMasks.load(args.masks))
+    return {"compress": compress, "calibration": calibration}
 
 
 def _print_summary(meta: dict) -> None:
@@ -107,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output library path (.so)")
     p.add_argument("--input-shape", type=_parse_shape, help="e.g. 1,3,224,224")
     p.add_argument("--weights", help="state_dict (.pt) for a zoo model")
+    p.add_argument("--compress", help="channel compression, e.g. kmeans:0.5, mask:0.5, "
+                   "mask:0.5:greedy")
+    p.add_argument("--calibration", help=".npy inputs (N, ...) for least-squares recovery")
+    p.add_argument("--masks", help="commit channel masks saved by an earlier run (.npz)")
+    p.add_argument("--save-masks", help="write the channel masks used to this .npz")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("info", help="show what an exported library holds")

@@ -55,6 +55,7 @@ class CompiledModel:
         self.timings = dict(timings or {})
         self.source = source
         self.compression: list[dict] = []  # per-layer-group report of a compress= pass
+        self.masks = None  # relay_passes.ChannelMasks of a mask compression (savable)
         self._library = library
         self._vm = None
 
@@ -165,7 +166,8 @@ def _flatten(result) -> list[np.ndarray]:
 
 
 def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
-            input_dtype="float32", compress=None, graph_passes=()) -> CompiledModel:
+            input_dtype="float32", compress=None, calibration=None,
+            graph_passes=()) -> CompiledModel:
     """Compile a model for a target profile.
 
     Parameters
@@ -181,9 +183,16 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         Example inputs for `torch.export`.
     input_dtype : str
         Dtype of inputs built from `input_shapes`.
-    compress : str or (str, relay_passes.CompressConfig), optional
-        Channel compression: ``"kmeans:0.5"`` removes half of each layer group's channels
-        by k-means clustering (see `relay_passes.kmeans_cluster`).
+    compress : str, (str, relay_passes.CompressConfig) or a pass object, optional
+        Channel compression. ``"kmeans:0.5"`` removes half of each layer group's channels
+        by k-means clustering (`relay_passes.kmeans_cluster`); ``"mask:0.5"`` prunes them
+        by filter magnitude (``"mask:0.5:greedy"``: criterion ``l1``, ``l2``,
+        ``activation`` or ``greedy``; `relay_passes.mask_prune`). With `calibration`, both
+        refit the consumer layers by least squares. A configured
+        ``relay_passes.MaskPruning`` / ``KMeansChannelClustering`` is accepted too.
+    calibration : numpy.ndarray or iterable of arrays, optional
+        Inputs ``(N, ...)`` resembling real data (a few hundred training images) for
+        least-squares recovery and data-driven channel selection.
     graph_passes : sequence of callables
         Relax module passes run after preparation (and compression), before lowering.
 
@@ -192,7 +201,7 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
     CompiledModel
     """
     profile = get_profile(target)
-    compressor = _compressor(compress)
+    compressor = _compressor(compress, calibration)
     if compressor is not None:
         graph_passes = (compressor, *graph_passes)
     start = time.perf_counter()
@@ -212,18 +221,39 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
     )
     if compressor is not None:
         compiled.compression = [vars(r) for r in compressor.reports]
+        compiled.masks = getattr(compressor, "masks", None)
     return compiled
 
 
-def _compressor(compress):
+def _compressor(compress, calibration=None):
     if compress is None:
+        if calibration is not None:
+            raise ValueError("calibration= is only used by compression; also give "
+                             "compress='mask:RATIO' or 'kmeans:RATIO'")
         return None
-    from relay_passes import KMeansChannelClustering, parse_compress
+    import relay_passes as rp
 
-    method, config = parse_compress(compress)
+    if isinstance(compress, (rp.MaskPruning, rp.KMeansChannelClustering)):
+        if calibration is not None and compress.calibration is None:
+            compress.calibration = calibration
+        return compress
+    criterion = None
+    if isinstance(compress, str) and compress.count(":") == 2:
+        compress, _, criterion = compress.rpartition(":")
+    method, config = rp.parse_compress(compress)
     if method == "kmeans":
-        return KMeansChannelClustering(config)
-    raise ValueError(f"compression method {method!r} is not available yet; use 'kmeans:RATIO'")
+        if criterion is not None:
+            raise ValueError(f"k-means takes no criterion; got {criterion!r} (use 'kmeans:R')")
+        return rp.KMeansChannelClustering(config, calibration=calibration)
+    criterion = criterion or "l1"
+    if criterion not in rp.CRITERIA:
+        raise ValueError(f"unknown mask criterion {criterion!r}; choose one of {rp.CRITERIA}")
+    if calibration is None and criterion in ("activation", "greedy"):
+        raise ValueError(f"mask criterion {criterion!r} needs calibration inputs: pass "
+                         "calibration=ARRAY (N, ...) of training inputs")
+    recovery = "ls" if calibration is not None else "none"
+    return rp.MaskPruning(config, rp.RecoveryConfig(criterion=criterion, recovery=recovery),
+                          calibration=calibration)
 
 
 def load(path: str) -> CompiledModel:

@@ -102,3 +102,21 @@ def graph_stats(mod, func_name: str = "main") -> GraphStats:
         macs=macs,
         op_counts=dict(sorted(ops.items())),
     )
+
+
+def binding_costs(mod, func_name: str = "main") -> dict[int, tuple[int, int]]:
+    """``{binding number: (weights, MACs)}`` for each call of `func_name`'s first block:
+    weights are the elements of its constant tensor arguments."""
+    import tvm
+    from tvm import relax
+
+    costs = {}
+    blocks = list(getattr(mod[func_name].body, "blocks", []))
+    for index, binding in enumerate(blocks[0].bindings if blocks else []):
+        call = binding.value
+        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+            continue
+        weights = sum(int(np.prod(a.value.numpy().shape)) for a in call.args
+                      if isinstance(a, tvm.ir.Constant) and hasattr(a.value, "numpy"))
+        costs[index] = (weights, _call_macs(call.op.name, call, static_shape(call)))
+    return costs

@@ -47,9 +47,17 @@ def apply_edits(array: np.ndarray, edits: list[Edit]) -> np.ndarray:
     return array
 
 
-def rewrite(mod, edits: list[Edit], depthwise: set[int], flattens: set[int],
-            func_name: str = "main"):
-    """Return a copy of `mod` with `edits` applied to `func_name`'s constants."""
+def rewrite(mod, edits: list[Edit], depthwise: set[int] = frozenset(),
+            flattens: set[int] = frozenset(), func_name: str = "main", *,
+            replace: dict | None = None, outputs: tuple[int, ...] = ()):
+    """Return a copy of `mod` with `edits` applied to `func_name`'s constants.
+
+    `replace` maps ``(binding, arg)`` to a new array for that constant (applied before the
+    edits; used by least-squares recovery). `outputs` lists binding numbers whose values
+    are returned too: ``main`` then returns ``(original output, *those values)`` — a
+    *probe* of intermediate activations.
+    """
+    replace = replace or {}
     import tvm
     from tvm import relax
 
@@ -75,7 +83,10 @@ def rewrite(mod, edits: list[Edit], depthwise: set[int], flattens: set[int],
         args = []
         for i, arg in enumerate(call.args):
             arg_edits = by_arg.get((name, i))
-            if arg_edits:
+            if (name, i) in replace:
+                value = np.asarray(replace[(name, i)], dtype=arg.value.numpy().dtype)
+                args.append(relax.const(apply_edits(value, arg_edits or [])))
+            elif arg_edits:
                 args.append(relax.const(apply_edits(arg.value.numpy(), arg_edits)))
             else:
                 args.append(remap(arg))
@@ -101,9 +112,13 @@ def rewrite(mod, edits: list[Edit], depthwise: set[int], flattens: set[int],
                     expr = relax.TupleGetItem(remap(value.tuple_value), value.index)
                 else:
                     expr = remap(value)
-                emit = bb.emit if isinstance(binding.var, relax.DataflowVar) else bb.emit_output
+                dataflow = isinstance(binding.var, relax.DataflowVar) and index not in outputs
+                emit = bb.emit if dataflow else bb.emit_output
                 var_map[hash(binding.var)] = emit(expr, name_hint=name)
-        bb.emit_func_output(remap(func.body.body))
+        result = remap(func.body.body)
+        if outputs:
+            result = relax.Tuple([result, *(var_map[hash(bindings[i].var)] for i in outputs)])
+        bb.emit_func_output(result)
     new_mod = bb.get()
     out = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions))
     out[func_name] = new_mod[func_name]

@@ -12,6 +12,10 @@ consumer (conv, depthwise chain, dense after flatten) gets the **sum** of its we
 the cluster's input channels. The result has k channels and computes exactly what the
 centroid-replaced network computes (``merge=False`` builds that reference).
 
+With calibration inputs the clustering runs group by group and each group's consumers
+are then refitted by ridge least squares to the original network's outputs (the
+data-aware refinement shared with mask pruning, see `layerwise` and `ls_recovery`).
+
 The idea is the seed project's "Channels-Oriented K-Means Clustering"; the merge is the
 same algebra as Neuron Merging (Kim et al., NeurIPS 2020) and the end state of
 Centripetal SGD (Ding et al., CVPR 2019), reached here without training.
@@ -23,7 +27,7 @@ Preconditions: weights bound as constants, BatchNorm folded or decomposed (the
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +44,25 @@ class GroupReport:
     channels_before: int
     channels_after: int
     note: str = ""
+    weights_before: int = 0  # elements of the group's producer weights
+    weights_after: int = 0
+    macs_before: int = 0  # multiply-accumulates of the group's producer layers
+    macs_after: int = 0
+
+
+def finish_reports(reports, graph, before, after) -> list[GroupReport]:
+    """Fill in producer weights and MACs before/after, sorted in layer order."""
+    from mdl_tvm.graph_stats import binding_costs
+
+    cost_before, cost_after = binding_costs(before), binding_costs(after)
+    done = []
+    for r in reports:
+        bindings = {ref.binding for ref in graph.groups[r.name].producers}
+        w0, m0 = (sum(cost_before.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
+        w1, m1 = (sum(cost_after.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
+        done.append(replace(r, weights_before=w0, weights_after=w1, macs_before=m0,
+                            macs_after=m1))
+    return sorted(done, key=lambda r: _layer_order(r.name))
 
 
 def weight_rows(consts: dict, ref) -> np.ndarray:
@@ -138,7 +161,33 @@ def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool =
         reports.append(GroupReport(group.name, group.channels, after,
                                    f"{int(labels.max()) + 1} clusters"))
     new_mod = rewrite(mod, edits, depthwise, set(graph.flatten_reshapes), func_name)
-    return new_mod, sorted(reports, key=lambda r: _layer_order(r.name))
+    return new_mod, finish_reports(reports, graph, mod, new_mod)
+
+
+def cluster_channels_refit(mod, config: CompressConfig, calibration, options=None,
+                           func_name: str = "main"):
+    """Data-aware variant: cluster group by group in graph order and refit each group's
+    consumers by least squares on `calibration` (see `layerwise`). Returns
+    ``(new_mod, reports)``."""
+    from .layerwise import LayerwiseDriver, RecoveryConfig, graph_order
+
+    options = options or RecoveryConfig(recovery="ls")
+    graph = analyze(mod, func_name)
+    config.check_names(graph.groups)
+    order = [g.name for g in graph_order(graph) if g.name not in config.skip]
+    reports = report_frozen(graph, config)
+
+    def choose(evidence):
+        group = evidence.group
+        k = kept_channels(group.channels, config.ratio_for(group.name))
+        labels = kmeans_labels(channel_features(group, evidence.consts), k, config.seed)
+        average, member = cluster_matrices(labels)
+        reports.append(GroupReport(group.name, group.channels, len(average),
+                                   f"{len(average)} clusters, least-squares refit"))
+        return average, member, False
+
+    new_mod, _ = LayerwiseDriver(mod, config, options, calibration, func_name).run(order, choose)
+    return new_mod, finish_reports(reports, graph, mod, new_mod)
 
 
 def _layer_order(name: str):
@@ -153,13 +202,20 @@ class KMeansChannelClustering:
     `as_tvm_pass()` wraps it as a `tvm.transform` module pass for a `Sequential`.
     """
 
-    def __init__(self, config: CompressConfig = DEFAULT_CONFIG, merge: bool = True):
+    def __init__(self, config: CompressConfig = DEFAULT_CONFIG, merge: bool = True,
+                 calibration=None):
         if not isinstance(config, CompressConfig):
             raise TypeError(f"config must be a CompressConfig, got {type(config).__name__}")
+        if calibration is not None and not merge:
+            raise ValueError("least-squares refit (calibration=...) needs merge=True")
         self.config, self.merge, self.reports = config, merge, []
+        self.calibration = calibration
 
     def __call__(self, mod):
-        new_mod, self.reports = cluster_channels(mod, self.config, self.merge)
+        if self.calibration is not None:
+            new_mod, self.reports = cluster_channels_refit(mod, self.config, self.calibration)
+        else:
+            new_mod, self.reports = cluster_channels(mod, self.config, self.merge)
         return new_mod
 
     def as_tvm_pass(self):

@@ -1,0 +1,132 @@
+"""Calibration activations: what each consumer layer sees, sampled as least-squares rows.
+
+A *probe* is the graph with some intermediate values returned as extra outputs
+(`channel_rewrite.rewrite(..., outputs=...)`), compiled for this machine by the MobileDL
+pipeline and run on calibration inputs one sample at a time.
+
+For a consumer — a conv2d or matmul with a constant weight — the rows are its input
+patches: for a conv, ``positions`` output pixels are drawn per sample (seeded by sample
+number and binding, so the original and the pruned network are sampled at the same
+pixels) and each gives one im2col row ``(C * kh * kw,)`` in the weight's ``OIHW`` order;
+for a matmul each row of the input is a row. ``rows @ weight_matrix(W).T`` is then the
+consumer's output at those places, before any bias.
+
+Preconditions: NCHW convolutions with ``groups == 1``, static shapes, batch-first inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channel_graph import main_bindings
+from .channel_rewrite import rewrite
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """How a consumer binding turns inputs into outputs."""
+
+    binding: int
+    kind: str  # "conv2d" or "matmul"
+    weight_shape: tuple[int, ...]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+
+
+def consumer_spec(mod, binding: int, func_name: str = "main") -> ConsumerSpec:
+    bindings, _ = main_bindings(mod, func_name)
+    call = bindings[binding].value
+    weight = tuple(call.args[1].value.numpy().shape)
+    if call.op.name == "relax.nn.conv2d":
+        a = call.attrs
+        return ConsumerSpec(binding, "conv2d", weight, tuple(int(s) for s in a.strides),
+                            tuple(int(p) for p in a.padding), tuple(int(d) for d in a.dilation))
+    return ConsumerSpec(binding, "matmul", weight)
+
+
+def weight_matrix(spec: ConsumerSpec, weight: np.ndarray) -> np.ndarray:
+    """The consumer's weight as ``(outputs, inputs)``, matching `sample_rows` columns."""
+    if spec.kind == "conv2d":
+        return weight.reshape(weight.shape[0], -1)
+    return weight.T
+
+
+def from_matrix(spec: ConsumerSpec, matrix: np.ndarray, like: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `weight_matrix`: a ``(outputs, inputs)`` matrix back to the weight shape."""
+    if spec.kind == "conv2d":
+        return matrix.reshape((matrix.shape[0], -1) + tuple(like[2:]))
+    return matrix.T
+
+
+def sample_rows(spec: ConsumerSpec, x: np.ndarray, sample: int, positions: int,
+                seed: int) -> np.ndarray:
+    """Least-squares rows of consumer `spec` for one input tensor `x` (see module doc)."""
+    if spec.kind == "matmul":
+        return x.reshape(-1, x.shape[-1]).astype(np.float64)
+    _, _, kh, kw = spec.weight_shape
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    top, left, bottom, right = spec.padding
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, c, h, w = x.shape
+    out_h, out_w = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    rng = np.random.default_rng((seed, sample, spec.binding))
+    total = n * out_h * out_w
+    picks = np.sort(rng.choice(total, size=min(positions, total), replace=False))
+    b, rest = np.divmod(picks, out_h * out_w)
+    oy, ox = np.divmod(rest, out_w)
+    ky, kx = np.meshgrid(np.arange(kh) * dh, np.arange(kw) * dw, indexing="ij")
+    ys = oy[:, None, None] * sh + ky[None]  # (P, kh, kw)
+    xs = ox[:, None, None] * sw + kx[None]
+    patches = x[b[:, None, None, None], np.arange(c)[None, :, None, None],
+                ys[:, None], xs[:, None]]  # (P, C, kh, kw)
+    return patches.reshape(len(picks), -1).astype(np.float64)
+
+
+def as_samples(calibration, input_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Validate calibration data: an array ``(N, *input_shape[1:])`` or an iterable of arrays
+    of the model's input shape. Returns one array of `input_shape` per sample."""
+    if calibration is None:
+        raise ValueError(
+            "least-squares recovery and data-driven channel selection need calibration "
+            "inputs: pass calibration=ARRAY of shape (N, "
+            f"{', '.join(map(str, input_shape[1:]))}), e.g. a few hundred training images")
+    if isinstance(calibration, np.ndarray):
+        items = [calibration[i : i + input_shape[0]]
+                 for i in range(0, len(calibration), input_shape[0])]
+    elif isinstance(calibration, Iterable) and not isinstance(calibration, (str, bytes)):
+        items = [np.asarray(item) for item in calibration]
+    else:
+        raise TypeError(f"calibration must be a numpy array or an iterable of arrays, "
+                        f"got {type(calibration).__name__}")
+    if not items:
+        raise ValueError("calibration data is empty; give at least one input sample")
+    for i, item in enumerate(items):
+        if tuple(item.shape) != tuple(input_shape):
+            raise ValueError(
+                f"calibration sample {i} has shape {tuple(item.shape)} but the model input is "
+                f"{tuple(input_shape)}; give an array (N, {', '.join(map(str, input_shape[1:]))})")
+        if not np.issubdtype(item.dtype, np.floating):
+            raise TypeError(f"calibration sample {i} has dtype {item.dtype}; give float32 data")
+    return [np.ascontiguousarray(item, dtype=np.float32) for item in items]
+
+
+def model_input_shape(mod, func_name: str = "main") -> tuple[int, ...]:
+    params = mod[func_name].params
+    if len(params) != 1:
+        raise ValueError(f"calibration supports models with one input; this one has "
+                         f"{len(params)}")
+    return tuple(int(d) for d in params[0].ty.shape)
+
+
+def probe(mod, bindings: list[int], samples: list[np.ndarray], func_name: str = "main"):
+    """Yield, per calibration sample, the values of `bindings` (compiled for this host)."""
+    import mdl_tvm
+
+    compiled = mdl_tvm.compile(rewrite(mod, [], func_name=func_name, outputs=tuple(bindings)),
+                               "host")
+    for x in samples:
+        yield compiled.run(x)[-len(bindings):]

@@ -1,0 +1,110 @@
+"""Channel masks: which channels of each coupled group to keep, how to choose them, on disk.
+
+A mask is one boolean vector per channel group of `channel_graph.analyze` (True: keep).
+Criteria (pure numpy, given per-channel evidence):
+
+* ``l1`` / ``l2``  filter magnitude: the norm of every producer row of the channel,
+  summed over the coupled producers (Li et al., "Pruning Filters for Efficient ConvNets").
+* ``activation``   mean absolute activation the consumers read on calibration data.
+* ``greedy``       reconstruction-aware: remove, one at a time, the channel whose removal
+  changes the consumers' outputs least (ThiNet, Luo et al. 2017), on sampled outputs.
+
+Masks save to an ``.npz`` with the channel counts, so a run can be reproduced and a mask
+made for another model is refused with the group that does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+CRITERIA = ("l1", "l2", "activation", "greedy")
+
+
+def keep_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask keeping the `k` highest scores (ties: the lower index)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+    mask = np.zeros(len(scores), bool)
+    mask[order] = True
+    return mask
+
+
+def magnitude_scores(rows: list[np.ndarray], p: int) -> np.ndarray:
+    """Per-channel ``sum_i ||rows_i[c]||_p`` with each producer normalised by its mean."""
+    total = 0.0
+    for r in rows:
+        norms = np.linalg.norm(r, ord=p, axis=1)
+        total = total + norms / max(float(norms.mean()), 1e-12)
+    return np.asarray(total)
+
+
+def greedy_keep(contributions: np.ndarray, k: int) -> np.ndarray:
+    """ThiNet's greedy selection. `contributions` is ``(C, M)``: channel c's share of M
+    sampled consumer outputs. Channels are removed one by one, each time the one that
+    keeps ``|| sum of removed contributions ||`` smallest; returns the keep mask."""
+    c = len(contributions)
+    removed = np.zeros(c, bool)
+    acc = np.zeros(contributions.shape[1])
+    for _ in range(c - k):
+        cost = ((acc[None, :] + contributions) ** 2).sum(axis=1)
+        cost[removed] = np.inf
+        pick = int(np.argmin(cost))
+        removed[pick] = True
+        acc += contributions[pick]
+    return ~removed
+
+
+def sampled_contributions(rows: np.ndarray, weight: np.ndarray, columns: np.ndarray,
+                          seed: int) -> np.ndarray:
+    """``(C, M)``: each channel's contribution to one random output channel per row.
+
+    `rows` ``(M, D)`` consumer inputs, `weight` ``(O, D)``, `columns` ``(C, B)`` the
+    input columns of each channel."""
+    rng = np.random.default_rng(seed)
+    outs = rng.integers(0, weight.shape[0], size=len(rows))
+    w = weight[outs]  # (M, D)
+    return np.stack([(rows[:, cols] * w[:, cols]).sum(axis=1) for cols in columns])
+
+
+class ChannelMasks(dict):
+    """``{group name: bool array}`` with disk round trip."""
+
+    def save(self, path: str) -> str:
+        """Write atomically to `path` (``.npz``)."""
+        meta = {name: int(mask.size) for name, mask in self.items()}
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, __meta__=np.array(json.dumps(meta)),
+                     **{name: np.asarray(m, bool) for name, m in self.items()})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> ChannelMasks:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                json.loads(str(data["__meta__"]))
+                return cls({k: data[k].astype(bool) for k in data.files if k != "__meta__"})
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"{path!r} is not a MobileDL channel-mask file ({err}); save one "
+                             "with ChannelMasks.save or MaskPruning(...).masks.save") from None
+
+    def check(self, groups: dict) -> None:
+        """Raise ValueError when a mask does not fit the model's channel groups."""
+        for name, mask in self.items():
+            if name not in groups:
+                raise ValueError(f"mask for unknown channel group {name!r}; this model's "
+                                 f"groups are: {', '.join(groups)}")
+            if mask.size != groups[name].channels:
+                raise ValueError(f"mask for {name!r} has {mask.size} channels but the model's "
+                                 f"group has {groups[name].channels}: made for another model?")
+            if not mask.any():
+                raise ValueError(f"mask for {name!r} keeps no channel; keep at least one")

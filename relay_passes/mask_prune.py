@@ -1,0 +1,144 @@
+"""Mask-based channel pruning with least-squares recovery, committed into the graph.
+
+What it rewrites
+----------------
+For every prunable group of coupled channels (`channel_graph.analyze`), in graph order:
+
+1. *update* — a keep-mask of ``k = round(C * (1 - ratio))`` channels is chosen by a
+   criterion of `channel_masks` (filter magnitude, calibration activations, or ThiNet's
+   greedy reconstruction), or taken from given masks;
+2. *commit* — the masked channels are removed: selection rows on the producers and
+   per-channel parameters, selection columns on every consumer, so shapes really shrink
+   (conv filters, depthwise groups, dense rows after a flatten);
+3. *recover* (``recovery="ls"``) — each consumer is refitted by ridge least squares so that
+   on calibration inputs it reproduces the original network's outputs, with its inputs
+   taken from the network pruned so far (`ls_recovery`).
+
+The masks are kept (``.masks``, savable) so a run can be reproduced; masks from a masked
+fine-tuning in PyTorch (`mdl_tvm.finetune`) are committed by passing them in.
+
+The method follows channel pruning (He et al., ICCV 2017) and ThiNet (Luo et al., ICCV
+2017): select, then reconstruct, layer by layer; the mask life cycle is that of
+``torch.ao.pruning`` (prepare -> update -> commit).
+
+Preconditions: those of `channel_graph` (one dataflow block, NCHW, constant weights) and,
+for recovery or data-driven criteria, calibration inputs of the model's input shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import weight_matrix
+from .channel_masks import (
+    ChannelMasks,
+    greedy_keep,
+    keep_top,
+    magnitude_scores,
+    sampled_contributions,
+)
+from .config import DEFAULT_CONFIG, CompressConfig, kept_channels
+from .kmeans_cluster import GroupReport, finish_reports, report_frozen, weight_rows
+from .layerwise import DEFAULT_RECOVERY, Evidence, LayerwiseDriver, RecoveryConfig, graph_order
+
+
+def selection_matrix(mask: np.ndarray) -> np.ndarray:
+    """``(k, C)`` rows of the identity for the kept channels."""
+    return np.eye(len(mask))[np.flatnonzero(mask)]
+
+
+def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.ndarray:
+    """The keep-mask of one group under `criterion` (pure numpy on the evidence)."""
+    group = evidence.group
+    if criterion in ("l1", "l2"):
+        rows = [weight_rows(evidence.consts, ref) for ref in group.producers]
+        return keep_top(magnitude_scores(rows, 1 if criterion == "l1" else 2), k)
+    if criterion == "activation":
+        scores = 0.0
+        for binding, cols in evidence.columns.items():
+            x = np.abs(evidence.rows[binding])
+            per_channel = np.array([x[:, c].mean() for c in cols])
+            scores = scores + per_channel / max(per_channel.mean(), 1e-12)
+        return keep_top(np.asarray(scores), k)
+    parts = []
+    for binding, cols in evidence.columns.items():
+        spec = evidence.specs[binding]
+        w = weight_matrix(spec, evidence.consts[(binding, 1)].astype(np.float64))
+        contrib = sampled_contributions(evidence.rows[binding], w, cols, seed)
+        parts.append(contrib / max(np.linalg.norm(contrib.sum(axis=0)), 1e-12))
+    return greedy_keep(np.concatenate(parts, axis=1), k)
+
+
+def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
+                   options: RecoveryConfig = DEFAULT_RECOVERY, calibration=None,
+                   masks: ChannelMasks | None = None, func_name: str = "main"):
+    """Prune every prunable group; returns ``(new_mod, reports, masks)``."""
+    from .channel_graph import analyze
+
+    graph = analyze(mod, func_name)
+    config.check_names(graph.groups)
+    if masks is not None:
+        masks.check(graph.groups)
+    order = [g.name for g in graph_order(graph)
+             if g.name not in config.skip and (masks is None or g.name in masks)]
+    chosen_masks = ChannelMasks()
+
+    def choose(evidence: Evidence):
+        name = evidence.group.name
+        if masks is not None:
+            mask = masks[name]
+        else:
+            k = kept_channels(evidence.group.channels, config.ratio_for(name))
+            mask = choose_mask(evidence, k, options.criterion, config.seed)
+        chosen_masks[name] = mask
+        select = selection_matrix(mask)
+        return select, select, True
+
+    driver = LayerwiseDriver(mod, config, options, calibration, func_name)
+    new_mod, _ = driver.run(order, choose)
+    reports = report_frozen(graph, config)
+    reports += [GroupReport(name, graph.groups[name].channels, int(m.sum()),
+                            f"{options.criterion}, recovery {options.recovery}")
+                for name, m in chosen_masks.items()]
+    return new_mod, finish_reports(reports, graph, mod, new_mod), chosen_masks
+
+
+class MaskPruning:
+    """The pass: ``MaskPruning(config, options, calibration=X)(mod) -> mod``.
+
+    Parameters
+    ----------
+    config : CompressConfig
+        Ratio per group, overrides, skipped groups, seed.
+    options : RecoveryConfig
+        Mask criterion and recovery (``"ls"`` needs `calibration`).
+    calibration : numpy.ndarray or iterable of arrays, optional
+        Inputs ``(N, ...)`` used by data-driven criteria and least-squares recovery.
+    masks : ChannelMasks, optional
+        Commit these masks instead of choosing new ones (e.g. loaded from disk).
+
+    After a call, ``.reports`` holds the per-group report and ``.masks`` the masks used.
+    """
+
+    def __init__(self, config: CompressConfig = DEFAULT_CONFIG,
+                 options: RecoveryConfig = DEFAULT_RECOVERY, calibration=None,
+                 masks: ChannelMasks | None = None):
+        if not isinstance(config, CompressConfig):
+            raise TypeError(f"config must be a CompressConfig, got {type(config).__name__}")
+        if not isinstance(options, RecoveryConfig):
+            raise TypeError(f"options must be a RecoveryConfig, got {type(options).__name__}")
+        if masks is not None and not isinstance(masks, ChannelMasks):
+            masks = ChannelMasks(masks)
+        self.config, self.options, self.calibration = config, options, calibration
+        self.given_masks, self.masks, self.reports = masks, ChannelMasks(), []
+
+    def __call__(self, mod):
+        new_mod, self.reports, self.masks = prune_channels(
+            mod, self.config, self.options, self.calibration, self.given_masks)
+        return new_mod
+
+    def as_tvm_pass(self):
+        import tvm
+
+        return tvm.transform.module_pass(lambda mod, _ctx: self(mod), opt_level=0,
+                                         name="MaskPruning")

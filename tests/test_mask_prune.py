@@ -1,0 +1,176 @@
+"""Mask pruning + least-squares recovery: numpy parts, committed shapes, recovery, masks on disk."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import relative_error
+from test_kmeans_cluster import ConvDense, Depthwise, Residual, conv_shapes, host_out, prepared
+from torch import nn
+
+import mdl_tvm
+from relay_passes import ChannelMasks, CompressConfig, MaskPruning, RecoveryConfig, analyze
+from relay_passes.activations import ConsumerSpec, sample_rows, weight_matrix
+from relay_passes.channel_masks import greedy_keep, keep_top
+from relay_passes.ls_recovery import ridge_solve
+
+
+def test_sample_rows_reproduce_the_convolution(rng):
+    x = rng.standard_normal((1, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    spec = ConsumerSpec(0, "conv2d", w.shape, strides=(2, 1), padding=(1, 0, 1, 2),
+                        dilation=(1, 2))
+    rows = sample_rows(spec, x, sample=0, positions=1000, seed=0)  # every output pixel
+    ref = torch.nn.functional.conv2d(torch.from_numpy(np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 2)))),
+                                     torch.from_numpy(w), stride=(2, 1), dilation=(1, 2)).numpy()
+    out = rows @ weight_matrix(spec, w).T
+    assert out.shape == (ref.shape[2] * ref.shape[3], 5)
+    np.testing.assert_allclose(out, ref[0].reshape(5, -1).T, rtol=1e-4, atol=1e-4)
+
+
+def test_ridge_solve_recovers_a_linear_map(rng):
+    x = rng.standard_normal((400, 12))
+    b = rng.standard_normal((12, 3))
+    assert np.abs(ridge_solve(x.T @ x, x.T @ (x @ b), alpha=0.0) - b).max() < 1e-8
+
+
+def test_keep_top_and_greedy_selection():
+    assert keep_top(np.array([0.1, 3.0, 2.0, 0.5]), 2).tolist() == [False, True, True, False]
+    contributions = np.array([[1.0, 0.0], [-1.0, 0.0], [5.0, 5.0], [3.0, 3.0]])
+    # channels 0 and 1 cancel: removing both changes nothing, so greedy keeps 2 and 3
+    assert greedy_keep(contributions, 2).tolist() == [False, False, True, True]
+
+
+class Redundant(nn.Module):
+    """conv a's channels 4..7 are positive multiples of channels 0..3: exact after ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 5, 3)
+        with torch.no_grad():
+            self.a.weight[4:] = self.a.weight[:4] * torch.tensor([2.0, 0.5, 1.5, 3.0])[:, None,
+                                                                                     None, None]
+            self.a.bias[4:] = self.a.bias[:4] * torch.tensor([2.0, 0.5, 1.5, 3.0])
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_least_squares_is_exact_when_pruned_channels_are_combinations_of_kept(rng):
+    mod = prepared(Redundant(), (1, 3, 10, 10))
+    calib = rng.standard_normal((40, 3, 10, 10)).astype(np.float32)
+    masks = ChannelMasks(conv0=np.arange(8) < 4)
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    recovered = MaskPruning(options=RecoveryConfig(recovery="ls", alpha=0.0), masks=masks,
+                            calibration=calib)(mod)
+    plain = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)(mod)
+    assert conv_shapes(recovered) == [(4, 3, 3, 3), (5, 4, 3, 3)]
+    assert relative_error(host_out(recovered, x), host_out(mod, x)) < 1e-4
+    assert relative_error(host_out(plain, x), host_out(mod, x)) > 0.05
+
+
+@pytest.mark.parametrize("model, shape, expect", [
+    (ConvDense(), (1, 1, 8, 8), [(4, 1, 3, 3)]),
+    (Residual(), (1, 3, 8, 8), [(4, 3, 3, 3), (4, 4, 1, 1), (4, 4, 3, 3), (4, 4, 3, 3)]),
+    (Depthwise(), (1, 3, 8, 8), [(4, 6, 1, 1), (6, 1, 3, 3), (6, 3, 1, 1)]),
+])
+def test_commit_shrinks_coupled_groups(model, shape, expect, rng):
+    mod = prepared(model, shape)
+    pruner = MaskPruning(CompressConfig(ratio=0.5), RecoveryConfig(recovery="none"))
+    new = pruner(mod)
+    assert conv_shapes(new) == expect
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert np.all(np.isfinite(host_out(new, x)))
+    assert {r.name: (r.channels_before, r.channels_after) for r in pruner.reports
+            if r.channels_after != r.channels_before}
+    before = {g.name: g.channels for g in analyze(mod).groups.values() if g.prunable}
+    assert {k: int(m.sum()) for k, m in pruner.masks.items()} == {
+        k: max(1, round(c / 2)) for k, c in before.items()}
+
+
+def test_masks_round_trip_and_reproduce_the_model(tmp_path, rng):
+    mod = prepared(Residual(), (1, 3, 8, 8))
+    first = MaskPruning(CompressConfig(ratio=0.5, seed=3), RecoveryConfig(criterion="l2",
+                                                                          recovery="none"))
+    pruned = first(mod)
+    path = first.masks.save(str(tmp_path / "masks.npz"))
+    loaded = ChannelMasks.load(path)
+    assert {k: v.tolist() for k, v in loaded.items()} == {k: v.tolist()
+                                                          for k, v in first.masks.items()}
+    again = MaskPruning(options=RecoveryConfig(recovery="none"), masks=loaded)(mod)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(host_out(again, x), host_out(pruned, x))
+    assert not list(tmp_path.glob("*.npz.*")) and not list(tmp_path.glob("tmp*"))
+
+
+def test_bad_inputs_get_clear_errors(tmp_path, rng):
+    mod = prepared(Residual(), (1, 3, 8, 8))
+    with pytest.raises(ValueError, match="calibration"):
+        MaskPruning(options=RecoveryConfig(recovery="ls"))(mod)
+    with pytest.raises(ValueError, match=r"shape \(1, 3, 5, 5\)"):
+        MaskPruning(calibration=np.zeros((4, 3, 5, 5), np.float32))(mod)
+    with pytest.raises(ValueError, match="unknown mask criterion 'median'"):
+        RecoveryConfig(criterion="median")
+    with pytest.raises(ValueError, match="another model"):
+        MaskPruning(masks=ChannelMasks(conv0=np.ones(5, bool)))(mod)
+    with pytest.raises(ValueError, match="unknown channel group 'conv9'"):
+        MaskPruning(masks=ChannelMasks(conv9=np.ones(5, bool)))(mod)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a MobileDL channel-mask file"):
+        ChannelMasks.load(str(bad))
+    with pytest.raises(ValueError, match="only used by compression"):
+        mdl_tvm.compile(mod, "host", calibration=np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="'greedy' needs calibration"):
+        mdl_tvm.compile(mod, "host", compress="mask:0.5:greedy")
+
+
+@pytest.fixture(scope="module")
+def trained_lenet():
+    from mdl_tvm.data import load_fashion_mnist
+    from mdl_tvm.train import trained_model
+
+    x_calib, _ = load_fashion_mnist("train", limit=300)
+    x_test, y_test = load_fashion_mnist("test", limit=300)
+    return trained_model("lenet5"), x_calib, x_test, y_test
+
+
+@pytest.mark.parametrize("spec", ["mask:0.5", "mask:0.5:greedy", "kmeans:0.5"])
+def test_recovery_lowers_the_error_on_a_trained_model(trained_lenet, spec):
+    model, x_calib, x_test, y_test = trained_lenet
+    shape = [(1, 1, 28, 28)]
+    base = mdl_tvm.compile(model, "host", input_shapes=shape)
+    ref = np.concatenate([base.run(x[None])[0] for x in x_test])
+    errors, hits = {}, {}
+    for calibration in (None, x_calib):
+        if calibration is None and spec.endswith("greedy"):
+            continue
+        compiled = mdl_tvm.compile(model, "host", input_shapes=shape, compress=spec,
+                                   calibration=calibration)
+        out = np.concatenate([compiled.run(x[None])[0] for x in x_test])
+        key = "ls" if calibration is not None else "none"
+        errors[key] = relative_error(out, ref)
+        hits[key] = float((out.argmax(1) == y_test).mean())
+        assert compiled.stats.macs < base.stats.macs * 0.6
+        assert [r["channels_after"] for r in compiled.compression][:2] == [3, 8]
+    if "none" in errors:
+        assert errors["ls"] < errors["none"]
+        assert hits["ls"] > hits["none"]
+    assert hits["ls"] > float((ref.argmax(1) == y_test).mean()) - 0.08
+
+
+@pytest.mark.parametrize("model", [Residual, Depthwise])
+@pytest.mark.parametrize("method", ["mask", "kmeans"])
+def test_recovery_through_residual_and_depthwise_groups(model, method, rng):
+    torch.manual_seed(1)
+    shape = (1, 3, 8, 8)
+    mod = prepared(model(), shape)
+    calib = rng.standard_normal((64,) + shape[1:]).astype(np.float32)
+    x = rng.standard_normal((8,) + shape[1:]).astype(np.float32)
+    ref = np.concatenate([host_out(mod, xi[None]) for xi in x])
+    errors = []  # least squares minimises the mean squared error: compare that
+    for calibration in (None, calib):
+        new = mdl_tvm.compile(mod, "host", compress=f"{method}:0.5",
+                              calibration=calibration).relax_module
+        out = np.concatenate([host_out(new, xi[None]) for xi in x])
+        errors.append(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    assert errors[1] < errors[0], errors
