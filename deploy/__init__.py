@@ -6,7 +6,17 @@
 * `deploy.remote`   `RemoteDevice`: upload an exported ``.so``, run it, time it, over RPC;
 * `deploy.emulator` run the device-side runner under QEMU, count retired instructions;
 * `deploy.device_runner` the script that runs on the device (needs only TVM's runtime);
+* `deploy.zero_copy` `ZeroCopyExecutor`: preset shared buffers, no copy or allocation per run
+  (`deploy.zero_copy_remote` the same over RPC);
 * `deploy.cli`      ``mdl-tvm device ...`` and ``mdl-tvm tracker ...`` subcommands.
 
 Submodules are imported on use: importing `deploy` itself is cheap.
 """
+
+
+def __getattr__(name: str):
+    if name == "ZeroCopyExecutor":
+        from .zero_copy import ZeroCopyExecutor
+
+        return ZeroCopyExecutor
+    raise AttributeError(f"module 'deploy' has no attribute {name!r}")

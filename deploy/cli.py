@@ -118,7 +118,8 @@ def _cmd_run(args) -> int:
 
     from .emulator import run_on_emulator
 
-    outs = run_on_emulator(args.artifact, _load_inputs(args.input), repeat=args.repeat)
+    outs = run_on_emulator(args.artifact, _load_inputs(args.input), repeat=args.repeat,
+                           mode=args.mode)
     if args.outputs_dir:
         os.makedirs(args.outputs_dir, exist_ok=True)
     for i, arr in enumerate(outs):
@@ -137,11 +138,12 @@ def _cmd_insns(args) -> int:
     if not os.path.isfile(args.artifact):
         raise FileNotFoundError(f"no such artifact: {args.artifact}")
     n = count_instructions(
-        args.artifact, _load_inputs(args.input), runs=args.runs, verify=args.verify
+        args.artifact, _load_inputs(args.input), runs=args.runs, verify=args.verify,
+        mode=args.mode,
     )
     print(
         f"{n} aarch64 instructions per inference ({os.path.basename(args.artifact)}, "
-        f"steady state over {args.runs} runs)"
+        f"{args.mode}, steady state over {args.runs} runs)"
     )
     return 0
 
@@ -212,6 +214,10 @@ def register(subparsers) -> None:
             metavar="X.npy",
             help="one .npy per model input, in order",
         )
+        p.add_argument("--mode", choices=("plain", "copy-io", "zero-copy"), default="plain",
+                       help="call path: main on tensors made once (plain), with per-run "
+                       "input/output copies (copy-io), or main_zc on preset buffers "
+                       "(zero-copy)")
         if name == "run":
             p.add_argument("--repeat", type=int, default=1)
             p.add_argument("--outputs-dir", metavar="DIR", help="save out0.npy, out1.npy, ...")

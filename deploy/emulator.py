@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from mdl_tvm.errors import DeviceError
 from .device import DeviceEnv, setup
 
 RUNNER = Path(__file__).with_name("device_runner.py")
+MODES = ("plain", "copy-io", "zero-copy")  # device_runner.MODES
 ADDR_NO_RANDOMIZE = 0x0040000
 
 
@@ -39,6 +41,11 @@ def _save_inputs(inputs, workdir: Path) -> list[str]:
         np.save(workdir / name, np.ascontiguousarray(arr))
         names.append(name)
     return names
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
 
 
 def _read_outputs(outdir: Path) -> list[np.ndarray]:
@@ -59,7 +66,8 @@ def _fail(what: str, res: subprocess.CompletedProcess | None, err_file: Path) ->
 
 
 def run_on_emulator(
-    so_path, inputs, repeat: int = 1, timeout: float = 600.0, env: DeviceEnv | None = None
+    so_path, inputs, repeat: int = 1, timeout: float = 600.0, env: DeviceEnv | None = None,
+    mode: str = "plain", calls: dict | None = None,
 ) -> list[np.ndarray]:
     """Run ``main`` of an arm64 library under QEMU with the device-side runner.
 
@@ -75,12 +83,19 @@ def run_on_emulator(
         Seconds before the emulator is killed.
     env : DeviceEnv, optional
         A set-up phone (``setup()`` is called when omitted).
+    mode : str
+        ``"plain"``, ``"copy-io"`` or ``"zero-copy"``: the runner's call path
+        (`deploy.device_runner`; zero-copy runs ``main_zc`` on buffers allocated once).
+    calls : dict, optional
+        Filled with the VM's call counts over the `repeat` runs (``{"runs", "mode",
+        "calls": {symbol: count}}``), counted on the device by a VM instrument.
 
     Returns
     -------
     list of numpy.ndarray
         The outputs, tuples flattened in order.
     """
+    _check_mode(mode)
     env = env or setup()
     with tempfile.TemporaryDirectory(prefix="mdl_emu_") as tmp:
         work = Path(tmp)
@@ -95,6 +110,9 @@ def run_on_emulator(
             "out",
             "--repeat",
             str(repeat),
+            "--mode",
+            mode,
+            *(["--count-calls", "calls.json"] if calls is not None else []),
         ]
         err = work / "stderr.txt"
         try:
@@ -111,6 +129,8 @@ def run_on_emulator(
             raise _fail("device_runner.py", None, err) from None
         if res.returncode != 0:
             raise _fail("device_runner.py", res, err)
+        if calls is not None:
+            calls.update(json.loads((work / "calls.json").read_text()))
         return _read_outputs(work / "out")
 
 
@@ -137,7 +157,8 @@ def _counting_env(env: DeviceEnv, home: Path) -> dict:
     }
 
 
-def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout: float) -> int:
+def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout: float,
+                mode: str = "plain") -> int:
     out, err, count = work / "out", work.parent / "stderr.txt", work.parent / "count.txt"
     shutil.rmtree(out, ignore_errors=True)
     count.unlink(missing_ok=True)
@@ -158,6 +179,8 @@ def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout
         "out",
         "--repeat",
         f"{runs:09d}",
+        "--mode",
+        mode,
     ]
     res = None
     try:
@@ -186,6 +209,7 @@ def count_instructions(
     verify: bool = False,
     timeout: float = 900.0,
     env: DeviceEnv | None = None,
+    mode: str = "plain",
 ) -> int:
     """Count the aarch64 instructions one inference retires on the emulated phone.
 
@@ -204,6 +228,9 @@ def count_instructions(
         Seconds allowed per emulator run.
     env : DeviceEnv, optional
         A set-up phone (``setup()`` is called when omitted).
+    mode : str
+        The runner's call path, ``"plain"``, ``"copy-io"`` or ``"zero-copy"``
+        (see `deploy.device_runner`).
 
     Returns
     -------
@@ -217,6 +244,7 @@ def count_instructions(
     """
     if runs < 1:
         raise ValueError("runs must be at least 1")
+    _check_mode(mode)
     env = env or setup()
     base = env.root / "count"  # fixed paths: the guest sees identical names every time
     base.mkdir(exist_ok=True)
@@ -228,12 +256,12 @@ def count_instructions(
         shutil.copyfile(RUNNER, work / "runner.py")
         shutil.copyfile(so_path, work / "model.so")
         names = _save_inputs(inputs, work)
-        c1 = _count_once(env, work, names, runs, timeout)
+        c1 = _count_once(env, work, names, runs, timeout, mode)
         if verify:
-            again = _count_once(env, work, names, runs, timeout)
+            again = _count_once(env, work, names, runs, timeout, mode)
             if again != c1:
                 raise DeviceError(f"instruction counts differ run to run: {c1} vs {again}")
-        c2 = _count_once(env, work, names, 2 * runs, timeout)
+        c2 = _count_once(env, work, names, 2 * runs, timeout, mode)
         shutil.rmtree(work, ignore_errors=True)
     if c2 <= c1:
         raise DeviceError(f"{2 * runs} runs counted {c2} <= {runs} runs counted {c1}")

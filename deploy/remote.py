@@ -99,6 +99,13 @@ class RemoteModel:
             )
             return float(timer("main").median) * 1e3
 
+    def executor(self):
+        """A `deploy.zero_copy_remote.RemoteZeroCopyExecutor`: ``main_zc`` on device buffers
+        allocated once, one RPC call per run."""
+        from .zero_copy_remote import RemoteZeroCopyExecutor
+
+        return RemoteZeroCopyExecutor(self)
+
     def close(self) -> None:
         """Forget the module and delete the uploaded file on the device."""
         self._vm = None

@@ -26,9 +26,10 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _cmd_compile(args) -> int:
+def _resolve_model(args):
+    """``(model, input_shapes)`` for a MODEL argument: a zoo name or an ONNX path
+    (``--input-shape``, ``--weights`` apply); shared by ``compile`` and ``tune``."""
     from . import zoo
-    from .compiled import compile as compile_model
 
     if args.model in zoo.MODELS:
         shape = args.input_shape or zoo.INPUT_SHAPES[args.model]
@@ -46,13 +47,24 @@ def _cmd_compile(args) -> int:
             f"{args.model!r} is neither a file nor a zoo model; zoo models: "
             f"{', '.join(zoo.MODELS)}"
         )
+    return model, shapes
+
+
+def _cmd_compile(args) -> int:
+    from .compiled import compile as compile_model
+
+    model, shapes = _resolve_model(args)
     compiled = compile_model(model, target=args.target, input_shapes=shapes,
+                             tuning_db=args.tuning_db,
+                             precision=args.precision, accumulate=args.accumulate,
                              **_compression_args(args))
     path = compiled.export(args.output)
     if getattr(args, "save_masks", None) and compiled.masks is not None:
         print(f"wrote channel masks to {compiled.masks.save(args.save_masks)}")
     print(f"wrote {path} ({os.path.getsize(path):,} bytes) for target {args.target}")
     _print_summary(compiled.summary())
+    if args.tuning_db:
+        print(f"  tuned       {len(compiled.tuned_functions)} function(s) from {args.tuning_db}")
     return 0
 
 
@@ -85,6 +97,9 @@ def _print_summary(meta: dict) -> None:
     for i, spec in enumerate(meta["outputs"]):
         print(f"  output {i}    {tuple(spec['shape'])} {spec['dtype']}")
     print(f"  weights     {stats['weight_bytes']:,} bytes in {stats['num_weights']} tensors")
+    precision = meta.get("precision", {"mode": "fp32"})
+    extra = f", accumulate {precision['accumulate']}" if "accumulate" in precision else ""
+    print(f"  precision   {precision['mode']}{extra}")
     print(f"  MACs        {stats['macs']:,}")
     ops = ", ".join(f"{k} {v}" for k, v in stats["op_counts"].items())
     print(f"  ops         {ops}")
@@ -135,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help=".npy inputs (N, ...) for least-squares recovery")
     p.add_argument("--masks", help="commit channel masks saved by an earlier run (.npz)")
     p.add_argument("--save-masks", help="write the channel masks used to this .npz")
+    p.add_argument("--tuning-db", help="tuning database directory (from `mdl-tvm tune`)")
+    p.add_argument("--precision", default="fp32",
+                   choices=("fp32", "fp16", "fp16-full", "fp16-storage"),
+                   help="fp16 compute needs a +fullfp16 target (arm64-fp16, cortex-a55, "
+                   "cortex-a76); fp16-storage (fp16 weights, fp32 compute) works everywhere")
+    p.add_argument("--accumulate", choices=("fp16", "fp32"),
+                   help="accumulator dtype for --precision fp16 / fp16-full (default fp16)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("info", help="show what an exported library holds")
@@ -156,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         deploy_cli = None
     if deploy_cli is not None and hasattr(deploy_cli, "register"):
         deploy_cli.register(sub)
+    try:
+        from apps import cli as apps_cli  # mdl-tvm app style / app poem
+    except ImportError:
+        apps_cli = None
+    if apps_cli is not None:
+        apps_cli.register(sub)
+    from schedules import cli as tune_cli  # mdl-tvm tune
+
+    tune_cli.register(sub)
     return parser
 
 

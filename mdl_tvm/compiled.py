@@ -12,6 +12,7 @@ from .errors import InputSpecError, UnknownTargetError
 from .graph_stats import GraphStats, graph_stats
 from .importers import InputSpec, import_model
 from .pipeline import BuildState, run_pipeline
+from .precision import check_target, parse_precision
 from .targets import TargetProfile, get_profile
 
 
@@ -56,6 +57,9 @@ class CompiledModel:
         self.source = source
         self.compression: list[dict] = []  # per-layer-group report of a compress= pass
         self.masks = None  # relay_passes.ChannelMasks of a mask compression (savable)
+        self.precision: dict = {"mode": "fp32"}  # PrecisionConfig.to_json() of the build
+        self.tuned_functions: list[str] = []  # PrimFuncs scheduled from a tuning database
+        self.zero_copy: dict = {}  # {"emitted": bool, "plan" | "reason"} of main_zc (build)
         self._library = library
         self._vm = None
 
@@ -72,6 +76,7 @@ class CompiledModel:
             "outputs": [s.to_json() for s in self.outputs],
             "stats": self.stats.to_json(),
             "compression": self.compression,
+            "precision": self.precision,
         }
 
     def summary(self) -> dict:
@@ -139,6 +144,14 @@ class CompiledModel:
 
     __call__ = run
 
+    def executor(self, **buffers):
+        """A `deploy.zero_copy.ZeroCopyExecutor` for this host model: preset input, output
+        and workspace buffers allocated once (or ``inputs=``, ``outputs=``, ``workspace=``
+        given), shared with numpy, no copy or allocation per run."""
+        from deploy.zero_copy import ZeroCopyExecutor
+
+        return ZeroCopyExecutor(self, **buffers)
+
     def benchmark(self, *inputs, repeat: int = 20, warmup: int = 3) -> dict:
         """Median and spread of `repeat` host runs, in milliseconds."""
         import tvm
@@ -167,7 +180,8 @@ def _flatten(result) -> list[np.ndarray]:
 
 def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
             input_dtype="float32", compress=None, calibration=None,
-            graph_passes=()) -> CompiledModel:
+            graph_passes=(), precision="fp32", accumulate=None,
+            tuning_db=None) -> CompiledModel:
     """Compile a model for a target profile.
 
     Parameters
@@ -195,19 +209,30 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         least-squares recovery and data-driven channel selection.
     graph_passes : sequence of callables
         Relax module passes run after preparation (and compression), before lowering.
+    precision : str or mdl_tvm.precision.PrecisionConfig
+        ``"fp32"``; ``"fp16"`` (fp16 weights and activations, softmax and the last layer
+        in fp32); ``"fp16-full"`` (nothing kept in fp32); ``"fp16-storage"`` (fp16
+        weights, fp32 arithmetic). fp16 compute needs a ``+fullfp16`` profile
+        (``arm64-fp16``, ``cortex-a55``, ``cortex-a76``); elsewhere it raises
+        `PrecisionError`. See `mdl_tvm.precision`.
+    accumulate : str, optional
+        ``"fp16"`` (default, fast) or ``"fp32"`` accumulation in the fp16 compute modes.
+    tuning_db : str, os.PathLike or tvm.s_tir.meta_schedule.Database, optional
+        MetaSchedule tuning records (a directory written by ``mdl-tvm tune`` /
+        `schedules.tuning.tune`). Functions whose tuned record the tuning run's whole-model
+        check kept use it; the rest get the default schedules, so a tuned build is never
+        slower than the default one (as measured; see `schedules.verify`).
 
     Returns
     -------
     CompiledModel
     """
-    profile = get_profile(target)
-    compressor = _compressor(compress, calibration)
-    if compressor is not None:
-        graph_passes = (compressor, *graph_passes)
-    start = time.perf_counter()
-    mod, inputs, source = import_model(model, input_shapes, example_inputs, input_dtype)
-    state = BuildState(mod=mod, profile=profile, options={"graph_passes": tuple(graph_passes)})
-    state.timings["import"] = time.perf_counter() - start
+    state, inputs, source, compressor = start_state(
+        model, target, input_shapes=input_shapes, example_inputs=example_inputs,
+        input_dtype=input_dtype, compress=compress, calibration=calibration,
+        graph_passes=graph_passes, precision=precision, accumulate=accumulate)
+    state.options["tuning_db"] = tuning_db
+    profile, precision_config = state.profile, state.options["precision"]
     state = run_pipeline(state)
     compiled = CompiledModel(
         profile=profile,
@@ -219,10 +244,41 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         timings=state.timings,
         source=source,
     )
+    compiled.precision = precision_config.to_json()
     if compressor is not None:
         compiled.compression = [vars(r) for r in compressor.reports]
         compiled.masks = getattr(compressor, "masks", None)
+    compiled.tuned_functions = list(state.options.get("tuned_functions", ()))
+    compiled.zero_copy = dict(state.options.get("zero_copy_report") or {})
     return compiled
+
+
+def start_state(model, target="arm64", *, input_shapes=None, example_inputs=None,
+                input_dtype="float32", compress=None, calibration=None, graph_passes=(),
+                precision="fp32", accumulate=None):
+    """Import `model` and make the pipeline's start state, as `compile` does.
+
+    Takes `compile`'s model and graph arguments; tuning (`schedules.tuning`) runs the
+    stages before ``lower`` on it, so what is tuned is what `compile` builds.
+
+    Returns
+    -------
+    (BuildState, list of InputSpec, str, compressor or None)
+        The state (``options`` hold ``graph_passes`` and ``precision``), the inputs, the
+        source kind and the compression pass (its reports fill in as the stages run).
+    """
+    profile = get_profile(target)
+    precision_config = parse_precision(precision, accumulate)
+    check_target(precision_config, profile)  # before the (slow) import
+    compressor = _compressor(compress, calibration)
+    if compressor is not None:
+        graph_passes = (compressor, *graph_passes)
+    start = time.perf_counter()
+    mod, inputs, source = import_model(model, input_shapes, example_inputs, input_dtype)
+    state = BuildState(mod=mod, profile=profile, options={"graph_passes": tuple(graph_passes),
+                                                          "precision": precision_config})
+    state.timings["import"] = time.perf_counter() - start
+    return state, inputs, source, compressor
 
 
 def _compressor(compress, calibration=None):
@@ -287,4 +343,5 @@ def load(path: str) -> CompiledModel:
         source=meta.get("source", "relax"),
     )
     model.compression = meta.get("compression", [])
+    model.precision = meta.get("precision", {"mode": "fp32"})
     return model

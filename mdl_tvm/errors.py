@@ -37,3 +37,7 @@ class DeviceError(MdlError, RuntimeError):
 
 class DatasetMissingError(MdlError, FileNotFoundError):
     """A data set the project reads from a Debian package is not installed."""
+
+
+class PrecisionError(MdlError, ValueError):
+    """A precision the target cannot compute in at full speed (fp16 on an ARMv8.0 core)."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .precision import precision_stage
 from .targets import TargetProfile
 
 
@@ -66,29 +67,45 @@ def _lower(state: BuildState) -> BuildState:
     FoldConstant, FuseOps, FuseTIR, a current tuning database) with conv2d / matmul lowered
     to weight-packed kernels and every PrimFunc given a default schedule for the profile.
     ``options["default_schedules"] = False`` restores TVM's plain "zero" pipeline.
+    ``options["tuning_db"]`` (a directory or MetaSchedule database) is put in scope, so
+    tuned functions take their best record (for a directory: the tasks its whole-model check
+    kept, `schedules.database.selected`); ``options["tuned_functions"]`` names them.
     """
     from tvm import relax
 
     import schedules
+    from schedules import database
 
-    with state.profile.tvm_target():
+    with state.profile.tvm_target(), database.applied(state.options.get("tuning_db"),
+                                                      state.profile):
         if state.options.get("default_schedules", True):
             state.mod = schedules.lowering_pipeline(state.profile)(state.mod)
         else:
             state.mod = relax.get_pipeline("zero")(state.mod)
+    state.options["tuned_functions"] = database.tuned_functions(state.mod)
     return state
 
 
 def _build(state: BuildState) -> BuildState:
+    """Build the VM executable. Unless ``options["zero_copy"]`` is False, the library also
+    gets ``main_zc`` (destination-passing outputs, planned workspace) for
+    `deploy.zero_copy`; ``options["zero_copy_report"]`` says whether and why not."""
     from tvm import relax
 
-    state.executable = relax.build(state.mod, state.profile.tvm_target())
+    from .zero_copy_pass import zero_copy_build_pipeline
+
+    report: dict = {}
+    pipe = (zero_copy_build_pipeline(report) if state.options.get("zero_copy", True)
+            else "default")
+    state.executable = relax.build(state.mod, state.profile.tvm_target(), relax_pipeline=pipe)
+    state.options["zero_copy_report"] = report
     return state
 
 
 STAGES: list[Stage] = [
     Stage("prepare", _prepare),
     Stage("graph_passes", _graph_passes),
+    Stage("precision", precision_stage),  # fp32 / fp16 / fp16-storage (mdl_tvm/precision.py)
     Stage("lower", _lower),
     Stage("build", _build),
 ]

@@ -57,7 +57,7 @@ class RecoveryConfig:
     recovery: str = "ls"
     alpha: float = 1e-3
     positions: int = 16
-    max_samples: int = 512
+    max_samples: int = 1024
 
     def __post_init__(self):
         from .channel_masks import CRITERIA

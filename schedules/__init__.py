@@ -27,6 +27,15 @@ Public API
     and ``mdl.schedule_rule``).
 `legalize_map(cfg)`
     The ``customize_legalize_map`` that produces the packed kernels.
+
+Tuning (MetaSchedule + XGBoost, seeded with these default schedules)
+--------------------------------------------------------------------
+`schedules.tuning.tune(model, target, trials=, db=, tracker=, key=)`
+    Tune a model's tasks into a database directory (``mdl-tvm tune``); `compile(...,
+    tuning_db=DIR)` applies it. Tasks come from the compile pipeline (`schedules.tasks`),
+    the default schedule of each task is measured and recorded first (`schedules.seed`),
+    candidates are cross-compiled and timed on the host or on phones behind an RPC
+    tracker (`schedules.measure`), records land on disk as measured (`schedules.database`).
 """
 
 from .apply import (

@@ -30,12 +30,17 @@ class MachineConfig:
         Threads the parallel loops are sized for.
     fp16_arith : bool
         True when the core has native fp16 vector arithmetic.
+    indexed_fma : bool
+        True when an FMA can take its scalar operand from a vector register lane
+        (AArch64 ``fmla v.4s, v.4s, v.s[i]``): broadcast operands are then loaded a vector
+        at a time.
     """
 
     vector_bits: int = 128
     num_regs: int = 32
     num_cores: int = 4
     fp16_arith: bool = False
+    indexed_fma: bool = False
 
     @classmethod
     def from_profile(cls, profile) -> MachineConfig:
@@ -50,12 +55,13 @@ class MachineConfig:
         -------
         MachineConfig
         """
-        regs = 32 if profile.mtriple.startswith("aarch64") else 16
+        arm = profile.mtriple.startswith("aarch64")
         return cls(
             vector_bits=int(profile.vector_bits),
-            num_regs=regs,
+            num_regs=32 if arm else 16,
             num_cores=max(1, int(profile.num_cores)),
             fp16_arith=bool(profile.fp16_arith),
+            indexed_fma=arm,
         )
 
     def lanes(self, dtype: str) -> int:
@@ -154,6 +160,15 @@ class ConvGeometry:
                     or cols > self.in_width)
 
 
+def _broadcast_loads(cfg: MachineConfig, count: int, elem: int, contiguous: bool) -> int:
+    """Loads for the `count` broadcast scalars of one reduction step: one each, or, with
+    indexed FMAs and contiguous scalars, whole vectors plus one per leftover element."""
+    if not (cfg.indexed_fma and contiguous):
+        return count
+    per_vector = max(1, cfg.vector_bits // 8 // elem)
+    return count // per_vector + count % per_vector
+
+
 def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
                      out_rows: int = 1) -> ConvTile:
     """Pick the layout and register block of the packed convolution.
@@ -166,9 +181,11 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
     Block: every candidate is costed in cycles per output row as tiles x reduction steps x
     cycles per step, a step being limited by FMA issue, FMA latency (too few accumulators),
     load ports, or the bytes it pulls into L1 (the weight block plus one new input line per
-    input row, shared by the ``kw`` taps along it). Padded output columns are charged twice
-    (computed, then thrown away); a width that forces a padded copy of an otherwise
-    unpadded input pays for the copy; ties go to more vectors per block.
+    input row, shared by the ``kw`` taps along it; the broadcast scalars count one load
+    each, or a vector load per register-full with `MachineConfig.indexed_fma`). Padded
+    output columns are charged twice (computed, then thrown away); a width that forces a
+    padded copy of an otherwise unpadded input pays for the copy; ties go to more vectors
+    per block.
 
     Parameters
     ----------
@@ -207,15 +224,16 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
                 continue
             blocks = range(1, min(ow, cfg.max_accumulators(vecs) // vecs) + 1)
         for count in blocks:
+            loads = _broadcast_loads(cfg, count, elem, by_width or geo.stride[1] == 1)
             if by_width:  # count = output channels, vectors of `block` pixels
                 line = (block * elem + _LINE) / kw
-                step = _step_cycles(vecs * count, vecs + count, count * elem + line)
+                step = _step_cycles(vecs * count, vecs + loads, count * elem + line)
                 width = _ceil_div(ow, block) * block
                 tile = ConvTile("ow", count, block)
                 tiles = _ceil_div(oc, count) * width // block
             else:  # count = output pixels, vectors of `block` channels
                 line = (count * geo.stride[1] * elem + _LINE) / kw
-                step = _step_cycles(vecs * count, vecs + count, block * elem + line)
+                step = _step_cycles(vecs * count, vecs + loads, block * elem + line)
                 width = _ceil_div(ow, count) * count
                 tile = ConvTile("oc", block, count)
                 tiles = _ceil_div(oc, block) * width // count

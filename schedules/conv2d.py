@@ -31,12 +31,14 @@ from tvm.tirx.analysis import undefined_vars
 
 from .common import (
     PARALLEL_MIN_WORK,
+    TILE_SCOPE,
     Rule,
     annotated_block,
     block_dtype,
     extent,
     fuse_epilogue,
     schedule_others,
+    vector_width,
     vectorize_init,
     work,
 )
@@ -76,33 +78,72 @@ class Conv2DPacked(Rule):
         outer = sch.fuse(n, oc_chunk, oh)
         fused = not fuse_epilogue(sch, conv, ow_outer)
         if fused:  # the tile lives in registers only when its reader is inside the tile
-            sch.set_scope(conv, 0, "local")
+            sch.set_scope(conv, 0, TILE_SCOPE)
         sch.vectorize(vector)
         sch.unroll(unrolled)
         if cfg.num_cores > 1 and total >= PARALLEL_MIN_WORK:
             sch.parallel(outer)
+        if cfg.indexed_fma:
+            sch = _broadcast_from_vector(sch, conv, rx, vector_axis, extent(sch, unrolled))
         init = sch.decompose_reduction(conv, rc)
         vectorize_init(sch, init)
         lanes = cfg.lanes(block_dtype(sch, conv))
         if fused and vector_axis == "ow":
-            _vectorize_rows(sch, conv, ow_tile)
+            _vectorize_rows(sch, conv, lanes)
         schedule_others(sch, conv, cfg, lanes)
         return sch
 
 
-def _vectorize_rows(sch, conv, ow_tile: int) -> None:
-    """Vectorise the epilogue's pixel loop when no width guard is in it."""
+def _broadcast_from_vector(sch, conv, rx, vector_axis: str, count: int | None):
+    """Load the broadcast operand of one reduction step (``count`` weights for ``"ow"``,
+    ``count`` input pixels for ``"oc"``) with vector loads into a local copy.
+
+    The FMAs then take their scalar from a vector register lane (``fmla v.8h, v.8h,
+    v.h[i]``, `MachineConfig.indexed_fma`) instead of one scalar load each: AArch64 has
+    no paired load for fp16 registers, so without this fp16 pays one load per FMA (and
+    fp32 one per two, ``ldp s, s``). Input pixels qualify only when
+    they are contiguous (unit stride); otherwise, or when the copy cannot be placed, the
+    schedule is returned unchanged.
+    """
+    if not count or count < 2:
+        return sch
+    ndim = 5 if vector_axis == "ow" else 4  # packed weights / NCHW input
+    reads = sch.get(conv).reads
+    index = next((i for i, r in enumerate(reads) if len(r.source.shape) == ndim), None)
+    if index is None:
+        return sch
+    trial = sch.copy()
+    try:
+        copy = trial.cache_read(conv, index, TILE_SCOPE)
+        trial.compute_at(copy, rx, preserve_unit_loops=True)
+        inner = trial.get_loops(copy)[-1]
+        if extent(trial, inner) != count:  # strided pixels: a copy would not help
+            return sch
+        trial.vectorize(inner)
+    except Exception:  # noqa: BLE001 - keep the scalar loads
+        return sch
+    return trial
+
+
+def _vectorize_rows(sch, conv, lanes: int) -> None:
+    """Vectorise the epilogue's pixel loop (a whole tile, or the whole row when one tile
+    spans it) by the widest vector dividing it, when no width guard is in it."""
     for block in sch.get_consumers(conv):
         loops = sch.get_loops(block)
-        if not loops or extent(sch, loops[-1]) != ow_tile:
+        if len(loops) < 2:
             continue
         realize = sch.get(loops[-1]).body
         if not isinstance(realize, s_tir.SBlockRealize):
             continue
         if _guards_var(realize.predicate, sch.get(loops[-1]).loop_var):
             continue
+        row = extent(sch, loops[-1])
+        width = vector_width(row, lanes)
+        if width <= 1:
+            continue
         sch.unroll(loops[-2])
-        sch.vectorize(loops[-1])
+        vec = loops[-1] if row == width else sch.split(loops[-1], [None, width])[1]
+        sch.vectorize(vec)
 
 
 def _guards_var(pred, var) -> bool:

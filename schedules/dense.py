@@ -21,6 +21,7 @@ from tvm import s_tir, tirx
 
 from .common import (
     PARALLEL_MIN_WORK,
+    TILE_SCOPE,
     Rule,
     annotated_block,
     block_dtype,
@@ -55,7 +56,7 @@ class DensePacked(Rule):
         total = work(sch, dense)
         outer = sch.fuse(n_chunk, m_outer)
         if not fuse_epilogue(sch, dense, outer):  # tile read inside the tile: registers
-            sch.set_scope(dense, 0, "local")
+            sch.set_scope(dense, 0, TILE_SCOPE)
         if cfg.num_cores > 1 and total >= PARALLEL_MIN_WORK:
             sch.parallel(outer)
         sch.vectorize(n_block)

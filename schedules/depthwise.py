@@ -8,8 +8,9 @@ Recognises
     whole vector block, followed by a crop block and any element-wise epilogue.
 
 Schedule
-    ``parallel(n * c)`` → pad (and phase-split) this channel's plane into a scratch buffer
-    that stays in cache → ``oh`` → ``ow_outer`` → ``kh, kw`` (unrolled) → ``ow_vecs``
+    ``parallel(n * c / g)`` → pad (and phase-split) this task's ``g`` channel planes into a
+    scratch buffer that stays in cache (``g`` planes fit 16 KB: one workspace allocation
+    per task, not per channel) → ``g`` → ``oh`` → ``ow_outer`` → ``kh, kw`` (unrolled) → ``ow_vecs``
     (unrolled, independent accumulators) → ``lanes`` (vectorised): each tap is one weight
     broadcast times contiguous input vectors. Padding is a fill plus a vectorised interior
     copy; the phase split reads ``s`` neighbours per step (an interleaved group LLVM
@@ -23,6 +24,7 @@ from tvm import s_tir, tirx
 
 from .common import (
     PARALLEL_MIN_WORK,
+    TILE_SCOPE,
     Rule,
     annotated_block,
     block_dtype,
@@ -61,9 +63,12 @@ class DepthwiseConv2D(Rule):
         sch.reorder(n, c, oh, ow_outer, ry, rx, ow_vecs, ow_inner)
         total = work(sch, conv)
         outer = sch.fuse(n, c)
+        group = _channels_per_task(sch, cfg, extent(sch, outer))
+        if group > 1:
+            outer, _ = sch.split(outer, [None, group])
         fused = not fuse_epilogue(sch, conv, oh)
         if fused:  # the tile lives in registers only when its reader is inside the tile
-            sch.set_scope(conv, 0, "local")
+            sch.set_scope(conv, 0, TILE_SCOPE)
         _prologue_per_channel(sch, conv, outer, cfg, lanes)
         if cfg.num_cores > 1 and total >= PARALLEL_MIN_WORK:
             sch.parallel(outer)
@@ -77,6 +82,26 @@ class DepthwiseConv2D(Rule):
             _vectorize_epilogue(sch, conv, lanes)
         schedule_others(sch, conv, cfg, lanes)
         return sch
+
+
+# Bytes of input planes one parallel task pads into its scratch buffer (fits in L1).
+_TASK_BYTES = 16384
+
+
+def _channels_per_task(sch, cfg, channels: int | None) -> int:
+    """Channels per parallel task: a divisor of `channels` whose input planes fit in
+    `_TASK_BYTES`, leaving at least two tasks per core.
+
+    Each task allocates its padded scratch planes once (a runtime workspace call when
+    they exceed the stack limit), so small planes grouped together save one allocation
+    per channel; 112x112 planes stay one per task.
+    """
+    data = sch.mod["main"].params[0]
+    if not channels or len(data.shape) != 4:
+        return 1
+    plane = int(data.shape[2]) * int(data.shape[3]) * data.dtype.bits // 8
+    limit = max(1, min(_TASK_BYTES // max(plane, 1), channels // (2 * cfg.num_cores)))
+    return max(d for d in range(1, limit + 1) if channels % d == 0)
 
 
 def _prologue_per_channel(sch, conv, outer, cfg, lanes: int) -> None:

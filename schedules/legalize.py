@@ -9,6 +9,8 @@
 * ``relax.matmul`` of a 2-D input by a 2-D weight → `compute.pack_dense_weight` +
   `compute.dense_packed`.
 
+Data and weights may differ in float dtype: fp16 weights with fp32 data (the
+``fp16-storage`` precision) are packed in fp16 and widened inside the kernel's inner loop.
 Anything else (other layouts, grouped convolutions, symbolic shapes, integer dtypes,
 batched matmuls) keeps TVM's default legalization and is scheduled by the generic rules.
 The register tiles come from `schedules.config`, so the weight layout matches the target.
@@ -65,7 +67,7 @@ def _conv2d(cfg: MachineConfig, bb, call):
                   and attrs.out_layout in ("NCHW", ""))
     dtype = _dtype(data)
     if (not layouts_ok or dshape is None or wshape is None or len(dshape) != 4
-            or dtype not in _FLOAT_DTYPES or _dtype(weight) != dtype):
+            or dtype not in _FLOAT_DTYPES or _dtype(weight) not in _FLOAT_DTYPES):
         return _default("relax.nn.conv2d", bb, call)
     out_dtype = _out_dtype(call, dtype)
     strides = tuple(int(v) for v in attrs.strides)
@@ -101,7 +103,8 @@ def _matmul(cfg: MachineConfig, bb, call):
     dshape, wshape = _static_shape(data), _static_shape(weight)
     dtype = _dtype(data)
     if (dshape is None or wshape is None or len(dshape) != 2 or len(wshape) != 2
-            or dshape[1] != wshape[0] or dtype not in _FLOAT_DTYPES or _dtype(weight) != dtype):
+            or dshape[1] != wshape[0] or dtype not in _FLOAT_DTYPES
+            or _dtype(weight) not in _FLOAT_DTYPES):
         return _default("relax.matmul", bb, call)
     out_dtype = _out_dtype(call, dtype)
     n_block, m_tile = choose_dense_tile(cfg, out_dtype, dshape[0], wshape[1])

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu  # cross-linking, objdump
   debootstrap                           # the arm64 sysroot
   dataset-fashion-mnist                 # real training/test images
+  opencv-doc fortunes-zh                # apps/: style + photos, Tang poems (training data)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,8 +25,10 @@ fi
 
 PY="${PYTHON:-python3}"
 # torch==2.13.0 is pinned in the extras: an unpinned torch pulls a multi-GB CUDA build.
-if ! "$PY" -c "import importlib.metadata as m; m.version('mdl-tvm')
-import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib" \
+# (checked from / so that the repo folder on sys.path cannot hide a stale editable install)
+if ! (cd / && "$PY" -c "import importlib.metadata as m; m.version('mdl-tvm')
+import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib
+import apps, PIL, skimage, opencc") \
     >/dev/null 2>&1 || [ "${MDL_TVM_REINSTALL:-0}" = 1 ]; then
   echo "setup: pip install -e .[all]"
   "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"

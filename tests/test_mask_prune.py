@@ -174,3 +174,17 @@ def test_recovery_through_residual_and_depthwise_groups(model, method, rng):
         out = np.concatenate([host_out(new, xi[None]) for xi in x])
         errors.append(np.linalg.norm(out - ref) / np.linalg.norm(ref))
     assert errors[1] < errors[0], errors
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_zoo_models_prune_and_run(name):
+    from mdl_tvm import zoo
+
+    shape = (1, 3, 32, 32)
+    full = mdl_tvm.compile(zoo.build(name), "host", input_shapes=[shape])
+    small = mdl_tvm.compile(zoo.build(name), "host", input_shapes=[shape], compress="mask:0.5")
+    assert small.stats.macs < 0.5 * full.stats.macs
+    assert small.stats.weight_bytes < 0.5 * full.stats.weight_bytes
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    assert np.isfinite(small.run(x)[0]).all()
+    assert all(r["weights_after"] <= r["weights_before"] for r in small.compression)

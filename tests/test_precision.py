@@ -1,0 +1,151 @@
+"""The precision stage (`mdl_tvm.precision`): fp16 compute on +fullfp16 profiles, fp16
+weight storage everywhere, target checks, the fp16 vector code in the exported arm64
+library, and the numerics of fp16 against fp32 on the emulated phone."""
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import relative_error
+
+import mdl_tvm
+from mdl_tvm import zoo
+from mdl_tvm.errors import PrecisionError
+from mdl_tvm.precision import PrecisionConfig, parse_precision
+
+LENET_SHAPE = zoo.INPUT_SHAPES["lenet5"]
+# fp16 arithmetic: vector (.8h / .4h arrangements) or scalar on h registers.
+_FP16_ARITH = re.compile(r"\b(fmla|fmls|fmul|fadd|fsub|fmax|fmaxnm|fmin|fdiv|fmadd)\s+"
+                         r"(v\d+\.(8|4)h|h\d+)")
+_FMLA_HALF = re.compile(r"\bfmla\s+v\d+\.(8|4)h")
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return zoo.build("lenet5")
+
+
+def _relax_dtypes(model) -> dict:
+    """``{op name: set of result dtypes}`` of the compiled high-level graph."""
+    from tvm import relax
+
+    out: dict = {}
+    for binding in model.relax_module["main"].body.blocks[0].bindings:
+        value = binding.value
+        if isinstance(value, relax.Call) and hasattr(value.op, "name"):
+            out.setdefault(value.op.name, set()).add(str(binding.var.ty.dtype))
+    return out
+
+
+def test_bad_precision_arguments_name_the_choices(lenet):
+    with pytest.raises(ValueError, match="fp16-storage"):
+        mdl_tvm.compile(lenet, "host", input_shapes=[LENET_SHAPE], precision="int8")
+    with pytest.raises(ValueError, match="accumulate"):
+        parse_precision("fp32", accumulate="fp16")
+    with pytest.raises(ValueError, match="fp16.*fp32"):
+        parse_precision("fp16", accumulate="fp8")
+    with pytest.raises(TypeError, match="PrecisionConfig"):
+        parse_precision(16)
+
+
+@pytest.mark.parametrize("target", ["arm64", "sd835", "rpi4", "host"])
+def test_fp16_compute_without_fp16_arithmetic_is_an_error(lenet, target):
+    with pytest.raises(PrecisionError, match="fp16-storage") as info:
+        mdl_tvm.compile(lenet, target, input_shapes=[LENET_SHAPE], precision="fp16")
+    assert "arm64-fp16" in str(info.value)
+
+
+def test_fp16_storage_on_host_halves_weights_and_keeps_accuracy(lenet, tmp_path, rng):
+    x = rng.standard_normal(LENET_SHAPE).astype("float32")
+    fp32 = mdl_tvm.compile(lenet, "host", input_shapes=[LENET_SHAPE])
+    half = mdl_tvm.compile(lenet, "host", input_shapes=[LENET_SHAPE], precision="fp16-storage")
+    biases = sum(p.numel() * 4 for n, p in lenet.named_parameters() if n.endswith("bias"))
+    assert half.stats.weight_bytes == (fp32.stats.weight_bytes - biases) // 2 + biases
+    assert relative_error(half.run(x)[0], fp32.run(x)[0]) < 2e-3
+    dtypes = _relax_dtypes(half)
+    assert dtypes["relax.nn.conv2d"] == {"float32"} and dtypes["relax.matmul"] == {"float32"}
+    loaded = mdl_tvm.load(half.export(str(tmp_path / "half.so")))
+    assert loaded.precision == {"mode": "fp16-storage"}
+    np.testing.assert_allclose(loaded.run(x)[0], half.run(x)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("accumulate, tolerance", [("fp16", 1e-2), ("fp32", 2e-3)])
+def test_fp16_compute_keeps_last_layer_fp32(lenet, rng, accumulate, tolerance):
+    """Host check of the graph rewrite, built with ``emulate=True`` (x86 has no fp16
+    arithmetic): activations fp16, the classifier fp32, outputs fp32."""
+    x = rng.standard_normal(LENET_SHAPE).astype("float32")
+    expected = mdl_tvm.compile(lenet, "host", input_shapes=[LENET_SHAPE]).run(x)[0]
+    config = PrecisionConfig("fp16", accumulate=accumulate, emulate=True)
+    model = mdl_tvm.compile(lenet, "host", input_shapes=[LENET_SHAPE], precision=config)
+    (actual,) = model.run(x)
+    assert actual.dtype == np.float32 and model.outputs[0].dtype == "float32"
+    assert relative_error(actual, expected) < tolerance
+    dtypes = _relax_dtypes(model)
+    assert dtypes["relax.nn.conv2d"] == {"float16" if accumulate == "fp16" else "float32"}
+    assert dtypes["relax.matmul"] == {accumulate.replace("fp", "float"), "float32"}
+    assert dtypes["relax.nn.max_pool2d"] == {"float16"}
+    assert model.precision == {"mode": "fp16", "accumulate": accumulate,
+                               "keep_fp32": ["softmax", "last_layer"], "emulate": True}
+
+
+def test_fp16_full_leaves_only_the_edges_in_fp32(lenet):
+    config = PrecisionConfig("fp16-full", emulate=True)
+    model = mdl_tvm.compile(lenet, "host", input_shapes=[LENET_SHAPE], precision=config)
+    dtypes = _relax_dtypes(model)
+    assert dtypes.pop("relax.astype") == {"float16", "float32"}  # input in, logits out
+    assert all(d == {"float16"} for d in dtypes.values()), dtypes
+
+
+def _disassemble(path) -> str:
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.fail("aarch64-linux-gnu-objdump is missing: run scripts/setup.sh "
+                    "(apt-get install binutils-aarch64-linux-gnu)")
+    return subprocess.run([objdump, "-d", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_arm64_fp16_library_has_fp16_vector_fma(lenet, tmp_path):
+    """The +fullfp16 build computes with 8-lane fp16 vectors (`fmla vA.8h, ...`); the
+    ARMv8.0 fp16-storage build has no fp16 arithmetic, only widening conversions."""
+    fp16 = mdl_tvm.compile(lenet, "arm64-fp16", input_shapes=[LENET_SHAPE], precision="fp16")
+    code = _disassemble(fp16.export(str(tmp_path / "fp16.so")))
+    assert len(_FMLA_HALF.findall(code)) >= 16
+    assert re.search(r"\bfmla\s+v\d+\.8h", code)
+    storage = mdl_tvm.compile(lenet, "arm64", input_shapes=[LENET_SHAPE],
+                              precision="fp16-storage")
+    code = _disassemble(storage.export(str(tmp_path / "storage.so")))
+    assert not _FP16_ARITH.search(code)
+    assert re.search(r"\bfcvtl2?\s+v\d+\.4s", code)  # fp16 weights widened to fp32
+
+
+def test_fp16_on_phone_agrees_with_fp32(phone, tmp_path):
+    """Trained LeNet-5 on 200 Fashion-MNIST test images, one batch, on the emulated phone:
+    fp16 (arm64-fp16, fp16 accumulation) and fp16-storage (arm64) against fp32 (arm64).
+    Stated tolerances: logits within 2 % (fp16) and 0.2 % (fp16-storage) of the largest
+    fp32 logit; top-1 agreement at least 99.5 %."""
+    from deploy.remote import RemoteDevice
+    from mdl_tvm import data, train
+
+    net = train.trained_model("lenet5", train.TrainConfig(epochs=1, limit=10000))
+    x, _ = data.load_fashion_mnist("test", limit=200)
+    shapes = [x.shape]
+    builds = {
+        "fp32": mdl_tvm.compile(net, "arm64", input_shapes=shapes),
+        "fp16": mdl_tvm.compile(net, "arm64-fp16", input_shapes=shapes, precision="fp16"),
+        "fp16-storage": mdl_tvm.compile(net, "arm64", input_shapes=shapes,
+                                        precision="fp16-storage"),
+    }
+    logits = {}
+    with RemoteDevice.connect(phone["tracker"], key=phone["key"], timeout=60) as device:
+        for name, model in builds.items():
+            so = model.export(str(tmp_path / f"{name}.so"))
+            (logits[name],) = device.run(so, [x])
+    ref = logits["fp32"]
+    assert relative_error(logits["fp16"], ref) < 2e-2
+    assert relative_error(logits["fp16-storage"], ref) < 2e-3
+    for name in ("fp16", "fp16-storage"):
+        agreement = float(np.mean(logits[name].argmax(1) == ref.argmax(1)))
+        assert agreement >= 0.995, (name, agreement)
