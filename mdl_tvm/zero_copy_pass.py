@@ -86,8 +86,12 @@ def _output_roots(bindings, body) -> list:
     for i, var in enumerate(roots):
         value = bound.get(var) if isinstance(var, relax.Var) else None
         if _op_name(value) != "relax.builtin.alloc_tensor":
-            kind = "a nested tuple" if isinstance(var, relax.Tuple) else (
-                "a parameter or constant" if value is None else f"made by {value.op}")
+            if isinstance(var, relax.Tuple) or isinstance(value, relax.Tuple):
+                kind = "a nested tuple"
+            elif value is None:
+                kind = "a parameter or constant"
+            else:
+                kind = f"made by {getattr(value, 'op', type(value).__name__)}"
             raise ZeroCopyUnsupported(
                 f"output {i} is {kind}, not a tensor written by a kernel into a fresh buffer")
     if len(set(roots)) != len(roots):
