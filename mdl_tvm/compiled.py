@@ -181,7 +181,7 @@ def _flatten(result) -> list[np.ndarray]:
 def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
             input_dtype="float32", compress=None, calibration=None,
             graph_passes=(), precision="fp32", accumulate=None,
-            tuning_db=None) -> CompiledModel:
+            tuning_db=None, default_schedules=True) -> CompiledModel:
     """Compile a model for a target profile.
 
     Parameters
@@ -222,6 +222,9 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         `schedules.tuning.tune`). Functions whose tuned record the tuning run's whole-model
         check kept use it; the rest get the default schedules, so a tuned build is never
         slower than the default one (as measured; see `schedules.verify`).
+    default_schedules : bool
+        ``False`` builds with TVM's plain pipeline, no `schedules` rules (naive loop
+        nests, for comparison only: tens of times slower).
 
     Returns
     -------
@@ -231,7 +234,10 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         model, target, input_shapes=input_shapes, example_inputs=example_inputs,
         input_dtype=input_dtype, compress=compress, calibration=calibration,
         graph_passes=graph_passes, precision=precision, accumulate=accumulate)
+    if not isinstance(default_schedules, bool):
+        raise TypeError(f"default_schedules must be True or False, not {default_schedules!r}")
     state.options["tuning_db"] = tuning_db
+    state.options["default_schedules"] = default_schedules
     profile, precision_config = state.profile, state.options["precision"]
     state = run_pipeline(state)
     compiled = CompiledModel(

@@ -10,6 +10,7 @@ import tvm
 from conftest import relative_error
 from tvm import relax, tirx
 
+import mdl_tvm
 import schedules
 from mdl_tvm import zoo
 from mdl_tvm.importers import import_model
@@ -89,6 +90,10 @@ def test_plain_zero_pipeline_is_still_available(rng):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     assert relative_error(_run(plain, x), expected) < 1e-5
+    public = mdl_tvm.compile(model, "host", input_shapes=[x.shape], default_schedules=False)
+    assert relative_error(public.run(x)[0], expected) < 1e-5
+    with pytest.raises(TypeError, match="default_schedules must be True or False"):
+        mdl_tvm.compile(model, "host", input_shapes=[x.shape], default_schedules="no")
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])

@@ -190,6 +190,27 @@ def test_graph_returning_its_input_keeps_only_main():
     assert tvm is not None
 
 
+def test_graph_returning_a_nested_tuple_keeps_only_main():
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.add(x, x))
+        z = bb.emit(relax.op.multiply(x, x))
+        pair = bb.emit(relax.Tuple([y, z]))
+        bb.emit_func_output(relax.Tuple([pair, y]))
+    model = mdl_tvm.compile(bb.get(), "host")
+    assert model.zero_copy["emitted"] is False
+    assert "output 0 is a nested tuple" in model.zero_copy["reason"]
+    x_np = np.arange(4, dtype=np.float32).reshape(1, 4)
+    outputs = model.run(x_np)  # nested outputs come back flattened, in order
+    assert len(outputs) == 3
+    np.testing.assert_array_equal(outputs[0], x_np + x_np)
+    np.testing.assert_array_equal(outputs[1], x_np * x_np)
+    np.testing.assert_array_equal(outputs[2], x_np + x_np)
+
+
 @pytest.fixture(scope="module")
 def cell_arm64(tmp_path_factory):
     torch.manual_seed(0)
