@@ -115,7 +115,9 @@ def write(rows, argv, wall_s):
     plot(rows, base)
 
 
-def plot(rows, base):
+def plot(rows, base, path=None, methods=METHODS):
+    """Accuracy vs channels removed per model, one curve per method, the seed's points
+    marked; written to `path` (default ``bench/results/compression.png``)."""
     try:
         import matplotlib
 
@@ -126,7 +128,7 @@ def plot(rows, base):
     fig, axes = plt.subplots(1, len(base), figsize=(6 * len(base), 4.2), squeeze=False)
     for ax, name in zip(axes[0], base, strict=True):
         b = base[name]["accuracy"] * 100
-        for method in METHODS:
+        for method in methods:
             pts = sorted((r["ratio"] * 100, r["accuracy"] * 100) for r in rows
                          if r["model"] == name and r["method"] == method)
             if pts:
@@ -141,7 +143,7 @@ def plot(rows, base):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "compression.png", dpi=110)
+    fig.savefig(path or RESULTS / "compression.png", dpi=110)
 
 
 def main(argv=None):

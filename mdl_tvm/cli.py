@@ -5,6 +5,7 @@
     mdl-tvm targets
     mdl-tvm demo                                     # the embedded default job
     mdl-tvm device ... / mdl-tvm tracker ...         # the emulated phone (deploy/)
+    mdl-tvm bench [--quick] ...                      # benchmark against peers (bench/)
 """
 
 from __future__ import annotations
@@ -187,10 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     from schedules import cli as tune_cli  # mdl-tvm tune
 
     tune_cli.register(sub)
+    # listed for --help; main() forwards `mdl-tvm bench ARGS` before argparse sees ARGS
+    sub.add_parser("bench", add_help=False,
+                   help="benchmark against peers (python -m bench; a source checkout)")
     return parser
 
 
+def _cmd_bench(argv: list) -> int:
+    """Forward ``mdl-tvm bench ...`` to ``python -m bench``'s main (repo's bench/ folder)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").is_file():
+        raise FileNotFoundError(f"mdl-tvm bench needs a source checkout; no bench/ in {root}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        try:
+            return _cmd_bench(argv[1:])
+        except (MdlError, ValueError, TypeError, FileNotFoundError) as err:
+            print(f"mdl-tvm bench: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

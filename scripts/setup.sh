@@ -27,7 +27,7 @@ PY="${PYTHON:-python3}"
 # torch==2.13.0 is pinned in the extras: an unpinned torch pulls a multi-GB CUDA build.
 # (checked from / so that the repo folder on sys.path cannot hide a stale editable install)
 if ! (cd / && "$PY" -c "import importlib.metadata as m; m.version('mdl-tvm')
-import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib
+import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib, ncnn, pnnx
 import apps, PIL, skimage, opencc") \
     >/dev/null 2>&1 || [ "${MDL_TVM_REINSTALL:-0}" = 1 ]; then
   echo "setup: pip install -e .[all]"
