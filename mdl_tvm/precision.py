@@ -6,7 +6,8 @@ mode                what runs
 ``fp32``            everything in fp32 (no change)
 ``fp16``            weights and activations in fp16; convolutions and matmuls accumulate in
                     `accumulate` (``"fp16"``, the fast default, or ``"fp32"``); softmax and
-                    the last layer (the conv / matmul that makes the output) stay fp32
+                    the last layer (the conv / matmul that makes the output) stay fp32,
+                    and so do means and pools over more than 2048 elements (`REDUCE_OPS`)
 ``fp16-full``       as ``fp16`` with nothing kept in fp32 but operators of unknown
                     numerics (``keep_fp32=()``)
 ``fp16-storage``    conv / matmul weights stored in fp16 (half the bytes), all arithmetic in
@@ -48,10 +49,16 @@ FOLLOW_OPS = frozenset({
     "relax.minimum", "relax.negative", "relax.nn.relu", "relax.clip", "relax.nn.gelu",
     "relax.nn.silu", "relax.sigmoid", "relax.tanh", "relax.sqrt", "relax.rsqrt",
     "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
-    "relax.mean", "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
+    "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
     "relax.expand_dims", "relax.concat", "relax.split", "relax.strided_slice", "relax.take",
 })
 SOFTMAX_OPS = frozenset({"relax.nn.softmax", "relax.nn.log_softmax"})
+# Averaging reductions. fp16 counts exactly only up to 2048 and overflows past 65504, so one
+# over more elements (instance norm over H*W, a global pool of a large map) sums and divides
+# in fp32 and casts its result back; a smaller one follows its input like `FOLLOW_OPS`.
+REDUCE_OPS = frozenset({"relax.mean", "relax.sum", "relax.variance",
+                        "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"})
+FP16_EXACT_COUNT = 2048
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,24 @@ def _vars_of(expr) -> list:
     return []
 
 
+def _reduced_count(call) -> int:
+    """How many input elements one output of the `REDUCE_OPS` `call` averages (or sums)."""
+    try:
+        shape = [int(d) for d in call.args[0].ty.shape]
+    except (TypeError, ValueError, AttributeError):  # symbolic shape: assume it is large
+        return 1 << 30
+    a, name = call.attrs, _op_name(call)
+    if name == "relax.nn.avg_pool2d":
+        return int(np.prod([int(k) for k in a.pool_size]))
+    if name == "relax.nn.adaptive_avg_pool2d":
+        spatial = [shape[str(a.layout).index(c)] for c in "HW"]
+        sizes = [int(o) for o in a.output_size] if a.output_size is not None else spatial
+        sizes = sizes * 2 if len(sizes) == 1 else sizes
+        return int(np.prod([-(-n // o) for n, o in zip(spatial, sizes, strict=True)]))
+    axes = range(len(shape)) if a.axis is None else [int(x) % len(shape) for x in a.axis]
+    return int(np.prod([shape[i] for i in axes]))
+
+
 def _with_out_dtype(call, args, out_dtype: str):
     """`call` (conv1d / conv2d / matmul) on `args` with accumulator dtype `out_dtype`."""
     from tvm import relax
@@ -274,7 +299,12 @@ class _Rewriter:
             if acc == "float32":  # activations stay fp16; the cast fuses into the epilogue
                 out = relax.op.astype(self.bb.emit(out), "float16")
             return out
-        if name in follow:
+        if (name in REDUCE_OPS and _dtype(args[0]) == "float16"
+                and _reduced_count(call) > FP16_EXACT_COUNT):
+            wide = relax.Call(call.op, [self.cast(args[0], "float32")], call.attrs,
+                              call.ty_args)
+            return relax.op.astype(self.bb.emit(wide), "float16")
+        if name in follow or name in REDUCE_OPS:
             inputs = [a for a in args if _is_float_tensor(a) and not _is_const(a)]
             dtype = "float16" if inputs and all(_dtype(a) == "float16" for a in inputs) \
                 else "float32"

@@ -118,6 +118,8 @@ _FMA_UNITS, _FMA_LATENCY, _LOAD_PORTS, _L1_FILL_BYTES, _LINE = 2, 4, 2, 20, 64
 _SHORT_REDUCTION = 160
 # Cycles per input element of a padded copy (fill + copy).
 _PAD_COPY_CYCLES = 0.5
+# Cycles per store of the epilogue (with its bias / residual / activation).
+_EPILOGUE_CYCLES = 1.0
 
 
 def _step_cycles(fmas: int, loads: int, line_bytes: float) -> float:
@@ -169,6 +171,12 @@ def _broadcast_loads(cfg: MachineConfig, count: int, elem: int, contiguous: bool
     return count // per_vector + count % per_vector
 
 
+def _epilogue_cycles(oc: int, ow: int, lanes: int, by_width: bool) -> float:
+    """Cycles per output row of unpacking the tile into NCHW: whole vectors along the row
+    (``"ow"``) or one transposed scalar store per output (``"oc"``)."""
+    return oc * (_ceil_div(ow, lanes) if by_width else ow) * _EPILOGUE_CYCLES
+
+
 def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
                      out_rows: int = 1) -> ConvTile:
     """Pick the layout and register block of the packed convolution.
@@ -177,6 +185,9 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
     convolutions that are 1x1 or have a short reduction, where the transposed scalar
     epilogue of ``"oc"`` or the input line per channel dominates (measured faster for every
     1x1 MobileNetV2 layer); ``"oc"`` otherwise (measured faster for ResNet's 3x3 layers).
+    A short k x k reduction is costed both ways, the epilogue included (one store per
+    output for ``"oc"``, one per vector for ``"ow"``): rows that would mostly be padding in
+    pixel vectors (LeNet's 10-pixel rows in 8-lane fp16) take channel vectors instead.
 
     Block: every candidate is costed in cycles per output row as tiles x reduction steps x
     cycles per step, a step being limited by FMA issue, FMA latency (too few accumulators),
@@ -204,7 +215,7 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
     elem = 2 if str(dtype) == "float16" else 4
     oc, ow, kw = geo.out_channels, geo.out_width, geo.kernel[1]
     reduce_size = geo.in_channels * geo.kernel[0] * kw
-    by_width = geo.stride[1] == 1 and (kw == 1 or reduce_size <= _SHORT_REDUCTION)
+    pixel_vectors = geo.stride[1] == 1 and (kw == 1 or reduce_size <= _SHORT_REDUCTION)
 
     def _cost(tiles, width, step):
         cost = tiles * reduce_size * step * (2 - ow / width)
@@ -213,7 +224,9 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
         return cost
 
     best, best_cost = ConvTile("oc", lanes, 1), float("inf")
-    for vecs in (4, 2, 1):
+    # 1x1: "ow" measured faster in every case; a short k x k reduction: costed both ways
+    layouts = ((True,) if kw == 1 else (True, False)) if pixel_vectors else (False,)
+    for by_width, vecs in ((b, v) for b in layouts for v in (4, 2, 1)):
         block = lanes * vecs
         if by_width:
             if vecs > 1 and ow <= block - lanes:
@@ -237,7 +250,7 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
                 width = _ceil_div(ow, count) * count
                 tile = ConvTile("oc", block, count)
                 tiles = _ceil_div(oc, block) * width // count
-            cost = _cost(tiles, width, step)
+            cost = _cost(tiles, width, step) + _epilogue_cycles(oc, ow, lanes, by_width)
             if cost < best_cost - 1e-9:
                 best, best_cost = tile, cost
     return best

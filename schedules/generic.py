@@ -8,7 +8,10 @@ fallback that schedules any PrimFunc safely.
     Schedule: a small padding block feeding a small window (pooling) is inlined; the
     innermost output axis is split by the vector lanes and moved inside the reduction loops
     when the output is contiguous along it (``out[..., x_o*L : x_o*L + L]`` accumulates in a
-    vector); the remaining spatial loops are fused into one parallel loop.
+    vector). A row the lanes do not divide (LeNet's 14 and 5 pixels) but at most
+    `_WHOLE_ROW_LANES` vectors long is vectorised whole (LLVM splits it into legal
+    vectors) instead of falling back to scalar code. The remaining spatial loops are fused
+    into one parallel loop.
 
 `Fallback` recognises
     anything (it never returns None for a function it can parse). Element-wise chains are
@@ -35,6 +38,7 @@ from .common import (
 )
 
 _SMALL_WINDOW = 64  # reduction extents up to this count as a pooling window
+_WHOLE_ROW_LANES = 4  # an odd-width output row up to 4 vectors long is one vector
 
 
 def _normal_loops(sch: s_tir.Schedule, block):
@@ -109,6 +113,14 @@ def schedule_reduction(sch: s_tir.Schedule, block, cfg) -> bool:
         sch.reorder(*spatial[:-1], outer, *reduce, vec)
         fuse_parallel(sch, [*spatial[:-1], outer], cfg, total)
         sch.vectorize(vec)
+        init = sch.decompose_reduction(block, reduce[0])
+        vectorize_init(sch, init)
+        return True
+    if (inner_ext and lanes > 1 and 1 < inner_ext <= _WHOLE_ROW_LANES * lanes
+            and _contiguous_in(stmt, spatial_iters[-1])):
+        sch.reorder(*spatial[:-1], *reduce, spatial[-1])
+        fuse_parallel(sch, spatial[:-1], cfg, total)
+        sch.vectorize(spatial[-1])
         init = sch.decompose_reduction(block, reduce[0])
         vectorize_init(sch, init)
         return True

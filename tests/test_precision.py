@@ -149,3 +149,36 @@ def test_fp16_on_phone_agrees_with_fp32(phone, tmp_path):
     for name in ("fp16", "fp16-storage"):
         agreement = float(np.mean(logits[name].argmax(1) == ref.argmax(1)))
         assert agreement >= 0.995, (name, agreement)
+
+
+class _ConvInstanceNorm(__import__("torch").nn.Module):
+    """conv -> instance norm written with means (as the style net has it) -> conv."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        d = y - y.mean((2, 3), keepdim=True)
+        y = d / ((d * d).mean((2, 3), keepdim=True) + 1e-5).sqrt()
+        return self.conv2(y.mean((1,), keepdim=True) + y)
+
+
+def test_fp16_means_over_many_elements_sum_in_fp32(rng):
+    """A mean over 256x256 = 65,536 elements divides by a count past the fp16 maximum
+    (65,504): it runs in fp32 and the result is finite and close to fp32. The 4-channel
+    mean (4 elements) stays fp16."""
+    net, shape = _ConvInstanceNorm().eval(), (1, 3, 256, 256)
+    x = rng.standard_normal(shape).astype("float32")
+    ref = mdl_tvm.compile(net, "host", input_shapes=[shape])(x)
+    config = PrecisionConfig(mode="fp16", emulate=True, keep_fp32=())
+    model = mdl_tvm.compile(net, "host", input_shapes=[shape], precision=config)
+    assert _relax_dtypes(model)["relax.mean"] == {"float16", "float32"}
+    out = model(x)
+    assert np.isfinite(out).all()
+    assert relative_error(out, ref) < 2e-2
