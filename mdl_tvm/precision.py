@@ -8,6 +8,7 @@ mode                what runs
                     `accumulate` (``"fp16"``, the fast default, or ``"fp32"``); softmax and
                     the last layer (the conv / matmul that makes the output) stay fp32,
                     and so do means and pools over more than 2048 elements (`REDUCE_OPS`)
+                    and recurrent state (an LSTM's ``c``: outputs typed like an input)
 ``fp16-full``       as ``fp16`` with nothing kept in fp32 but operators of unknown
                     numerics (``keep_fp32=()``)
 ``fp16-storage``    conv / matmul weights stored in fp16 (half the bytes), all arithmetic in
@@ -33,6 +34,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import PrecisionError
+from .precision_ops import (
+    COMPUTE_OPS,
+    FOLLOW_OPS,
+    FP16_EXACT_COUNT,
+    REDUCE_OPS,
+    SOFTMAX_OPS,
+    dtype_of,
+    is_const,
+    is_float_tensor,
+    last_layers,
+    op_name,
+    reduced_count,
+)
 
 MODES = ("fp32", "fp16", "fp16-full", "fp16-storage")
 ACCUMULATE = ("fp16", "fp32")
@@ -40,26 +54,6 @@ KEEP_FP32 = ("softmax", "last_layer")
 FP16_PROFILES = ("arm64-fp16", "cortex-a55", "cortex-a76")
 _DTYPES = {"fp16": "float16", "fp32": "float32"}
 _FP16_MAX = 65504.0
-
-# Operators that multiply-accumulate: fp16 inputs, `accumulate` output.
-COMPUTE_OPS = frozenset({"relax.nn.conv1d", "relax.nn.conv2d", "relax.matmul"})
-# Operators that are safe in fp16 and follow their inputs' dtype.
-FOLLOW_OPS = frozenset({
-    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
-    "relax.minimum", "relax.negative", "relax.nn.relu", "relax.clip", "relax.nn.gelu",
-    "relax.nn.silu", "relax.sigmoid", "relax.tanh", "relax.sqrt", "relax.rsqrt",
-    "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
-    "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
-    "relax.expand_dims", "relax.concat", "relax.split", "relax.strided_slice", "relax.take",
-})
-SOFTMAX_OPS = frozenset({"relax.nn.softmax", "relax.nn.log_softmax"})
-# Averaging reductions. fp16 counts exactly only up to 2048 and overflows past 65504, so one
-# over more elements (instance norm over H*W, a global pool of a large map) sums and divides
-# in fp32 and casts its result back; a smaller one follows its input like `FOLLOW_OPS`.
-REDUCE_OPS = frozenset({"relax.mean", "relax.sum", "relax.variance",
-                        "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"})
-FP16_EXACT_COUNT = 2048
-
 
 @dataclass(frozen=True)
 class PrecisionConfig:
@@ -159,79 +153,11 @@ def check_target(config: PrecisionConfig, profile) -> None:
     )
 
 
-def _dtype(expr) -> str:
-    return str(getattr(getattr(expr, "ty", None), "dtype", ""))
-
-
-def _is_float_tensor(expr) -> bool:
-    return _dtype(expr) in ("float16", "float32")
-
-
-def _op_name(call) -> str:
-    import tvm
-
-    return call.op.name if isinstance(call.op, tvm.ir.Op) else ""
-
-
-def _last_layers(bindings, func) -> set:
-    """Indices of the conv / matmul bindings that make the output, found by walking back
-    from the returned value through everything that is not itself a conv / matmul."""
-    from tvm import relax
-
-    index = {hash(b.var): i for i, b in enumerate(bindings)}
-    found, seen = set(), set()
-    stack = list(_vars_of(func.body.body))
-    while stack:
-        var = stack.pop()
-        i = index.get(hash(var))
-        if i is None or i in seen:
-            continue
-        seen.add(i)
-        value = bindings[i].value
-        if isinstance(value, relax.Call) and _op_name(value) in COMPUTE_OPS:
-            found.add(i)
-            continue
-        stack.extend(_vars_of(value))
-    return found
-
-
-def _vars_of(expr) -> list:
-    from tvm import relax
-
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in _vars_of(f)]
-    if isinstance(expr, relax.TupleGetItem):
-        return _vars_of(expr.tuple_value)
-    if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in _vars_of(a)]
-    return []
-
-
-def _reduced_count(call) -> int:
-    """How many input elements one output of the `REDUCE_OPS` `call` averages (or sums)."""
-    try:
-        shape = [int(d) for d in call.args[0].ty.shape]
-    except (TypeError, ValueError, AttributeError):  # symbolic shape: assume it is large
-        return 1 << 30
-    a, name = call.attrs, _op_name(call)
-    if name == "relax.nn.avg_pool2d":
-        return int(np.prod([int(k) for k in a.pool_size]))
-    if name == "relax.nn.adaptive_avg_pool2d":
-        spatial = [shape[str(a.layout).index(c)] for c in "HW"]
-        sizes = [int(o) for o in a.output_size] if a.output_size is not None else spatial
-        sizes = sizes * 2 if len(sizes) == 1 else sizes
-        return int(np.prod([-(-n // o) for n, o in zip(spatial, sizes, strict=True)]))
-    axes = range(len(shape)) if a.axis is None else [int(x) % len(shape) for x in a.axis]
-    return int(np.prod([shape[i] for i in axes]))
-
-
 def _with_out_dtype(call, args, out_dtype: str):
     """`call` (conv1d / conv2d / matmul) on `args` with accumulator dtype `out_dtype`."""
     from tvm import relax
 
-    name, a = _op_name(call), call.attrs
+    name, a = op_name(call), call.attrs
     if name == "relax.matmul":
         return relax.op.matmul(args[0], args[1], out_dtype=out_dtype)
     conv = relax.op.nn.conv2d if name == "relax.nn.conv2d" else relax.op.nn.conv1d
@@ -266,7 +192,7 @@ class _Rewriter:
         import tvm
         from tvm import relax
 
-        if not _is_float_tensor(expr) or _dtype(expr) == dtype:
+        if not is_float_tensor(expr) or dtype_of(expr) == dtype:
             return expr
         if isinstance(expr, tvm.ir.Constant):
             key = (hash(expr), dtype)
@@ -282,35 +208,35 @@ class _Rewriter:
     def call(self, index: int, call, keep: set):
         from tvm import relax
 
-        name, mode = _op_name(call), self.config.mode
+        name, mode = op_name(call), self.config.mode
         args = [self.remap(a) for a in call.args]
         if mode == "fp16-storage":
-            if (name in COMPUTE_OPS and _is_const(call.args[1])
-                    and _dtype(args[0]) == _dtype(args[1]) == "float32"):
+            if (name in COMPUTE_OPS and is_const(call.args[1])
+                    and dtype_of(args[0]) == dtype_of(args[1]) == "float32"):
                 return _with_out_dtype(call, [args[0], self.cast(args[1], "float16")],
                                        "float32")
             return relax.Call(call.op, args, call.attrs, call.ty_args)
         follow = FOLLOW_OPS | (SOFTMAX_OPS if "softmax" not in self.config.keep_fp32
                                else frozenset())
-        floats = all(_is_float_tensor(a) for a in call.args[:2])
+        floats = all(is_float_tensor(a) for a in call.args[:2])
         if name in COMPUTE_OPS and floats and index not in keep:
             acc = _DTYPES[self.config.accumulate]
             out = _with_out_dtype(call, [self.cast(a, "float16") for a in args], acc)
             if acc == "float32":  # activations stay fp16; the cast fuses into the epilogue
                 out = relax.op.astype(self.bb.emit(out), "float16")
             return out
-        if (name in REDUCE_OPS and _dtype(args[0]) == "float16"
-                and _reduced_count(call) > FP16_EXACT_COUNT):
+        if (name in REDUCE_OPS and dtype_of(args[0]) == "float16"
+                and reduced_count(call) > FP16_EXACT_COUNT):
             wide = relax.Call(call.op, [self.cast(args[0], "float32")], call.attrs,
                               call.ty_args)
             return relax.op.astype(self.bb.emit(wide), "float16")
         if name in follow or name in REDUCE_OPS:
-            inputs = [a for a in args if _is_float_tensor(a) and not _is_const(a)]
-            dtype = "float16" if inputs and all(_dtype(a) == "float16" for a in inputs) \
+            inputs = [a for a in args if is_float_tensor(a) and not is_const(a)]
+            dtype = "float16" if inputs and all(dtype_of(a) == "float16" for a in inputs) \
                 else "float32"
             return relax.Call(call.op, [self.cast(a, dtype) for a in args], call.attrs,
                               call.ty_args)
-        originals = [_dtype(a) for a in call.args]  # unknown op or kept: original dtypes
+        originals = [dtype_of(a) for a in call.args]  # unknown op or kept: original dtypes
         args = [self.cast(a, d) if d else a for a, d in zip(args, originals, strict=True)]
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
@@ -321,14 +247,8 @@ class _Rewriter:
         if isinstance(expr, relax.Tuple) and isinstance(like, relax.Tuple):
             return relax.Tuple([self.restore(e, o)
                                 for e, o in zip(expr.fields, like.fields, strict=True)])
-        dtype = _dtype(like)
+        dtype = dtype_of(like)
         return self.cast(expr, dtype) if dtype else expr
-
-
-def _is_const(expr) -> bool:
-    import tvm
-
-    return isinstance(expr, tvm.ir.Constant)
 
 
 def convert(mod, config: PrecisionConfig, func_name: str = "main"):
@@ -356,7 +276,7 @@ def convert(mod, config: PrecisionConfig, func_name: str = "main"):
         raise ValueError(f"the precision stage needs one binding block in {func_name!r}, "
                          f"found {len(blocks)}; run it before lowering")
     bindings = list(blocks[0].bindings)
-    keep = _last_layers(bindings, func) if "last_layer" in config.keep_fp32 else set()
+    keep = last_layers(bindings, func) if "last_layer" in config.keep_fp32 else set()
     rw = _Rewriter(config)
     params = [relax.Var(p.name, p.ty) for p in func.params]
     rw.var_map.update({hash(o): n for o, n in zip(func.params, params, strict=True)})

@@ -34,8 +34,9 @@ def _relax_dtypes(model) -> dict:
     out: dict = {}
     for binding in model.relax_module["main"].body.blocks[0].bindings:
         value = binding.value
-        if isinstance(value, relax.Call) and hasattr(value.op, "name"):
-            out.setdefault(value.op.name, set()).add(str(binding.var.ty.dtype))
+        dtype = getattr(binding.var.ty, "dtype", None)  # None: a tuple (split)
+        if isinstance(value, relax.Call) and hasattr(value.op, "name") and dtype is not None:
+            out.setdefault(value.op.name, set()).add(str(dtype))
     return out
 
 
@@ -182,3 +183,30 @@ def test_fp16_means_over_many_elements_sum_in_fp32(rng):
     out = model(x)
     assert np.isfinite(out).all()
     assert relative_error(out, ref) < 2e-2
+
+
+def test_lstm_step_gates_in_fp16_cell_state_in_fp32(rng):
+    """The poem LSTM step returns (logits, h, c), h and c typed like its inputs: recurrent
+    state. Its gate matmuls run in fp16; the head (last layer) and the cell-state update
+    (it meets the fp32 state input) stay fp32; the step stays close to fp32."""
+    import torch
+
+    from apps.poem.model import LSTMStep, load_model
+
+    step = LSTMStep(load_model()[0]).eval()
+    h, c = (0.5 * rng.standard_normal(a.shape).astype("float32") for a in step.zero_state())
+    token = np.array([5], np.int64)
+    example = tuple(torch.from_numpy(a) for a in (token, h, c))
+    ref = mdl_tvm.compile(step, "host", example_inputs=example)(token, h, c)
+    config = PrecisionConfig(mode="fp16", emulate=True)
+    model = mdl_tvm.compile(step, "host", example_inputs=example, precision=config)
+    from tvm import relax
+
+    matmuls = [str(b.var.ty.dtype) for b in model.relax_module["main"].body.blocks[0].bindings
+               if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "")
+               == "relax.matmul"]
+    assert matmuls.count("float16") == 2 * step.layers and matmuls[-1] == "float32"
+    assert "float32" in _relax_dtypes(model)["relax.add"]  # c' = f * c + i * g
+    for out, expected in zip(model(token, h, c), ref, strict=True):
+        assert out.dtype == np.float32
+        assert relative_error(out, expected) < 1e-2
