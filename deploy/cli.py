@@ -148,6 +148,17 @@ def _cmd_insns(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    from .kernel_profile import profile_instructions
+
+    if not os.path.isfile(args.artifact):
+        raise FileNotFoundError(f"no such artifact: {args.artifact}")
+    prof = profile_instructions(args.artifact, _load_inputs(args.input), runs=args.runs,
+                                mode=args.mode)
+    print(prof.markdown())
+    return 0
+
+
 def _help(parser: argparse.ArgumentParser):
     def show(args) -> int:
         parser.print_help(sys.stderr)
@@ -203,6 +214,7 @@ def register(subparsers) -> None:
     for name, fn, what in (
         ("run", _cmd_run, "run an arm64 .so under QEMU (no RPC)"),
         ("insns", _cmd_insns, "count aarch64 instructions per inference"),
+        ("profile", _cmd_profile, "instructions per inference by kernel"),
     ):
         p = dsub.add_parser(name, help=what)
         p.add_argument("artifact", metavar="ARTIFACT.so")
@@ -223,7 +235,8 @@ def register(subparsers) -> None:
             p.add_argument("--outputs-dir", metavar="DIR", help="save out0.npy, out1.npy, ...")
         else:
             p.add_argument("--runs", type=int, default=10, help="N in (c(2N)-c(N))/N")
-            p.add_argument("--verify", action="store_true", help="count twice, check equal")
+            if name == "insns":
+                p.add_argument("--verify", action="store_true", help="count twice, check equal")
         p.set_defaults(func=fn)
 
     tr = subparsers.add_parser("tracker", help="the TVM RPC tracker")

@@ -159,6 +159,14 @@ def _counting_env(env: DeviceEnv, home: Path) -> dict:
 
 def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout: float,
                 mode: str = "plain") -> int:
+    return int(_run_counted(env, work, names, runs, timeout, mode).read_text())
+
+
+def _run_counted(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout: float,
+                 mode: str = "plain", plugin: Path | None = None,
+                 script: str = "runner.py") -> Path:
+    """Run `script` (``device_runner.py`` or a wrapper of it) in `work` under the plugin
+    (default ``libinsn.so``); returns the file the plugin wrote."""
     out, err, count = work / "out", work.parent / "stderr.txt", work.parent / "count.txt"
     shutil.rmtree(out, ignore_errors=True)
     count.unlink(missing_ok=True)
@@ -167,11 +175,11 @@ def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout
         "-seed",
         "1",
         "-plugin",
-        f"{env.plugin},out={count}",
+        f"{plugin or env.plugin},out={count}",
         "-L",
         str(env.sysroot),
         str(env.guest_python),
-        "runner.py",
+        script,
         "model.so",
         "--inputs",
         *names,
@@ -199,7 +207,7 @@ def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout
         raise _fail("instruction counting", None, err) from None
     if res.returncode != 0 or not count.exists():
         raise _fail("instruction counting", res, err)
-    return int(count.read_text())
+    return count
 
 
 def count_instructions(

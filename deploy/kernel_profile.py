@@ -1,0 +1,216 @@
+"""Per-kernel instruction profile of a model library on the emulated phone.
+
+`profile_instructions` runs the library as `deploy.emulator.count_instructions` does (same
+runner, same deterministic set-up, N and 2N runs so that start-up cancels) under
+``libinsnprof.so``, a TCG plugin that counts the instructions retired at each guest address
+(``insn_profile_plugin.c``, built on first use). Each address inside the library is charged
+to the kernel whose symbol contains it (a kernel's ``__tvm_ffi_`` wrapper and ``_compute_``
+body are one row); everything else -- the Relax VM, the TVM runtime, Python, libc -- is the
+`RUNTIME` row. The rows add up to `count_instructions`'s figure.
+
+It answers what the total cannot: which kernel keeps a model above its fp16 / fp32 lane
+ratio, what the VM costs per call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdl_tvm.errors import DeviceError
+
+from .device import DeviceEnv, setup
+from .emulator import RUNNER, _check_mode, _run_counted, _save_inputs
+
+PLUGIN_SRC = Path(__file__).with_name("insn_profile_plugin.c")
+RUNTIME = "(runtime: VM, Python, libc)"
+OTHER = "(library, outside any symbol)"
+_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """Instructions per inference by kernel.
+
+    Attributes
+    ----------
+    kernels : dict
+        ``{kernel name: instructions per inference}``, largest first; `RUNTIME` for
+        everything outside the library.
+    total : int
+        Their sum (what `count_instructions` reports).
+    """
+
+    kernels: dict
+    total: int
+
+    def markdown(self, reference: KernelProfile | None = None, names=("this", "ref")) -> str:
+        """A markdown table; with `reference`, side by side with the ratio this / ref."""
+        if reference is None:
+            rows = ["| kernel | instructions | share |", "|---|---:|---:|"]
+            rows += [f"| `{k}` | {v:,} | {v / self.total:.1%} |" for k, v in self.kernels.items()]
+            return "\n".join(rows + [f"| total | {self.total:,} | 100% |"])
+        keys = sorted(set(self.kernels) | set(reference.kernels),
+                      key=lambda k: -max(self.kernels.get(k, 0), reference.kernels.get(k, 0)))
+        rows = [f"| kernel | {names[1]} | {names[0]} | {names[0]} / {names[1]} |",
+                "|---|---:|---:|---:|"]
+        for k in keys + ["total"]:
+            a = self.total if k == "total" else self.kernels.get(k, 0)
+            b = reference.total if k == "total" else reference.kernels.get(k, 0)
+            ratio = f"{a / b:.2f}x" if a and b else "–"
+            rows.append(f"| {'total' if k == 'total' else f'`{k}`'} | {b:,} | {a:,} | {ratio} |")
+        return "\n".join(rows)
+
+
+def kernel_name(symbol: str) -> str:
+    """``__tvm_ffi_fused_conv2d_relu`` / ``fused_conv2d_relu_compute_`` -> ``fused_conv2d_relu``."""
+    name = symbol.removeprefix("__tvm_ffi_")
+    return name.removesuffix("_compute_")
+
+
+def build_plugin(env: DeviceEnv) -> Path:
+    """``libinsnprof.so`` in the phone's ``profile/`` folder (not ``plugin/``, whose contents
+    `deploy.device.setup` checks), compiled atomically when missing or older than its
+    source, against the ``qemu-plugin.h`` that `deploy.device.setup` cached."""
+    out = env.root / "profile" / "libinsnprof.so"
+    out.parent.mkdir(exist_ok=True)
+    if out.exists() and out.stat().st_mtime >= PLUGIN_SRC.stat().st_mtime:
+        return out
+    header = env.plugin.with_name("qemu-plugin.h")
+    if not header.exists():
+        raise DeviceError(f"{header} is missing: run `mdl-tvm device setup` (or "
+                          "scripts/setup.sh) to fetch QEMU's plugin header")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    res = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-I", str(header.parent),
+                          str(PLUGIN_SRC), "-o", str(tmp)], capture_output=True, text=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise DeviceError(f"compiling {PLUGIN_SRC.name} failed:\n{res.stderr[-2000:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def _symbols(so_path: Path) -> list[tuple[int, int, str]]:
+    """``(start, size, name)`` of the library's functions, by address."""
+    nm = shutil.which("aarch64-linux-gnu-nm")
+    if nm is None:
+        raise DeviceError("aarch64-linux-gnu-nm is missing: run scripts/setup.sh "
+                          "(apt-get install binutils-aarch64-linux-gnu)")
+    text = subprocess.run([nm, "-n", "-S", "--defined-only", str(so_path)],
+                          capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tT":
+            found.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
+    return found
+
+
+def _read_counts(path: Path) -> tuple[dict[int, int], dict[int, int]]:
+    """``({address: count}, {address: instruction word})`` from the plugin's file."""
+    counts, words = {}, {}
+    for line in path.read_text().splitlines():
+        addr, n, word = line.split()
+        counts[int(addr, 16)] = int(n)
+        words[int(addr, 16)] = int(word, 16)
+    return counts, words
+
+
+def find_base(counts: dict, words: dict, symbols, code: bytes) -> int:
+    """Where the library was loaded, from what ran (asking the guest would perturb the
+    runtime's count). Candidates: page-aligned bases at which a kernel's ``__tvm_ffi_X``
+    wrapper and ``X_compute_`` body start equally often (once per call); the answer is the
+    first, by votes, at which every executed instruction in the library's range has the
+    library's own instruction word (`code`: the file, whose code is mapped at offset 0)."""
+    named = {name: start for start, _, name in symbols}
+    pairs = [(start, named[name[len("__tvm_ffi_"):] + "_compute_"])
+             for name, start in named.items()
+             if name.startswith("__tvm_ffi_") and name[len("__tvm_ffi_"):] + "_compute_" in named]
+    votes: Counter = Counter()
+    for wrapper, body in pairs:
+        for addr, n in counts.items():
+            base = addr - wrapper
+            if base % _PAGE == 0 and counts.get(base + body) == n:
+                votes[base] += 1
+    end = max(start + size for start, size, _ in symbols)
+    for base, _ in votes.most_common():
+        inside = [a - base for a in counts if 0 <= a - base < end]
+        if inside and all(words[base + off] == int.from_bytes(code[off:off + 4], "little")
+                          for off in inside):
+            return base
+    raise DeviceError("no kernel of the library ran on the phone: nothing to profile")
+
+
+def attribute(per_address: dict[int, float], symbols, base: int) -> Counter:
+    """Sum `per_address` counts by kernel: an address in the library's code goes to the
+    function symbol at or before it (TVM's parallel-loop bodies have no symbol of their own
+    and follow the kernel that launches them)."""
+    starts = [s for s, _, _ in symbols]
+    end = max(s + size for s, size, _ in symbols)
+    out: Counter = Counter()
+    for addr, n in per_address.items():
+        offset = addr - base
+        if not 0 <= offset < end:
+            out[RUNTIME] += n
+            continue
+        i = bisect.bisect_right(starts, offset) - 1
+        out[kernel_name(symbols[i][2]) if i >= 0 else OTHER] += n
+    return out
+
+
+def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0,
+                         env: DeviceEnv | None = None, mode: str = "plain") -> KernelProfile:
+    """Instructions per inference by kernel on the emulated phone.
+
+    Parameters
+    ----------
+    so_path : path
+        Library exported for aarch64 Linux.
+    inputs : numpy.ndarray or list of numpy.ndarray
+    runs : int
+        N, as in `deploy.emulator.count_instructions`.
+    timeout : float
+        Seconds allowed per emulator run.
+    env : DeviceEnv, optional
+    mode : str
+        The runner's call path (``"plain"``, ``"copy-io"``, ``"zero-copy"``).
+
+    Returns
+    -------
+    KernelProfile
+    """
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
+    _check_mode(mode)
+    env = env or setup()
+    plugin = build_plugin(env)
+    symbols = _symbols(Path(so_path))
+    if not any(name.startswith("__tvm_ffi_") for _, _, name in symbols):
+        raise DeviceError(f"{so_path} exports no TVM function (__tvm_ffi_*): not a model library")
+    base_dir = env.root / "count"
+    base_dir.mkdir(exist_ok=True)
+    with open(env.root / "count.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        work = base_dir / "w"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        shutil.copyfile(RUNNER, work / "runner.py")
+        shutil.copyfile(so_path, work / "model.so")
+        names = _save_inputs(inputs, work)
+        counts = []
+        for n in (runs, 2 * runs):
+            out = _run_counted(env, work, names, n, timeout, mode, plugin)
+            counts.append(_read_counts(out))
+        shutil.rmtree(work, ignore_errors=True)
+    (once, _), (twice, words) = counts
+    per_address = {a: (twice.get(a, 0) - once.get(a, 0)) / runs for a in set(once) | set(twice)}
+    base = find_base(twice, words, symbols, Path(so_path).read_bytes())
+    by_kernel = attribute({a: n for a, n in per_address.items() if n}, symbols, base)
+    kernels = {k: round(v) for k, v in by_kernel.most_common() if round(v)}
+    return KernelProfile(kernels, sum(kernels.values()))
