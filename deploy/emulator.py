@@ -12,6 +12,7 @@ fixed hash seed and a fixed QEMU random seed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -157,6 +158,24 @@ def _counting_env(env: DeviceEnv, home: Path) -> dict:
     }
 
 
+@contextlib.contextmanager
+def counting_workdir(env: DeviceEnv, so_path, inputs):
+    """The work directory of an instruction count, ``(work, input file names)``: the runner,
+    the library and the inputs at fixed paths (the guest must see identical names in every
+    counted run), held under the phone's count lock and removed after a successful count."""
+    base = env.root / "count"
+    base.mkdir(exist_ok=True)
+    with open(env.root / "count.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        work = base / "w"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        shutil.copyfile(RUNNER, work / "runner.py")
+        shutil.copyfile(so_path, work / "model.so")
+        yield work, _save_inputs(inputs, work)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _count_once(env: DeviceEnv, work: Path, names: list[str], runs: int, timeout: float,
                 mode: str = "plain") -> int:
     return int(_run_counted(env, work, names, runs, timeout, mode).read_text())
@@ -254,23 +273,13 @@ def count_instructions(
         raise ValueError("runs must be at least 1")
     _check_mode(mode)
     env = env or setup()
-    base = env.root / "count"  # fixed paths: the guest sees identical names every time
-    base.mkdir(exist_ok=True)
-    with open(env.root / "count.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        work = base / "w"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        shutil.copyfile(RUNNER, work / "runner.py")
-        shutil.copyfile(so_path, work / "model.so")
-        names = _save_inputs(inputs, work)
+    with counting_workdir(env, so_path, inputs) as (work, names):
         c1 = _count_once(env, work, names, runs, timeout, mode)
         if verify:
             again = _count_once(env, work, names, runs, timeout, mode)
             if again != c1:
                 raise DeviceError(f"instruction counts differ run to run: {c1} vs {again}")
         c2 = _count_once(env, work, names, 2 * runs, timeout, mode)
-        shutil.rmtree(work, ignore_errors=True)
     if c2 <= c1:
         raise DeviceError(f"{2 * runs} runs counted {c2} <= {runs} runs counted {c1}")
     return round((c2 - c1) / runs)

@@ -15,7 +15,6 @@ ratio, what the VM costs per call.
 from __future__ import annotations
 
 import bisect
-import fcntl
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 from mdl_tvm.errors import DeviceError
 
 from .device import DeviceEnv, setup
-from .emulator import RUNNER, _check_mode, _run_counted, _save_inputs
+from .emulator import _check_mode, _run_counted, counting_workdir
 
 PLUGIN_SRC = Path(__file__).with_name("insn_profile_plugin.c")
 RUNTIME = "(runtime: VM, Python, libc)"
@@ -193,22 +192,10 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
     symbols = _symbols(Path(so_path))
     if not any(name.startswith("__tvm_ffi_") for _, _, name in symbols):
         raise DeviceError(f"{so_path} exports no TVM function (__tvm_ffi_*): not a model library")
-    base_dir = env.root / "count"
-    base_dir.mkdir(exist_ok=True)
-    with open(env.root / "count.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        work = base_dir / "w"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        shutil.copyfile(RUNNER, work / "runner.py")
-        shutil.copyfile(so_path, work / "model.so")
-        names = _save_inputs(inputs, work)
-        counts = []
-        for n in (runs, 2 * runs):
-            out = _run_counted(env, work, names, n, timeout, mode, plugin)
-            counts.append(_read_counts(out))
-        shutil.rmtree(work, ignore_errors=True)
-    (once, _), (twice, words) = counts
+    with counting_workdir(env, so_path, inputs) as (work, names):
+        (once, _), (twice, words) = (
+            _read_counts(_run_counted(env, work, names, n, timeout, mode, plugin))
+            for n in (runs, 2 * runs))
     per_address = {a: (twice.get(a, 0) - once.get(a, 0)) / runs for a in set(once) | set(twice)}
     base = find_base(twice, words, symbols, Path(so_path).read_bytes())
     by_kernel = attribute({a: n for a, n in per_address.items() if n}, symbols, base)

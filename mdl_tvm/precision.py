@@ -173,6 +173,9 @@ class _Rewriter:
         from tvm import relax
 
         self.config = config
+        # ops that take their inputs' dtype; a large reduction is caught before this set
+        self.follow = FOLLOW_OPS | REDUCE_OPS | (
+            SOFTMAX_OPS if "softmax" not in config.keep_fp32 else frozenset())
         self.bb = relax.BlockBuilder()
         self.var_map: dict[int, object] = {}
         self.consts: dict[tuple[int, str], object] = {}
@@ -216,8 +219,6 @@ class _Rewriter:
                 return _with_out_dtype(call, [args[0], self.cast(args[1], "float16")],
                                        "float32")
             return relax.Call(call.op, args, call.attrs, call.ty_args)
-        follow = FOLLOW_OPS | (SOFTMAX_OPS if "softmax" not in self.config.keep_fp32
-                               else frozenset())
         floats = all(is_float_tensor(a) for a in call.args[:2])
         if name in COMPUTE_OPS and floats and index not in keep:
             acc = _DTYPES[self.config.accumulate]
@@ -230,7 +231,7 @@ class _Rewriter:
             wide = relax.Call(call.op, [self.cast(args[0], "float32")], call.attrs,
                               call.ty_args)
             return relax.op.astype(self.bb.emit(wide), "float16")
-        if name in follow or name in REDUCE_OPS:
+        if name in self.follow:
             inputs = [a for a in args if is_float_tensor(a) and not is_const(a)]
             dtype = "float16" if inputs and all(dtype_of(a) == "float16" for a in inputs) \
                 else "float32"

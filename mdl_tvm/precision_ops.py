@@ -17,8 +17,7 @@ FOLLOW_OPS = frozenset({
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
     "relax.minimum", "relax.negative", "relax.nn.relu", "relax.clip", "relax.nn.gelu",
     "relax.nn.silu", "relax.sigmoid", "relax.tanh", "relax.sqrt", "relax.rsqrt",
-    "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
-    "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
+    "relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims", "relax.squeeze",
     "relax.expand_dims", "relax.concat", "relax.split", "relax.strided_slice", "relax.take",
 })
 SOFTMAX_OPS = frozenset({"relax.nn.softmax", "relax.nn.log_softmax"})
@@ -28,7 +27,6 @@ SOFTMAX_OPS = frozenset({"relax.nn.softmax", "relax.nn.log_softmax"})
 REDUCE_OPS = frozenset({"relax.mean", "relax.sum", "relax.variance",
                         "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"})
 FP16_EXACT_COUNT = 2048
-
 
 
 def dtype_of(expr) -> str:

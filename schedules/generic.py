@@ -106,26 +106,22 @@ def schedule_reduction(sch: s_tir.Schedule, block, cfg) -> bool:
     total = work(sch, block)
     lanes = cfg.lanes(block_dtype(sch, block))
     inner_ext = extent(sch, spatial[-1])
-    stmt = sch.get(block)
-    if (inner_ext and lanes > 1 and inner_ext % lanes == 0
-            and _contiguous_in(stmt, spatial_iters[-1])):
+    vectorisable = bool(inner_ext and lanes > 1
+                        and _contiguous_in(sch.get(block), spatial_iters[-1]))
+    if vectorisable and inner_ext % lanes == 0:
         outer, vec = sch.split(spatial[-1], [None, lanes])
-        sch.reorder(*spatial[:-1], outer, *reduce, vec)
-        fuse_parallel(sch, [*spatial[:-1], outer], cfg, total)
-        sch.vectorize(vec)
-        init = sch.decompose_reduction(block, reduce[0])
-        vectorize_init(sch, init)
+        outer_loops = [*spatial[:-1], outer]
+    elif vectorisable and 1 < inner_ext <= _WHOLE_ROW_LANES * lanes:
+        outer_loops, vec = spatial[:-1], spatial[-1]  # an odd-width row as one vector
+    else:
+        sch.reorder(*spatial, *reduce)
+        fuse_parallel(sch, spatial, cfg, total)
         return True
-    if (inner_ext and lanes > 1 and 1 < inner_ext <= _WHOLE_ROW_LANES * lanes
-            and _contiguous_in(stmt, spatial_iters[-1])):
-        sch.reorder(*spatial[:-1], *reduce, spatial[-1])
-        fuse_parallel(sch, spatial[:-1], cfg, total)
-        sch.vectorize(spatial[-1])
-        init = sch.decompose_reduction(block, reduce[0])
-        vectorize_init(sch, init)
-        return True
-    sch.reorder(*spatial, *reduce)
-    fuse_parallel(sch, spatial, cfg, total)
+    sch.reorder(*outer_loops, *reduce, vec)
+    fuse_parallel(sch, outer_loops, cfg, total)
+    sch.vectorize(vec)
+    init = sch.decompose_reduction(block, reduce[0])
+    vectorize_init(sch, init)
     return True
 
 
