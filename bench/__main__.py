@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 from bench import accuracy, engines, phone, report  # noqa: E402
 from bench.models import LABELS, MODELS, load_case  # noqa: E402
 from bench.schedules_bench import _cpu_info, _loadavg  # noqa: E402
+from deploy.device import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TUNE_TRIALS = {"lenet5": 32, "resnet18": 64}  # full mode; others have no database
@@ -207,8 +208,8 @@ def write(result: dict, out: Path) -> dict:
     stem = "peers-quick" if result["meta"]["quick"] else "peers"
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md",
              "latency_png": out / f"{stem}-latency.png"}
-    report.atomic_write(paths["json"], json.dumps(result, indent=1) + "\n")
-    report.atomic_write(paths["md"], report.markdown(result))
+    atomic_write(paths["json"], json.dumps(result, indent=1) + "\n")
+    atomic_write(paths["md"], report.markdown(result))
     report.plot_latency(result, paths["latency_png"])
     if result["accuracy"].get("curves"):
         paths["compression_png"] = out / f"{stem}-compression.png"

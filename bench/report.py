@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from bench.engines import ENGINES, FP16_HOST, LABELS
@@ -13,15 +11,6 @@ from bench.models import LABELS as MODEL_LABELS
 TABLE_ENGINES = tuple(e for e in ENGINES if e != "ours_fp16")
 PHONE_LABELS = {"fp32": "fp32", "fp16": "fp16 (arm64-fp16)", "kmeans": "kmeans:0.5",
                 "mask": "mask:0.5"}
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _ms(v: float) -> str:
