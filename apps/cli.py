@@ -15,15 +15,15 @@ import time
 
 
 def _placement(args):
-    from .runtime import Placement
+    from apps.runtime import Placement
 
     return Placement(target=args.target, tracker=args.tracker, key=args.key,
                      compress=getattr(args, "compress", None))
 
 
 def _cmd_style(args) -> int:
-    from .style_transfer import StyleOptions, stylize_file
-    from .style_transfer.model import WEIGHTS
+    from apps.style_transfer import StyleOptions, stylize_file
+    from apps.style_transfer.model import WEIGHTS
 
     start = time.perf_counter()
     path = stylize_file(args.input, args.output, StyleOptions(size=args.size),
@@ -35,8 +35,8 @@ def _cmd_style(args) -> int:
 
 
 def _cmd_poem(args) -> int:
-    from .poem import PoemOptions, vocabulary, write_poem
-    from .poem.model import WEIGHTS
+    from apps.poem import PoemOptions, vocabulary, write_poem
+    from apps.poem.model import WEIGHTS
 
     weights = args.weights or WEIGHTS
     if args.list_chars:

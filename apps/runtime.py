@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import mdl_tvm
-from mdl_tvm.targets import get_profile
+from deploy.remote import RemoteDevice
+from mdl_tvm.core.targets import get_profile
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,6 @@ def open_runner(module, example_inputs: tuple, placement: Placement) -> Iterator
     if compiled.profile.is_host:
         yield Runner(compiled, placement, compile_seconds=seconds)
         return
-    from deploy.remote import RemoteDevice
 
     with tempfile.TemporaryDirectory(prefix="mdl_app_") as tmp:
         library = Path(compiled.export(str(Path(tmp) / f"app-{placement.target}.so")))

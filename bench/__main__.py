@@ -4,7 +4,6 @@ MobileDL (untuned, tuned, compressed), phone instruction counts, memory and accu
     python -m bench                       # the full run (flock /tmp/mdl_heavy.lock ...)
     python -m bench --quick               # LeNet-5 only, a few minutes (CI)
     python -m bench --models lenet5,resnet18 --out /tmp/peers
-    mdl-tvm bench --quick                 # the same, from the command line tool
 
 Host: each engine's artifact is prepared first (`bench.engines.prepare`), then every engine
 runs alone in a fresh process (`bench.worker`) with the same thread count: warm-up runs,
@@ -29,12 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import accuracy, engines, phone, report  # noqa: E402
+from bench import accuracy, common, engines, phone, report  # noqa: E402
 from bench.models import LABELS, MODELS, load_case  # noqa: E402
-from bench.schedules_bench import _cpu_info, _loadavg  # noqa: E402
-from deploy.device import atomic_write  # noqa: E402
+from mdl_tvm.core.io import cache_root  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 TUNE_TRIALS = {"lenet5": 32, "resnet18": 64}  # full mode; others have no database
 BIG = ("resnet18", "mobilenetv2", "style")
 RSS_NOTE = ("Peak RSS: `VmHWM` of the worker process (its own high-water mark; "
@@ -47,17 +44,10 @@ RSS_NOTE = ("Peak RSS: `VmHWM` of the worker process (its own high-water mark; "
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="LeNet-5 only, 20 runs, one computed accuracy point, phone: LeNet-5")
-    p.add_argument("--models", help=f"comma-separated, from {','.join(MODELS)} "
-                   "(default: all; --quick: lenet5)")
-    p.add_argument("--out", default=str(RESULTS), help="output directory")
-    p.add_argument("--repeat", type=int, help="timed runs (default 30; --quick 20)")
-    p.add_argument("--warmup", type=int, default=5)
+    p = common.parser(__doc__, "python -m bench", models=(), repeat=None, warmup=5, threads=2,
+                      quick="LeNet-5 only, 20 runs, one computed accuracy point, phone: LeNet-5")
     p.add_argument("--min-time", type=float, help="seconds of timed runs at least "
                    "(default 1.0; --quick 0.2): small models get more than --repeat runs")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-phone", action="store_true", help="skip instruction counts")
     p.add_argument("--tuning-root", default=None,
                    help="tuning databases, one directory per model "
@@ -66,9 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _tuning_db(name: str, args, notes: list) -> tuple[Path | None, dict | None]:
-    from mdl_tvm.train import cache_dir
-
-    root = Path(args.tuning_root or cache_dir("tuning", "bench-host"))
+    root = Path(args.tuning_root or cache_root("tuning", "bench-host"))
     db = root / name
     if not args.quick and name in TUNE_TRIALS:
         case = load_case(name)
@@ -82,6 +70,8 @@ def _tuning_db(name: str, args, notes: list) -> tuple[Path | None, dict | None]:
 
 
 def bench_host(name: str, args, workdir: Path, notes: list) -> tuple[dict, dict | None]:
+    """Prepare every engine's artifact for `name` and time each one alone; also returns
+    the tuning database's report (or None)."""
     case = load_case(name)
     db, tuning = _tuning_db(name, args, notes)
     start = time.perf_counter()
@@ -138,11 +128,9 @@ def _summary_notes(result: dict, args) -> list[str]:
 
 
 def run(args) -> dict:
+    """The whole peer benchmark for the parsed `args`; returns the result dict."""
     start = time.perf_counter()
-    names = (args.models or ("lenet5" if args.quick else ",".join(MODELS))).split(",")
-    bad = [n for n in names if n not in MODELS]
-    if bad:
-        raise ValueError(f"unknown model(s) {', '.join(bad)}; allowed: {', '.join(MODELS)}")
+    names = args.models or (["lenet5"] if args.quick else list(MODELS))
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -168,7 +156,7 @@ def run(args) -> dict:
     ]
     result: dict = {"meta": {}, "engines": dict(engines.LABELS), "host": {}, "tuning": {},
                     "phone": {}, "notes": notes}
-    load_before = _loadavg()
+    load_before = common.loadavg()
     with tempfile.TemporaryDirectory(prefix="mdl_peers_") as tmp:
         for name in names:
             print(f"[bench] {name} ...", flush=True)
@@ -191,43 +179,39 @@ def run(args) -> dict:
     if args.quick:
         acc["quick_point"] = accuracy.quick_point(1000)
     result["accuracy"] = acc
-    result["meta"] = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick,
-        "command": " ".join(["python -m bench", *args.argv]),
-        "cpu": _cpu_info().get("model", "unknown CPU"), "cores": os.cpu_count(),
-        "threads": args.threads, "repeat": args.repeat, "warmup": args.warmup,
-        "min_time": args.min_time,
-        "wall_s": round(time.perf_counter() - start, 1), "loadavg_before": load_before,
-        "loadavg_after": _loadavg(), "rss_note": RSS_NOTE}
+    result["meta"] = common.run_meta(
+        args, start, quick=args.quick, threads=args.threads, repeat=args.repeat,
+        warmup=args.warmup, min_time=args.min_time, loadavg_before=load_before,
+        loadavg_after=common.loadavg(), rss_note=RSS_NOTE)
     return result
 
 
 def write(result: dict, out: Path) -> dict:
     """Write the JSON, markdown and plots; return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
     stem = "peers-quick" if result["meta"]["quick"] else "peers"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md",
-             "latency_png": out / f"{stem}-latency.png"}
-    atomic_write(paths["json"], json.dumps(result, indent=1) + "\n")
-    atomic_write(paths["md"], report.markdown(result))
-    report.plot_latency(result, paths["latency_png"])
+    paths = common.write_results(stem, result, report.markdown(result), out=out)
+    paths["latency_png"] = common.save_figure(report.plot_latency(result),
+                                              out / f"{stem}-latency.png", dpi=100)
     if result["accuracy"].get("curves"):
-        paths["compression_png"] = out / f"{stem}-compression.png"
-        accuracy.plot_curves(result["accuracy"]["curves"], paths["compression_png"])
-    return {k: str(v) for k, v in paths.items()}
+        paths["compression_png"] = common.save_figure(
+            accuracy.plot_curves(result["accuracy"]["curves"]), out / f"{stem}-compression.png")
+    return {k: str(v) for k, v in paths.items() if v is not None}
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    args.argv = argv
+    """Command-line entry point (see the module docstring); returns the exit status."""
+    parser = _parser()
+    args = common.parse_args(parser, argv)
+    bad = [n for n in args.models if n not in MODELS]
+    if bad:
+        parser.error(f"unknown model(s) {', '.join(bad)}; allowed: {', '.join(MODELS)}")
     args.repeat = args.repeat or (20 if args.quick else 30)
     if args.min_time is None:
         args.min_time = 0.2 if args.quick else 1.0
     if args.quick:
         args.warmup = min(args.warmup, 3)
     result = run(args)
-    paths = write(result, Path(args.out))
+    paths = write(result, args.out)
     print(report.markdown(result))
     print(f"[bench] wrote {', '.join(paths.values())} in {result['meta']['wall_s']:.0f} s")
     return 0

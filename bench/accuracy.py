@@ -73,10 +73,16 @@ def quick_point(limit: int = 1000) -> dict:
     return entry
 
 
-def plot_curves(curves: list, path: Path) -> None:
+def plot_curves(curves: list):
     """k-means and mask accuracy curves (and with least squares) with the seed's two points,
-    one panel per model (`bench.compression_bench.plot`)."""
+    one panel per model (`bench.compression_bench.plot`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None
+        None when matplotlib is not installed.
+    """
     from bench.compression_bench import plot
 
     base = {r["model"]: r for r in curves if r["method"] == "none"}
-    plot(curves, base, path=path, methods=CURVES)
+    return plot(curves, base, methods=CURVES)

@@ -2,6 +2,7 @@
 
     python bench/compression_bench.py                  # lenet5 + alexnet, all methods
     python bench/compression_bench.py --quick          # lenet5, 50 %, 2,000 test images
+    python bench/compression_bench.py --models lenet5 --methods kmeans --ratios 0.5 --out /tmp/c
 
 LeNet-5 and the AlexNet-style CNN are trained on Fashion-MNIST (cached, `mdl_tvm.train`)
 and compressed by the pipeline with each method:
@@ -10,42 +11,46 @@ and compressed by the pipeline with each method:
 * ``kmeans+ls``   the same, consumers refitted by least squares on calibration images
 * ``mask``        L1 filter-magnitude masks, committed, no recovery
 * ``mask+ls``     the same masks with least-squares recovery (no training)
-* ``mask+ft``     masked fine-tuning with splice-back in PyTorch (`mdl_tvm.finetune`),
+* ``mask+ft``     masked fine-tuning with splice-back in PyTorch (`mdl_tvm.compiler.finetune`),
                   then committed
 
 Calibration: 1,000 training images. Accuracy: the 10,000 test images, run by the compiled
 host library. Latency: median of 200 batch-1 runs. The seed's two points (50 % -> +8.5 %
 relative error; 67.5 % -> 7.2 points lost) are marked in the plot.
 
-Writes ``bench/results/compression.json``, ``compression.md`` and ``compression.png``.
+Writes ``bench/results/compression.json``, ``compression.md`` and ``compression.png``
+(``compression-quick.*`` with ``--quick``, so the peer benchmark's accuracy source is never
+replaced by a quick run; ``--out``: another directory).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+if not __package__:  # run as `python bench/compression_bench.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+
 RATIOS = (0.25, 0.5, 0.625, 0.675, 0.75)
 METHODS = ("kmeans", "kmeans+ls", "mask", "mask+ls", "mask+ft")
 
 
 def accuracy(compiled, images, labels) -> float:
+    """Top-1 accuracy of a compiled host model, one image at a time."""
     hits = sum(int(compiled.run(img[None])[0].argmax() == lab)
                for img, lab in zip(images, labels, strict=True))
     return hits / len(labels)
 
 
 def compile_variant(model, name, method, ratio, calibration):
+    """Compile `model` for the host compressed by `method` (``none``: uncompressed)."""
     import mdl_tvm
     from mdl_tvm import zoo
-    from mdl_tvm.finetune import FinetuneConfig, masked_finetune
+    from mdl_tvm.compiler.finetune import FinetuneConfig, masked_finetune
     from relay_passes import MaskPruning, RecoveryConfig
 
     shape = [zoo.INPUT_SHAPES[name]]
@@ -62,6 +67,7 @@ def compile_variant(model, name, method, ratio, calibration):
 
 
 def run(models, ratios, methods, limit):
+    """Accuracy, latency, MACs and weight bytes of every (model, method, ratio)."""
     import torch
 
     from mdl_tvm.data import load_fashion_mnist
@@ -88,15 +94,8 @@ def run(models, ratios, methods, limit):
     return rows
 
 
-def write(rows, argv, wall_s):
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor()
-            or platform.machine(), "cores": os.cpu_count(),
-            "command": "python bench/compression_bench.py " + " ".join(argv),
-            "wall_s": round(wall_s), "calibration": "1,000 Fashion-MNIST training images",
-            "seed_reference": {"50%": "+8.5% relative error", "67.5%": "-7.2 points"}}
-    (RESULTS / "compression.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                                         indent=2))
+def markdown(rows: list, meta: dict) -> str:
+    """The results table: accuracy, points lost, latency and size against the base."""
     base = {r["model"]: r for r in rows if r["method"] == "none"}
     lines = [f"Channel compression on Fashion-MNIST ({meta['date']}, `{meta['command']}`, "
              f"{meta['wall_s']} s)", "",
@@ -111,20 +110,14 @@ def write(rows, argv, wall_s):
             f"{(b['accuracy'] - r['accuracy']) * 100:+.2f} | {rel:+.1f} % | "
             f"{r['latency_ms']:.3f} | {b['latency_ms'] / r['latency_ms']:.2f}x | "
             f"{r['macs']:,} | {r['weight_bytes']:,} |")
-    (RESULTS / "compression.md").write_text("\n".join(lines) + "\n")
-    plot(rows, base)
+    return "\n".join(lines) + "\n"
 
 
-def plot(rows, base, path=None, methods=METHODS):
+def plot(rows, base, methods=METHODS):
     """Accuracy vs channels removed per model, one curve per method, the seed's points
-    marked; written to `path` (default ``bench/results/compression.png``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    marked (None without matplotlib)."""
+    if (plt := common.pyplot()) is None:
+        return None
     fig, axes = plt.subplots(1, len(base), figsize=(6 * len(base), 4.2), squeeze=False)
     for ax, name in zip(axes[0], base, strict=True):
         b = base[name]["accuracy"] * 100
@@ -143,25 +136,31 @@ def plot(rows, base, path=None, methods=METHODS):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path or RESULTS / "compression.png", dpi=110)
+    return fig
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lenet5", "alexnet"])
+def main(argv=None) -> int:
+    """Command-line entry point (see the module docstring); returns the exit status."""
+    parser = common.parser(__doc__, "python bench/compression_bench.py",
+                           models=("lenet5", "alexnet"),
+                           quick="lenet5 at 50 %% on 2,000 test images")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
-    parser.add_argument("--quick", action="store_true",
-                        help="lenet5 at 50 %% on 2,000 test images")
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
+    args = common.parse_args(parser, argv)
     start = time.perf_counter()
     if args.quick:
         rows = run(["lenet5"], [0.5], args.methods, 2000)
     else:
         rows = run(args.models, args.ratios, args.methods, None)
-    write(rows, argv, time.perf_counter() - start)
+    meta = common.run_meta(args, start, calibration="1,000 Fashion-MNIST training images",
+                           seed_reference={"50%": "+8.5% relative error",
+                                           "67.5%": "-7.2 points"})
+    base = {r["model"]: r for r in rows if r["method"] == "none"}
+    stem = "compression-quick" if args.quick else "compression"  # never the full results
+    common.write_results(stem, {"meta": meta, "rows": rows}, markdown(rows, meta),
+                         plot(rows, base), out=args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

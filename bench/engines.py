@@ -9,17 +9,16 @@ tuned from a database, ``kmeans:0.5``, ``mask:0.5``) — and records weight byte
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.common import error_text, quiet, run_worker, tuning_config
 from bench.models import ROOT, ModelCase, ncnn_feed, weight_bytes_torch
+from bench.runtimes import torch_outputs
 
 ENGINES = ("torch", "onnxruntime", "ncnn", "tvm", "tvm_tuned", "ours_kmeans", "ours_mask",
            "ours_fp16")
@@ -29,31 +28,6 @@ LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "ncnn": "NCNN
           "ours_fp16": "ours fp16"}
 COMPRESS = {"ours_kmeans": "kmeans:0.5", "ours_mask": "mask:0.5"}
 FP16_HOST = "n/a on host (no fp16 arithmetic)"
-
-
-@contextlib.contextmanager
-def quiet(log: Path):
-    """Send this process's stdout and stderr (file descriptors, so child tools too) to `log`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def _error(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1] if text else ''}"[:300]
 
 
 def _ncnn(case: ModelCase, base: Path, log: Path) -> dict:
@@ -96,9 +70,7 @@ def prepare(case: ModelCase, engines, workdir: Path, tuning_db: Path | None) -> 
     inputs, ref = workdir / "inputs.npz", workdir / "reference.npz"
     np.savez(inputs, *case.inputs)
     tensors = tuple(torch.from_numpy(a) for a in case.inputs)
-    with torch.no_grad():
-        outs = case.module(*tensors)
-    np.savez(ref, *[o.numpy() for o in (outs if isinstance(outs, tuple) else (outs,))])
+    np.savez(ref, *torch_outputs(case.module, tensors))
     out: dict = {"_reference": str(ref)}
     for engine in engines:
         start = time.perf_counter()
@@ -133,7 +105,7 @@ def prepare(case: ModelCase, engines, workdir: Path, tuning_db: Path | None) -> 
                 if engine == "tvm_tuned":
                     row["tuned_functions"] = len(model.tuned_functions)
         except Exception as err:  # noqa: BLE001 - an engine that cannot run this model
-            row = {"error": _error(err)}
+            row = {"error": error_text(err)}
         row["prepare_s"] = round(time.perf_counter() - start, 2)
         out[engine] = row
     return out
@@ -152,13 +124,11 @@ def run_engine(engine: str, prepared: dict, case: ModelCase, repeat: int, warmup
     env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "bench.worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, cwd=str(ROOT),
-                          timeout=timeout)
-    if proc.returncode:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        return {"error": f"worker failed: {tail[-1] if tail else proc.returncode}"[:300]}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        result = run_worker("-m", "bench.worker", json.dumps(spec), env=env, cwd=str(ROOT),
+                            timeout=timeout)
+    except RuntimeError as err:
+        return {"error": f"worker failed: {str(err).strip().splitlines()[-1]}"[:300]}
     result["weight_bytes"] = row["weight_bytes"]
     for key in ("compile_s", "tuned_functions"):
         if key in row:
@@ -170,9 +140,9 @@ def ensure_tuning_db(case: ModelCase, db: Path, trials: int, threads: int) -> di
     """Tune `case` on this host into `db` (resumed if it already holds the budget)."""
     import torch
 
-    from schedules.tuning import TuningConfig, tune
+    from schedules.tuning.driver import tune
 
-    config = TuningConfig(search_threads=threads, trials_per_iter=16, min_trials=8)
+    config = tuning_config(threads)
     start = time.perf_counter()
     report = tune(case.module, "host", trials=trials, db=db, model_name=case.name,
                   example_inputs=tuple(torch.from_numpy(a) for a in case.inputs),

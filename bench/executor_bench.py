@@ -3,6 +3,7 @@
     python bench/executor_bench.py                 # LeNet-5, ResNet-18, style transfer
     python bench/executor_bench.py --quick         # LeNet-5 only, fewer runs
     python bench/executor_bench.py --no-phone      # host only
+    python bench/executor_bench.py --quick --no-phone --out /tmp/e
 
 Host paths (the same compiled library, `mdl_tvm.compile(..., target="host")`):
 
@@ -24,7 +25,8 @@ inference for ``plain``, ``copy-io`` (the host-like path with per-run copies) an
 ``zero-copy``, allocation calls counted on the device, and over RPC the wall time of one
 inference (upload, run, download) for `RemoteModel.run` vs `RemoteZeroCopyExecutor`.
 
-Writes ``bench/results/executor.json``, ``executor.md`` and ``executor.png``.
+Writes ``bench/results/executor.json``, ``executor.md`` and ``executor.png`` (``--out``:
+another directory).
 """
 
 from __future__ import annotations
@@ -32,9 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
+if not __package__:  # run as `python bench/executor_bench.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+from mdl_tvm.core.numerics import time_calls  # noqa: E402
+
 HOST_PATHS = ("plain", "vm-call", "zero-copy")
 ALLOC_RUNS = 100
 
@@ -67,7 +68,7 @@ def _paths(compiled, x):
     """name -> zero-argument callable running one inference that way."""
     import tvm
 
-    vm = compiled._machine()
+    vm = compiled.vm()
     main, xt = vm["main"], tvm.runtime.tensor(x)
     ex = compiled.executor()
     ex.inputs[0][...] = x
@@ -115,10 +116,7 @@ def latency(compiled, x, runs: int, rounds: int = 5) -> dict:
     per_block = max(1, runs // rounds)
     for _ in range(rounds):
         for name, fn in paths.items():
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+            times[name] += time_calls(fn, per_block, warmup=0)
     return {name: {"median_ms": float(np.median(t)), "runs": len(t)}
             for name, t in times.items()}
 
@@ -129,6 +127,7 @@ def rss_child(lib: str, path: str, runs: int) -> dict:
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    from bench.worker import peak_rss_mib
     from deploy.zero_copy import ZeroCopyExecutor, ZeroCopyPlan
 
     proc = psutil.Process()
@@ -155,32 +154,21 @@ def rss_child(lib: str, path: str, runs: int) -> dict:
     warm = proc.memory_info().rss
     for _ in range(runs):
         fn()
-    return {"peak_rss_mb": _vm_hwm_mb(),
+    return {"peak_rss_mb": peak_rss_mib(),
             "start_mb": before / 2**20, "loaded_mb": loaded / 2**20,
             "growth_after_warmup_mb": (proc.memory_info().rss - warm) / 2**20}
 
 
-def _vm_hwm_mb() -> float:
-    """This process's peak RSS. Not ru_maxrss: on Linux a child started by fork + exec
-    inherits the parent's high-water mark, and the parent holds the compiled models."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def peak_rss(lib: str, runs: int) -> dict:
-    out = {}
-    for path in HOST_PATHS:
-        env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")  # as on a device: no compiler
-        res = subprocess.run([sys.executable, __file__, "--rss-child", lib, path, str(runs)],
-                             capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-        out[path] = json.loads(res.stdout.strip().splitlines()[-1])
-    return out
+    """Memory of each host path, each in a fresh runtime-only process (`rss_child`)."""
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")  # as on a device: no compiler
+    return {path: common.run_worker(__file__, "--rss-child", lib, path, runs, cwd=common.ROOT,
+                                    env=env)
+            for path in HOST_PATHS}
 
 
 def bench_host(name: str, runs: int, workdir: Path) -> dict:
+    """Allocations, copies, latency and memory of the three host paths on model `name`."""
     import mdl_tvm
 
     net, shape = build_model(name)
@@ -199,43 +187,39 @@ def bench_host(name: str, runs: int, workdir: Path) -> dict:
 
 
 def _cpu() -> dict:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(),
-            "tvm_num_threads": os.environ.get("TVM_NUM_THREADS", "default"),
-            "loadavg_1min": os.getloadavg()[0]}
+    return {**common.cpu_info(), "loadavg_1min": common.loadavg(),
+            "tvm_num_threads": os.environ.get("TVM_NUM_THREADS", "default")}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="LeNet-5 only, fewer runs")
+    """Command-line entry point (see the module docstring); returns the exit status."""
+    parser = common.parser(__doc__, "python bench/executor_bench.py", models=(),
+                           quick="LeNet-5 only, fewer runs")
     parser.add_argument("--no-phone", action="store_true", help="skip the emulated phone")
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="subset of lenet5 resnet18 style")
     parser.add_argument("--rss-child", nargs=3, metavar=("LIB", "PATH", "RUNS"),
                         help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     if args.rss_child:
         lib, path, runs = args.rss_child
         print(json.dumps(rss_child(lib, path, int(runs))))
         return 0
     import torch
 
+    from bench.executor_phone import bench_phone
+    from bench.executor_report import write_results
+
     torch.set_num_threads(1)
     models = args.models or (["lenet5"] if args.quick else ["lenet5", "resnet18", "style"])
     runs = {"lenet5": 200 if args.quick else 1000, "resnet18": 40, "style": 40}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu(), "host": [],
-              "phone": None}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu(), "command": args.command,
+              "host": [], "phone": None}
     with tempfile.TemporaryDirectory(prefix="mdl_exec_bench_") as tmp:
         for name in models:
             result["host"].append(bench_host(name, runs[name], Path(tmp)))
         if not args.no_phone:
-            from executor_phone import bench_phone
-
             result["phone"] = bench_phone(models if not args.quick else ["lenet5"],
                                           Path(tmp), build_model, quick=args.quick)
-    from executor_report import write_results
-
-    write_results(result, RESULTS)
-    print((RESULTS / "executor.md").read_text())
+    print(write_results(result, args.out))
     return 0
 
 

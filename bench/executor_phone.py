@@ -1,6 +1,7 @@
 """The emulated-phone half of `executor_bench.py`: instructions, device allocations, RPC.
 
-For each model an arm64 library is built with `mdl_tvm.compile(..., target="arm64")`:
+For each model an arm64 library is built with `mdl_tvm.compile(..., target="arm64")`
+(through `bench.common.build_on_phone`):
 
 * instructions per inference (`deploy.emulator.count_instructions`, QEMU TCG plugin,
   ``(count(2N) - count(N)) / N``) for the device runner's modes ``plain`` (``main`` on an
@@ -20,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import build_on_phone
+from mdl_tvm.core.numerics import median_ms
+
 MODES = ("plain", "copy-io", "zero-copy")
 ALLOCS = ("vm.builtin.alloc_storage", "vm.builtin.alloc_tensor")
 
 
-def _insn_runs(name: str, quick: bool) -> int:
+def _insn_runs(name: str) -> int:
     return 10 if name == "lenet5" else 1  # ResNet-18 / style: one inference is ~1e10 insns
 
 
@@ -47,16 +51,6 @@ def device_side(lib: str, x: np.ndarray, runs: int, repeat: int) -> dict:
     return {"modes": out, "outputs_identical": bool(same)}
 
 
-def _median_wall_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
 def over_rpc(libs: dict, inputs: dict, runs: int, workdir: Path) -> dict:
     """RemoteModel.run vs RemoteZeroCopyExecutor on the phone's RPC server."""
     from deploy import procs
@@ -76,8 +70,8 @@ def over_rpc(libs: dict, inputs: dict, runs: int, workdir: Path) -> dict:
                     ex = model.executor()
                     same = all(np.array_equal(a, b) for a, b in
                                zip(ex(x), model.run([x]), strict=True))
-                    plain_ms = _median_wall_ms(lambda m=model, a=x: m.run([a]), n)
-                    zero_ms = _median_wall_ms(lambda e=ex, a=x: e(a), n)
+                    plain_ms = median_ms(lambda m=model, a=x: m.run([a]), n, warmup=1)
+                    zero_ms = median_ms(lambda e=ex, a=x: e(a), n, warmup=1)
                     out[name] = {
                         "outputs_identical": bool(same),
                         "wall_ms": {"plain": plain_ms, "zero-copy": zero_ms},
@@ -91,16 +85,30 @@ def over_rpc(libs: dict, inputs: dict, runs: int, workdir: Path) -> dict:
 
 
 def bench_phone(models, workdir: Path, build_model, quick: bool = False) -> dict:
-    """All phone measurements for `models` (names understood by `build_model`)."""
-    import mdl_tvm
+    """All phone measurements for `models` (names understood by `build_model`).
 
+    Parameters
+    ----------
+    models : sequence of str
+    workdir : pathlib.Path
+    build_model : callable
+        ``name -> (torch module, input shape)``.
+    quick : bool
+        Fewer RPC runs for LeNet-5 (20 instead of 50).
+
+    Returns
+    -------
+    dict
+        ``device`` (per model: instruction counts, allocations, output agreement per mode)
+        and ``rpc`` (per model: wall and device time of both call paths).
+    """
     libs, inputs, device = {}, {}, {}
     for name in models:
         net, shape = build_model(name)
-        compiled = mdl_tvm.compile(net, "arm64", input_shapes=[shape])
-        libs[name] = compiled.export(str(workdir / f"{name}-arm64.so"))
         inputs[name] = np.random.default_rng(0).random(shape, dtype=np.float32)
-        device[name] = device_side(libs[name], inputs[name], _insn_runs(name, quick),
+        libs[name] = build_on_phone(net, "arm64", [inputs[name]], workdir,
+                                    f"{name}-arm64").library
+        device[name] = device_side(libs[name], inputs[name], _insn_runs(name),
                                    repeat=10 if name == "lenet5" else 2)
         print(name, {m: v["insns_per_inference"] for m, v in device[name]["modes"].items()},
               flush=True)

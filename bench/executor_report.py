@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from bench import common
+
 PATHS = ("plain", "vm-call", "zero-copy")
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _kb(n: float) -> str:
@@ -20,6 +14,7 @@ def _kb(n: float) -> str:
 
 
 def host_table(host: list) -> list[str]:
+    """Latency, allocations, copies and memory per model and host path."""
     lines = ["| model | path | median latency | vs plain | VM data allocations / run "
              "(bytes) | tensor headers / run | host copies / run (bytes) | peak RSS above "
              "start | RSS growth after warm-up |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -40,6 +35,7 @@ def host_table(host: list) -> list[str]:
 
 
 def phone_tables(phone: dict) -> list[str]:
+    """Instructions and device allocations per runner mode; wall and device time over RPC."""
     lines = ["", "### Emulated phone (qemu-aarch64, aarch64 TVM runtime)", "",
              "| model | runner mode | instructions / inference | vs plain | VM data "
              "allocations / run (on the device) |", "|---|---|---:|---:|---:|"]
@@ -60,11 +56,12 @@ def phone_tables(phone: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    """The whole report."""
     cpu = result["cpu"]
     lines = [f"## Zero-copy executor vs the plain Relax VM ({result['date']})", "",
              f"Host: {cpu['machine']}, {cpu['cpus']} CPUs, TVM_NUM_THREADS="
              f"{cpu['tvm_num_threads']}, load {cpu['loadavg_1min']:.2f}. Command: "
-             "`python bench/executor_bench.py`.", "",
+             f"`{result.get('command', 'python bench/executor_bench.py')}`.", "",
              "*plain*: `CompiledModel.run(x)` (copy in, `main`, copy out); *vm-call*: "
              "`vm['main'](x_tensor)` on an input made once; *zero-copy*: "
              "`ZeroCopyExecutor.run()` (`main_zc` on preset buffers). Allocations counted "
@@ -85,12 +82,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
+def plot(result: dict):
+    """Median latency of the three host paths, one panel per model.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = common.pyplot()
     host = result["host"]
     fig, axes = plt.subplots(1, len(host), figsize=(4 * len(host), 3.4), squeeze=False)
     for ax, r in zip(axes[0], host, strict=True):
@@ -101,14 +100,12 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylabel("median ms / inference (host)")
     fig.suptitle("Zero-copy executor vs plain Relax VM call path", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    return fig
 
 
-def write_results(result: dict, results_dir: Path) -> None:
-    """Write ``executor.json``, ``executor.md`` and ``executor.png`` (atomically)."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(results_dir / "executor.json", json.dumps(result, indent=1, sort_keys=True))
-    _atomic(results_dir / "executor.md", markdown(result))
-    plot(result, results_dir / "executor.png")
+def write_results(result: dict, results_dir: Path) -> str:
+    """Write ``executor.json``, ``executor.md`` and ``executor.png`` (atomically); returns
+    the markdown."""
+    text = markdown(result)
+    common.write_results("executor", result, text, plot(result), out=results_dir)
+    return text

@@ -52,6 +52,7 @@ class ModelCase:
 
     @property
     def shape_text(self) -> str:
+        """The input shape(s) as the tables print them."""
         return "x".join(map(str, self.inputs[0].shape)) if self.name != "poem_step" else \
             "token + h, c " + "x".join(map(str, self.inputs[1].shape))
 
@@ -75,19 +76,21 @@ def _lstm_step_class():
             self.emb = torch.nn.Embedding.from_pretrained(step.embed.detach().clone())
 
         def forward(self, token, h, c):
-            s, x = self.step, self.emb(token)
-            hs, cs = [], []
-            for layer in range(s.layers):
-                gates = (x @ getattr(s, f"w_ih{layer}") + h[:, layer] @ getattr(s, f"w_hh{layer}")
-                         + getattr(s, f"b{layer}"))
-                i, f, g, o = gates.chunk(4, dim=1)
-                c_new = torch.sigmoid(f) * c[:, layer] + torch.sigmoid(i) * torch.tanh(g)
-                x = torch.sigmoid(o) * torch.tanh(c_new)
-                hs.append(x)
-                cs.append(c_new)
+            """One step: logits, new h and new c, the state laid out (1, layers, hidden)."""
+            s = self.step
+            x, hs, cs = s.cells(self.emb(token), lambda layer: h[:, layer],
+                                lambda layer: c[:, layer])
             return x @ s.w_out + s.b_out, torch.stack(hs, 1), torch.stack(cs, 1)
 
     return NcnnLSTMStep
+
+
+def style_input(size: int = STYLE_SIZE) -> np.ndarray:
+    """The style-transfer input: the shipped photo resized to `size` x `size`, (1, 3, H, W)."""
+    from apps.style_transfer.data import read_image, resize
+    from apps.style_transfer.stylize import to_tensor
+
+    return to_tensor(resize(read_image(PHOTO), size, size))
 
 
 def load_case(name: str) -> ModelCase:
@@ -104,12 +107,10 @@ def load_case(name: str) -> ModelCase:
             x = rng.standard_normal(zoo.INPUT_SHAPES[name]).astype("float32")
         return ModelCase(name, module, (x,), ("x",), module, (x,), trained)
     if name == "style":
-        from apps.style_transfer.data import read_image, resize
         from apps.style_transfer.model import load_transformer
-        from apps.style_transfer.stylize import to_tensor
 
         module = load_transformer().eval()
-        x = to_tensor(resize(read_image(PHOTO), STYLE_SIZE, STYLE_SIZE))
+        x = style_input()
         return ModelCase(name, module, (x,), ("x",), module, (x,), True)
     if name == "poem_step":
         from apps.poem.model import LSTMStep, load_model

@@ -2,9 +2,10 @@
 
 fp32 is built for ``arm64`` (ARMv8.0-A), fp16 for ``arm64-fp16`` (+fullfp16), the
 compressed variants (``kmeans:0.5``, ``mask:0.5``) for ``arm64`` in fp32. Counts come from
-`deploy.emulator.count_instructions` (QEMU TCG plugin, deterministic). fp32 and fp16 counts
-already in ``bench/results/precision.json`` (`bench/precision_bench.py`, same builds) are
-reused instead of counted again.
+`deploy.emulator.count_instructions` (QEMU TCG plugin, deterministic) through
+`bench.common.build_on_phone`. fp32 and fp16 counts already in
+``bench/results/precision.json`` (`bench/precision_bench.py`, same builds) are reused
+instead of counted again.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import json
 import time
 from pathlib import Path
 
-from bench.engines import _error, quiet
+from bench.common import RESULTS, build_on_phone, error_text
 from bench.models import ModelCase
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # (key, target profile, precision, compress); precision.json build labels for reuse
 VARIANTS = (("fp32", "arm64", "fp32", None), ("fp16", "arm64-fp16", "fp16", None),
             ("kmeans", "arm64", "fp32", "kmeans:0.5"), ("mask", "arm64", "fp32", "mask:0.5"))
@@ -41,38 +41,42 @@ def count_case(case: ModelCase, workdir: Path, runs: int, variants=None,
                precision_json: Path = RESULTS / "precision.json") -> dict:
     """Count each variant's instructions per inference for `case` (batch 1).
 
+    Parameters
+    ----------
+    case : ModelCase
+    workdir : pathlib.Path
+        Where the libraries and the compiler's log (``phone.log``) go.
+    runs : int
+        N of the count.
+    variants : collection of str, optional
+        Keys of `VARIANTS` to count (default: all).
+    precision_json : pathlib.Path
+        Counts of the same fp32 / fp16 builds to reuse.
+
     Returns
     -------
     dict
         Per variant key: ``instructions``, ``source`` (``counted`` or ``precision.json``),
         ``weight_bytes`` and ``count_s``; or ``error``.
     """
-    import torch
-
-    import mdl_tvm
-    from deploy.emulator import count_instructions
-
     known = _from_precision(precision_json)
-    tensors = tuple(torch.from_numpy(a) for a in case.inputs)
     rows = {}
     for key, target, precision, compress in VARIANTS:
         if variants is not None and key not in variants:
             continue
-        start = time.perf_counter()
-        try:
-            if (case.name, key) in known:
-                rows[key] = {"instructions": known[(case.name, key)],
-                             "source": "precision.json"}
-                continue
-            with quiet(workdir / "phone.log"):
-                model = mdl_tvm.compile(case.module, target, example_inputs=tensors,
-                                        precision=precision, compress=compress)
-            so = model.export(str(workdir / f"{case.name}-phone-{key}.so"))
-            insns = count_instructions(so, list(case.inputs), runs=runs)
-            rows[key] = {"instructions": insns, "source": "counted", "runs": runs,
-                         "weight_bytes": model.stats.weight_bytes,
-                         "count_s": round(time.perf_counter() - start, 1)}
-        except Exception as err:  # noqa: BLE001 - reported per variant
-            rows[key] = {"error": _error(err)}
+        if (case.name, key) in known:
+            rows[key] = {"instructions": known[(case.name, key)], "source": "precision.json"}
+        else:
+            start = time.perf_counter()
+            try:
+                build = build_on_phone(case.module, target, case.inputs, workdir,
+                                       f"{case.name}-phone-{key}", runs=runs,
+                                       example_inputs=True, log=workdir / "phone.log",
+                                       precision=precision, compress=compress)
+                rows[key] = {"instructions": build.instructions, "source": "counted",
+                             "runs": runs, "weight_bytes": build.model.stats.weight_bytes,
+                             "count_s": round(time.perf_counter() - start, 1)}
+            except Exception as err:  # noqa: BLE001 - reported per variant
+                rows[key] = {"error": error_text(err)}
         print(f"[bench] phone {case.name} {key}: {json.dumps(rows[key])}", flush=True)
     return rows

@@ -3,6 +3,7 @@ library and weight sizes, and top-1 agreement with fp32.
 
     python bench/precision_bench.py                      # lenet5 alexnet resnet18 mobilenetv2
     python bench/precision_bench.py --models lenet5 --phone-images 200 --host-images 2000
+    python bench/precision_bench.py --models lenet5 --runs 1 --no-agreement --out /tmp/p
 
 Builds, per model (batch 1):
 
@@ -14,7 +15,7 @@ Instructions retired per inference are counted by `deploy.emulator.count_instruc
 (QEMU TCG plugin, deterministic; ``--runs`` inferences for the 28x28 models, ``--runs-big``
 for the 224x224 ones, whose counting runs take minutes). Each build's output on one input,
 run on the phone, is compared with the fp32 phone output (relative error: max |diff| /
-max |fp32|).
+max |fp32|). Each build is made, counted and run by `bench.common.build_on_phone`.
 
 Top-1 agreement with fp32 (trained LeNet-5 and AlexNet-style, Fashion-MNIST test set):
 
@@ -25,15 +26,13 @@ Top-1 agreement with fp32 (trained LeNet-5 and AlexNet-style, Fashion-MNIST test
   operation). The phone subset checks that emulation: agreement of the host-emulated and
   the phone fp16 predictions, and their largest logit difference.
 
-Writes ``bench/results/precision.json``, ``precision.md`` and ``precision.png``.
+Writes ``bench/results/precision.json``, ``precision.md`` and ``precision.png`` (``--out``:
+another directory).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,7 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+if not __package__:  # run as `python bench/precision_bench.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+from mdl_tvm.core.numerics import relative_error  # noqa: E402
+
 DEFAULT_MODELS = ("lenet5", "alexnet", "resnet18", "mobilenetv2")
 TRAINED = ("lenet5", "alexnet")
 # (label, target profile, precision)
@@ -51,11 +54,6 @@ BUILDS = (
     ("fp16", "arm64-fp16", "fp16"),
     ("fp16-storage", "arm64", "fp16-storage"),
 )
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def _model(name):
@@ -68,35 +66,30 @@ def _model(name):
 
 def bench_builds(name, net, args, workdir: Path) -> list[dict]:
     """Sizes, instructions per inference and output error of each build (batch 1)."""
-    import mdl_tvm
-    from deploy.emulator import count_instructions, run_on_emulator
     from mdl_tvm import zoo
 
     shape = zoo.INPUT_SHAPES[name]
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     runs = args.runs if shape[-1] <= 32 else args.runs_big
-    rows, outputs = [], {}
+    rows, fp32 = [], None
     for label, target, precision in BUILDS:
-        start = time.perf_counter()
-        model = mdl_tvm.compile(net, target, input_shapes=[shape], precision=precision)
-        so = model.export(str(workdir / f"{name}-{label.replace(' ', '_')}.so"))
-        compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        outputs[label] = run_on_emulator(so, [x])[0]
-        insns = count_instructions(so, [x], runs=runs)
-        count_s = time.perf_counter() - start
+        b = common.build_on_phone(net, target, [x], workdir, f"{name}-{label.replace(' ', '_')}",
+                                  runs=runs, run=True, reference=fp32, precision=precision)
+        fp32 = b.output if fp32 is None else fp32  # BUILDS[0] is the fp32 reference
+        phone_s = b.run_s + b.count_s
         rows.append({"model": name, "build": label, "target": target, "precision": precision,
-                     "instructions": insns, "runs": runs, "library_bytes": os.path.getsize(so),
-                     "weight_bytes": model.stats.weight_bytes,
-                     "compile_s": round(compile_s, 1), "phone_s": round(count_s, 1)})
-        print(f"{name:12s} {label:18s} {insns:>14,} insns  lib {os.path.getsize(so):>11,} B  "
-              f"weights {model.stats.weight_bytes:>11,} B  ({count_s:.0f} s)", flush=True)
-    for row in rows:
-        row["rel_error_vs_fp32"] = _rel(outputs[row["build"]], outputs["fp32"])
+                     "instructions": b.instructions, "runs": runs,
+                     "library_bytes": b.library_bytes,
+                     "weight_bytes": b.model.stats.weight_bytes,
+                     "compile_s": round(b.compile_s, 1), "phone_s": round(phone_s, 1),
+                     "rel_error_vs_fp32": b.rel_error or 0.0})
+        print(f"{name:12s} {label:18s} {b.instructions:>14,} insns  lib {b.library_bytes:>11,} B"
+              f"  weights {b.model.stats.weight_bytes:>11,} B  ({phone_s:.0f} s)", flush=True)
     return rows
 
 
 def _host_logits(model, images, batch):
+    """Logits of a host model over `images`, `batch` at a time."""
     out = []
     for i in range(0, len(images), batch):
         out.append(model.run(images[i:i + batch])[0])
@@ -106,21 +99,18 @@ def _host_logits(model, images, batch):
 def bench_agreement(name, net, args, workdir: Path) -> dict:
     """Top-1 agreement of fp16 / fp16-storage with fp32 on Fashion-MNIST test images."""
     import mdl_tvm
-    from deploy.emulator import run_on_emulator
     from mdl_tvm import data
-    from mdl_tvm.precision import PrecisionConfig
+    from mdl_tvm.compiler.precision import PrecisionConfig
 
     images, labels = data.load_fashion_mnist("test", limit=args.host_images)
     n = args.phone_images
     sub = images[:n]
     phone = {}
     for label, target, precision in (BUILDS[0], BUILDS[2], BUILDS[3]):
-        model = mdl_tvm.compile(net, target, input_shapes=[sub.shape], precision=precision)
-        so = model.export(str(workdir / f"{name}-batch-{precision}.so"))
-        start = time.perf_counter()
-        phone[label] = run_on_emulator(so, [sub], timeout=7200)[0]
-        print(f"{name:12s} phone {label:13s} {n} images in {time.perf_counter() - start:.0f} s",
-              flush=True)
+        b = common.build_on_phone(net, target, [sub], workdir, f"{name}-batch-{precision}",
+                                  run=True, timeout=7200, precision=precision)
+        phone[label] = b.output
+        print(f"{name:12s} phone {label:13s} {n} images in {b.run_s:.0f} s", flush=True)
     batch = args.host_batch
     host = {}
     for label, precision in (("fp32", "fp32"), ("fp16", PrecisionConfig("fp16", emulate=True)),
@@ -134,7 +124,7 @@ def bench_agreement(name, net, args, workdir: Path) -> dict:
     for label in ("fp16", "fp16-storage"):
         result[label] = {
             "phone_agreement": float(np.mean(ptop1[label] == ptop1["fp32"])),
-            "phone_rel_error": _rel(phone[label], phone["fp32"]),
+            "phone_rel_error": relative_error(phone[label], phone["fp32"]),
             "host_agreement": float(np.mean(top1[label] == top1["fp32"])),
             "host_accuracy": float(np.mean(top1[label] == labels)),
             "host_vs_phone_agreement": float(np.mean(top1[label][:n] == ptop1[label])),
@@ -147,13 +137,12 @@ def bench_agreement(name, net, args, workdir: Path) -> dict:
 
 
 def _by(rows, model, build):
+    """The row of `build` of `model`."""
     return next(r for r in rows if r["model"] == model and r["build"] == build)
 
 
-def write(rows, agreement, meta) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    _atomic_write(RESULTS / "precision.json",
-                  json.dumps({"meta": meta, "builds": rows, "agreement": agreement}, indent=2))
+def markdown(rows, agreement, meta) -> str:
+    """Tables of the builds (instructions, sizes, error) and of top-1 agreement."""
     lines = [f"Precision on the emulated arm64 phone ({meta['date']}, `{meta['command']}`, "
              f"{meta['wall_s']} s). Instructions retired per inference (QEMU plugin); ratios "
              "against the fp32 build on the same profile; error = max |out - fp32| / "
@@ -187,25 +176,14 @@ def write(rows, agreement, meta) -> None:
                     f"{a['host_images']:,} | {r['host_agreement']:.2%} | "
                     f"{r['host_accuracy']:.2%} ({a['fp32_host_accuracy']:.2%}) | "
                     f"{r['host_vs_phone_agreement']:.2%} | {r['host_vs_phone_max_diff']:.1e} |")
-    _atomic_write(RESULTS / "precision.md", "\n".join(lines) + "\n")
-    plot(rows)
+    return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def plot(rows) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+def plot(rows):
+    """Instructions and weight bytes of fp16 and fp16-storage against fp32, per model
+    (None without matplotlib)."""
+    if (plt := common.pyplot()) is None:
+        return None
     models = list(dict.fromkeys(r["model"] for r in rows))
     builds = ("fp16", "fp16-storage")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -230,21 +208,20 @@ def plot(rows) -> None:
     axes[0].axhline(0.6, color="r", ls="--", lw=0.8)
     axes[0].axhline(0.5, color="r", ls=":", lw=0.8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "precision.png", dpi=110)
+    return fig
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--runs", type=int, default=10, help="counted runs, 28x28 models")
+    """Command-line entry point (see the module docstring); returns the exit status."""
+    parser = common.parser(__doc__, "python bench/precision_bench.py", models=DEFAULT_MODELS,
+                           runs=10)
     parser.add_argument("--runs-big", type=int, default=1, help="counted runs, 224x224")
     parser.add_argument("--phone-images", type=int, default=1000)
     parser.add_argument("--host-images", type=int, default=None,
                         help="test images for the host agreement (default: all 10,000)")
     parser.add_argument("--host-batch", type=int, default=500)
     parser.add_argument("--no-agreement", action="store_true")
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
+    args = common.parse_args(parser, argv)
     import torch
 
     torch.set_num_threads(1)
@@ -256,14 +233,12 @@ def main(argv=None) -> int:
             rows += bench_builds(name, net, args, Path(tmp))
             if name in TRAINED and not args.no_agreement:
                 agreement.append(bench_agreement(name, net, args, Path(tmp)))
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "command": "python bench/precision_bench.py " + " ".join(argv),
-            "wall_s": round(time.perf_counter() - start),
-            "bars": {"schedules issue": "fp16 <= 0.6x fp32 instructions",
-                     "precision issue": "fp16 <= 0.5x fp32 instructions; storage halves "
-                                        "weight bytes; top-1 agreement >= 99.5 %"}}
-    write(rows, agreement, meta)
+    meta = common.run_meta(args, start, bars={
+        "schedules issue": "fp16 <= 0.6x fp32 instructions",
+        "precision issue": "fp16 <= 0.5x fp32 instructions; storage halves weight bytes; "
+                           "top-1 agreement >= 99.5 %"})
+    common.write_results("precision", {"meta": meta, "builds": rows, "agreement": agreement},
+                         markdown(rows, agreement, meta), plot(rows), out=args.out)
     return 0
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
+from bench.common import pyplot
 from bench.engines import ENGINES, FP16_HOST, LABELS
 from bench.models import LABELS as MODEL_LABELS
 
@@ -36,6 +36,7 @@ def latency_table(result: dict) -> list[str]:
 
 
 def memory_table(result: dict) -> list[str]:
+    """Weight MiB and peak RSS per model and engine."""
     engines = [e for e in TABLE_ENGINES if any(e in r for r in result["host"].values())]
     lines = ["| model | " + " | ".join(LABELS[e] for e in engines) + " |",
              "|---|" + "---:|" * len(engines)]
@@ -51,6 +52,7 @@ def memory_table(result: dict) -> list[str]:
 
 
 def phone_table(result: dict) -> list[str]:
+    """Instructions per inference per model and build, with the ratio to fp32."""
     lines = ["| model | " + " | ".join(PHONE_LABELS.values()) + " |",
              "|---|" + "---:|" * len(PHONE_LABELS)]
     for name, row in result.get("phone", {}).items():
@@ -95,6 +97,7 @@ def accuracy_table(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    """The whole report."""
     m = result["meta"]
     lines = [f"# Benchmark against peers{' (quick)' if m['quick'] else ''}", "",
              f"{m['date']}, {m['cpu']} ({m['cores']} cores), {m['threads']} threads for every "
@@ -125,14 +128,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_latency(result: dict, path: Path) -> None:
-    """Grouped bars: latency / ONNX Runtime latency per model and engine (log scale)."""
-    import matplotlib
+def plot_latency(result: dict):
+    """Grouped bars: latency / ONNX Runtime latency per model and engine (log scale).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     import matplotlib.ticker
     import numpy as np
+
+    plt = pyplot()
 
     models = list(result["host"])
     engines = [e for e in TABLE_ENGINES if e != "onnxruntime"
@@ -156,5 +162,4 @@ def plot_latency(result: dict, path: Path) -> None:
     ax.grid(axis="y", alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

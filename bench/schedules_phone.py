@@ -10,54 +10,61 @@ by `deploy.emulator.count_instructions` (QEMU TCG plugin, deterministic). The 22
 models are left out: their unscheduled builds retire tens of billions of instructions
 (hours under the plugin); their after-only counts are in ``bench/results/precision.md``.
 
-Writes ``bench/results/schedules_phone.json`` and ``schedules_phone.md``; the schedules
-issue's bar is fp16 <= 0.6x the fp32 instructions.
+Each build is made, run and counted by `bench.common.build_on_phone`; the *after* output is
+checked against the *before* output. Writes ``bench/results/schedules_phone.json`` and
+``schedules_phone.md`` (``--out``: another directory); the schedules issue's bar is fp16 <=
+0.6x the fp32 instructions.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+if not __package__:  # run as `python bench/schedules_phone.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+
 BUILDS = (("fp32", "arm64"), ("fp16", "arm64-fp16"))
 
 
-def count(name: str, precision: str, target: str, schedules: bool, runs: int,
-          workdir: Path) -> dict:
-    """Build one variant, export it for aarch64 and count its instructions per inference."""
+def count_pair(name: str, precision: str, target: str, runs: int, workdir: Path) -> list:
+    """Build zoo model `name` without and with the default schedules, export both for
+    aarch64, count their instructions per inference and compare their outputs.
+
+    Returns
+    -------
+    list of dict
+        The *before* and the *after* row; the after row has ``rel_error_vs_before``.
+    """
     import torch
 
-    import mdl_tvm
-    from deploy.emulator import count_instructions, run_on_emulator
     from mdl_tvm import zoo
 
     torch.manual_seed(0)
-    shape = zoo.INPUT_SHAPES[name]
-    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    model = mdl_tvm.compile(zoo.build(name).eval(), target, input_shapes=[shape],
-                            precision=precision, default_schedules=schedules)
-    tag = "after" if schedules else "before"
-    so = model.export(str(workdir / f"{name}-{precision}-{tag}.so"))
-    start = time.perf_counter()
-    out = run_on_emulator(so, [x], timeout=3600)[0]
-    insns = count_instructions(so, [x], runs=runs, timeout=3600)
-    row = {"model": name, "precision": precision, "target": target, "schedules": tag,
-           "instructions": insns, "runs": runs, "phone_s": round(time.perf_counter() - start, 1),
-           "output": out}
-    print(f"{name:10s} {precision:5s} {tag:6s} {insns:>15,} insns ({row['phone_s']:.0f} s)",
-          flush=True)
-    return row
+    net = zoo.build(name).eval()
+    x = np.random.default_rng(0).standard_normal(zoo.INPUT_SHAPES[name]).astype("float32")
+    rows, before = [], None
+    for schedules in (False, True):
+        tag = "after" if schedules else "before"
+        b = common.build_on_phone(net, target, [x], workdir, f"{name}-{precision}-{tag}",
+                                  runs=runs, run=True, reference=before, timeout=3600,
+                                  precision=precision, default_schedules=schedules)
+        before = b.output
+        rows.append({"model": name, "precision": precision, "target": target, "schedules": tag,
+                     "instructions": b.instructions, "runs": runs,
+                     "phone_s": round(b.run_s + b.count_s, 1)})
+        print(f"{name:10s} {precision:5s} {tag:6s} {b.instructions:>15,} insns "
+              f"({rows[-1]['phone_s']:.0f} s)", flush=True)
+    rows[-1]["rel_error_vs_before"] = b.rel_error
+    return rows
 
 
-def _markdown(rows: list[dict], meta: dict) -> str:
+def markdown(rows: list[dict], meta: dict) -> str:
+    """The before / after table and the output check."""
     by = {(r["model"], r["precision"], r["schedules"]): r["instructions"] for r in rows}
     lines = [
         f"## Default schedules on the emulated phone ({meta['date']})", "",
@@ -79,37 +86,22 @@ def _markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["lenet5", "alexnet"])
-    parser.add_argument("--runs", type=int, default=3, help="counted runs per build")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    """Command-line entry point (see the module docstring); returns the exit status."""
+    parser = common.parser(__doc__, "python bench/schedules_phone.py",
+                           models=("lenet5", "alexnet"), runs=3)
+    args = common.parse_args(parser, argv)
     rows, errors = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for precision, target in BUILDS:
-                pair = [count(name, precision, target, s, args.runs, Path(tmp))
-                        for s in (False, True)]
-                before, after = (np.asarray(r.pop("output"), np.float64) for r in pair)
-                errors[f"{name} {precision}"] = float(
-                    np.abs(after - before).max() / max(np.abs(before).max(), 1e-12))
+                pair = count_pair(name, precision, target, args.runs, Path(tmp))
+                errors[f"{name} {precision}"] = pair[-1].pop("rel_error_vs_before")
                 rows += pair
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "models": args.models,
-            "command": "python bench/schedules_phone.py"
-            + (" " + " ".join(argv) if argv else ""),
-            "rel_error_after_vs_before": errors}
-    RESULTS.mkdir(exist_ok=True)
-    _atomic_write(RESULTS / "schedules_phone.json",
-                  json.dumps({"meta": meta, "rows": rows}, indent=1))
-    _atomic_write(RESULTS / "schedules_phone.md", _markdown(rows, meta))
-    print(_markdown(rows, meta))
+    meta = common.run_meta(args, models=args.models, rel_error_after_vs_before=errors)
+    md = markdown(rows, meta)
+    common.write_results("schedules_phone", {"meta": meta, "rows": rows}, md, out=args.out)
+    print(md)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 
 
-def _rss_mib() -> float:
+def peak_rss_mib() -> float:
     """Peak resident set of this process so far, MiB.
 
     ``VmHWM`` of /proc/self/status: the high-water mark of this process's own address space.
@@ -38,17 +38,22 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _median_ms(fn, repeat: int, warmup: int, min_time: float) -> tuple[float, int]:
-    """Median of at least `repeat` runs and at least `min_time` seconds of runs (so a
-    0.02 ms model is not judged on 0.6 ms of samples), after `warmup` runs."""
-    from bench.schedules_bench import _median_ms as median
+def adaptive_median_ms(fn, repeat: int, warmup: int, min_time: float) -> tuple[float, int]:
+    """Median ms of at least `repeat` runs and about `min_time` seconds of runs (so a
+    0.02 ms model is not judged on 0.6 ms of samples; at most 20,000), after `warmup` runs
+    (at least one), which size the run count.
 
-    start = time.perf_counter()
-    for _ in range(max(warmup, 1)):
-        fn()
-    each = (time.perf_counter() - start) / max(warmup, 1)
+    Returns
+    -------
+    tuple of (float, int)
+        The median in milliseconds and the number of timed runs.
+    """
+    from mdl_tvm.core.numerics import median_ms, time_calls
+
+    warm = time_calls(fn, max(warmup, 1), warmup=0)
+    each = sum(warm) / 1e3 / len(warm)
     runs = max(repeat, min(20000, int(min_time / max(each, 1e-7))))
-    return median(fn, runs, 0)[0], runs
+    return median_ms(fn, runs, warmup=0), runs
 
 
 def _load(engine: str, spec: dict, inputs: list):
@@ -63,30 +68,25 @@ def _load(engine: str, spec: dict, inputs: list):
         for name in spec.get("preimport", []):
             __import__(name)
         torch.set_num_threads(threads)
-        base = _rss_mib()
+        base = peak_rss_mib()
+        from bench.runtimes import torch_outputs
+
         module = torch.load(path, weights_only=False).eval()
         tensors = [torch.from_numpy(a) for a in inputs]
-
-        def run():
-            with torch.no_grad():
-                outs = module(*tensors)
-            return [o.numpy() for o in (outs if isinstance(outs, tuple) else (outs,))]
-
-        return base, run
+        return base, lambda: torch_outputs(module, tensors)
     if engine == "onnxruntime":
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 - in the baseline
 
-        base = _rss_mib()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        base = peak_rss_mib()
+        from bench.runtimes import ort_session
+
+        session = ort_session(path, threads)
         feed = dict(zip(spec["input_names"], inputs, strict=True))
         return base, lambda: session.run(None, feed)
     if engine == "ncnn":
         import ncnn
 
-        base = _rss_mib()
+        base = peak_rss_mib()
         net = ncnn.Net()
         net.opt.num_threads = threads
         net.opt.use_fp16_storage = net.opt.use_fp16_packed = False
@@ -107,7 +107,7 @@ def _load(engine: str, spec: dict, inputs: list):
 
     import mdl_tvm
 
-    base = _rss_mib()
+    base = peak_rss_mib()
     executor = mdl_tvm.load(path).executor()  # preset buffers: the library's fast path
 
     def run():  # numpy in (copied into the preset inputs), numpy out, like the others
@@ -124,17 +124,21 @@ def measure(spec: dict) -> dict:
 
     inputs = list(np.load(spec["inputs"]).values())
     base, run = _load(spec["engine"], spec, inputs)
+    from mdl_tvm.core.numerics import relative_error  # after the baseline reading
+
     out = np.asarray(run()[0], np.float64).reshape(-1)
     ref = np.asarray(next(iter(np.load(spec["reference"]).values())), np.float64).reshape(-1)
     start = time.perf_counter()
-    ms, runs = _median_ms(run, spec["repeat"], spec["warmup"], spec.get("min_time", 0.0))
+    ms, runs = adaptive_median_ms(run, spec["repeat"], spec["warmup"],
+                                  spec.get("min_time", 0.0))
     return {"ms": ms, "runs": runs, "warmup": spec["warmup"],
-            "rss_base_mib": round(base, 1), "rss_peak_mib": round(_rss_mib(), 1),
-            "rel_err_vs_torch": float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12)),
+            "rss_base_mib": round(base, 1), "rss_peak_mib": round(peak_rss_mib(), 1),
+            "rel_err_vs_torch": relative_error(out, ref),
             "timed_s": round(time.perf_counter() - start, 2)}
 
 
 def main(argv=None) -> int:
+    """Command-line entry point (see the module docstring); returns the exit status."""
     spec = json.loads((argv or sys.argv[1:])[0])
     os.environ["TVM_NUM_THREADS"] = str(spec["threads"])
     print(json.dumps(measure(spec)))

@@ -1,5 +1,7 @@
 """The emulated arm64 phone and everything that talks to a device.
 
+* `deploy.host_model` `HostModel` / `load`: an exported library run on this machine;
+* `deploy.library` open a library, make a VM (shared by the host model and the executor);
 * `deploy.device`   set up the phone (Debian arm64 sysroot + TVM runtime under QEMU), cached;
 * `deploy.hosttools` host packages, the Debian mirror, QEMU's plugin header;
 * `deploy.procs`    start / stop / inspect the RPC tracker and the phone's RPC server;
@@ -14,9 +16,10 @@ Submodules are imported on use: importing `deploy` itself is cheap.
 """
 
 
-def __getattr__(name: str):
-    if name == "ZeroCopyExecutor":
-        from .zero_copy import ZeroCopyExecutor
+from mdl_tvm.core.lazy import lazy_exports
 
-        return ZeroCopyExecutor
-    raise AttributeError(f"module 'deploy' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ZeroCopyExecutor": "deploy.zero_copy",
+    "HostModel": "deploy.host_model",
+    "load": "deploy.host_model",
+})

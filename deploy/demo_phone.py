@@ -11,14 +11,16 @@ import tempfile
 
 import numpy as np
 
+from deploy import device, procs
+from deploy.emulator import count_instructions
+from deploy.remote import RemoteDevice
+from mdl_tvm.core.errors import MdlError
+from mdl_tvm.core.numerics import relative_error
+
 
 def run(arm_path: str, sample: np.ndarray, host_out: np.ndarray, log=print):
     """Return ``(table cells, note)``; cells is None when the phone is not available."""
-    from mdl_tvm.errors import MdlError
 
-    from . import device, procs
-    from .emulator import count_instructions
-    from .remote import RemoteDevice
 
     try:
         log("      setting up the emulated phone (cached after the first run)")
@@ -38,7 +40,7 @@ def run(arm_path: str, sample: np.ndarray, host_out: np.ndarray, log=print):
     finally:
         procs.stop_phone(rundir=rundir)
         procs.stop_tracker(rundir=rundir)
-    diff = float(np.abs(phone_out - host_out).max() / max(np.abs(host_out).max(), 1e-12))
+    diff = relative_error(phone_out, host_out)
     insns = count_instructions(arm_path, [sample], runs=10)
     same = "=" if phone_out.argmax() == host_out.argmax() else "!="
     cells = ("MobileDL", "arm64 phone (QEMU)", f"argmax {same} host", f"{latency:.3f} (emulated)",

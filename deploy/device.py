@@ -20,15 +20,18 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from mdl_tvm.errors import ToolchainError
+from deploy import hosttools
+from deploy.cpus import DEFAULT_CPU, cpu_features
+from deploy.parts import build_part, part_ok
+from deploy.peers.install import HOST_WHEELS, PEER_WHEELS, build_peers, build_peers_host
+from mdl_tvm.core.errors import ToolchainError
+from mdl_tvm.core.io import atomic_write, cache_root
 
-from . import hosttools
-
-RECIPE = 1
+RECIPE = 2  # 2: /proc/cpuinfo of the emulated core, phone functions, peer parts
 GUEST_PYTHON = "usr/bin/python3.11"
 INCLUDE = "python3,python3-minimal,libpython3.11-stdlib,libstdc++6"
 DEVICE_WHEELS = (
@@ -52,18 +55,25 @@ import sys
 
 if os.environ.get("MDL_TVM_DEVICE_PYTHON"):
     sys.executable = os.environ["MDL_TVM_DEVICE_PYTHON"]
+if os.environ.get("MDL_TVM_PHONE_CPU"):  # the RPC phone: offer mdl.phone.info, count_call
+    try:
+        import mdl_phone
+
+        mdl_phone.register()
+    except Exception as err:  # noqa: BLE001 - a server must start even without them
+        print(f"mdl_phone: {err}", file=sys.stderr)
 '''
 PLUGIN_SRC = Path(__file__).with_name("insn_plugin.c")
-
-
-def cache_dir() -> Path:
-    """Return the project's cache root (``$MDL_TVM_CACHE`` or ``~/.cache/mdl_tvm``)."""
-    return Path(os.environ.get("MDL_TVM_CACHE") or os.path.expanduser("~/.cache/mdl_tvm"))
+PHONE_SRC = Path(__file__).with_name("phone_functions.py")
+CPUINFO = (  # one Cortex-A76 core, as Linux prints it
+    f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {' '.join(sorted(cpu_features(DEFAULT_CPU)))}"
+    "\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b"
+    "\nCPU revision\t: 1\n\n")
 
 
 def device_dir() -> Path:
-    """Return the directory that holds the emulated phone (``cache_dir()/device``)."""
-    return cache_dir() / "device"
+    """Return the directory that holds the emulated phone (``cache_root()/device``)."""
+    return cache_root("device")
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ class DeviceEnv:
         ``libinsn.so`` instruction counter.
     runtime_extra : Path
         ``libtvm_runtime_extra.so`` for the RPC server's ``--load-library``.
+    peers : Path
+        The peer engines' aarch64 packages (``setup(peers=True)``).
+    peers_host : Path
+        This machine's MNN converter (``setup(peers=True)``).
     """
 
     root: Path
@@ -98,6 +112,8 @@ class DeviceEnv:
     qemu_plugins: str
     plugin: Path
     runtime_extra: Path
+    peers: Path
+    peers_host: Path
 
     @property
     def guest_python(self) -> Path:
@@ -115,55 +131,21 @@ def _env_paths(root: Path) -> DeviceEnv:
         qemu_plugins=shutil.which("qemu-aarch64") or "/usr/bin/qemu-aarch64",
         plugin=root / "plugin" / "libinsn.so",
         runtime_extra=root / "site" / "tvm" / "lib" / "libtvm_runtime_extra.so",
+        peers=root / "peers",
+        peers_host=root / "peers-host",
     )
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _tree_digest(top: Path) -> dict:
-    """Count files and bytes under ``top`` (not following links, skipping __pycache__)."""
-    n = size = 0
-    stack = [str(top)]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    if e.name != "__pycache__":
-                        stack.append(e.path)
-                else:
-                    n += 1
-                    size += e.stat(follow_symlinks=False).st_size
-    return {"files": n, "bytes": size}
 
 
 def _part_key(name: str) -> str:
     if name == "sysroot":
-        return f"{RECIPE}:{hosttools.SUITE}:{INCLUDE}"
+        return f"{RECIPE}:{hosttools.SUITE}:{INCLUDE}:{CPUINFO}"
     if name == "site":
-        return f"{RECIPE}:" + ",".join(DEVICE_WHEELS)
+        return f"{RECIPE}:" + ",".join(DEVICE_WHEELS) + f":{SITECUSTOMIZE}:{PHONE_SRC.read_text()}"
+    if name == "peers":
+        return f"{RECIPE}:" + ",".join(PEER_WHEELS)
+    if name == "peers-host":
+        return f"{RECIPE}:" + ",".join(HOST_WHEELS)
     return f"{RECIPE}:{hosttools.qemu_source_version()}:{PLUGIN_SRC.read_text()}"
-
-
-def _part_ok(root: Path, name: str, stamp: dict | None = None) -> bool:
-    if stamp is None:
-        try:
-            stamp = json.loads((root / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            return False
-    part = root / name
-    return (
-        stamp.get("key") == _part_key(name)
-        and part.is_dir()
-        and _tree_digest(part) == stamp.get("digest")
-    )
 
 
 def _run(cmd: list, log_file: Path, what: str, **kw) -> None:
@@ -202,6 +184,10 @@ def _build_sysroot(tmp: Path, logf: Path, log) -> None:
             p.rmdir()
     if not (tmp / GUEST_PYTHON).exists():
         raise ToolchainError(f"the sysroot has no {GUEST_PYTHON}; see {logf}")
+    # QEMU user mode shows guests the host's /proc/cpuinfo (x86): engines that parse it
+    # (ONNX Runtime's cpuinfo) crash. QEMU's -L lookup finds this file first.
+    (tmp / "proc").mkdir()
+    (tmp / "proc" / "cpuinfo").write_text(CPUINFO)
     # Debian compiles byte code in postinst, which never ran: do it with the host's 3.11
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", str(tmp / "usr/lib/python3.11")],
@@ -245,6 +231,7 @@ def _build_site(tmp: Path, logf: Path, log) -> None:
             p.unlink()
     shutil.rmtree(tmp / "bin", ignore_errors=True)
     (tmp / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    shutil.copyfile(PHONE_SRC, tmp / "mdl_phone.py")
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", str(tmp)],
         stdout=subprocess.DEVNULL,
@@ -286,6 +273,7 @@ def _smoke_plugin(env: DeviceEnv, logf: Path) -> None:
 
 
 BUILDERS = {"sysroot": _build_sysroot, "site": _build_site, "plugin": _build_plugin}
+PEER_BUILDERS = {"peers": partial(build_peers, _run), "peers-host": partial(build_peers_host, _run)}
 
 
 def _wrapper_text(env: DeviceEnv) -> str:
@@ -297,7 +285,9 @@ export TVM_USE_RUNTIME_LIB=1
 export PYTHONNOUSERSITE=1
 export PYTHONDONTWRITEBYTECODE=1
 unset PYTHONHOME PYTHONSTARTUP OPENBLAS_CORETYPE OPENBLAS_L2_SIZE LD_LIBRARY_PATH LD_PRELOAD
-exec "${{MDL_TVM_QEMU:-{env.qemu}}}" -L '{env.sysroot}' '{env.guest_python}' "$@"
+exec "${{MDL_TVM_QEMU:-{env.qemu}}}" -cpu "${{MDL_TVM_QEMU_CPU:-{DEFAULT_CPU}}}" \\
+    ${{MDL_TVM_QEMU_PLUGIN:+-plugin "$MDL_TVM_QEMU_PLUGIN"}} \\
+    -L '{env.sysroot}' '{env.guest_python}' "$@"
 """
 
 
@@ -309,8 +299,13 @@ def _write_wrapper(env: DeviceEnv) -> None:
     env.python.chmod(0o755)
 
 
-def is_ready() -> bool:
-    """Return True when the cached phone is complete (stamps match the files on disk)."""
+def _builders(peers: bool) -> dict:
+    return {**BUILDERS, **(PEER_BUILDERS if peers else {})}
+
+
+def is_ready(peers: bool = False) -> bool:
+    """Return True when the cached phone (with the peer engines, if asked) is complete
+    (stamps match the files on disk)."""
     env = _env_paths(device_dir())
     try:
         stamp = json.loads((env.root / "setup.json").read_text())
@@ -319,14 +314,15 @@ def is_ready() -> bool:
     parts = stamp.get("parts", {})
     return (
         stamp.get("recipe") == RECIPE
-        and all(_part_ok(env.root, name, parts.get(name, {})) for name in BUILDERS)
+        and all(part_ok(env.root, name, _part_key(name), parts.get(name, {}))
+                for name in _builders(peers))
         and env.python.exists()
         and env.python.read_text() == _wrapper_text(env)
         and not hosttools.missing_packages()
     )
 
 
-def setup(force: bool = False, log=None) -> DeviceEnv:
+def setup(force: bool = False, log=None, peers: bool = False) -> DeviceEnv:
     """Build (or re-check) the emulated phone and return its paths.
 
     Parameters
@@ -335,6 +331,9 @@ def setup(force: bool = False, log=None) -> DeviceEnv:
         Rebuild every part even if the cache looks complete.
     log : callable, optional
         Progress printer (default: print to stderr).
+    peers : bool
+        Also install the peer engines (ONNX Runtime, NCNN, MNN, LiteRT) for the phone and
+        the MNN converter for this machine (`deploy.peers.install`).
 
     Returns
     -------
@@ -352,31 +351,25 @@ def setup(force: bool = False, log=None) -> DeviceEnv:
     env = _env_paths(root)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; others wait, then re-check
-        if not force and is_ready():
+        if not force and is_ready(peers):
             return env
         hosttools.ensure_host_packages(log)
-        env = _env_paths(root)
         logf = root / "setup.log"
         logf.write_text("")
+        try:
+            old = json.loads((root / "setup.json").read_text()).get("parts", {})
+        except (OSError, ValueError):
+            old = {}
         (root / "setup.json").unlink(missing_ok=True)  # rewritten last, when all parts are ready
         for stale in root.glob("*.tmp"):  # left by an interrupted build
             shutil.rmtree(stale, ignore_errors=True)
-        parts = {}
-        for name, build in BUILDERS.items():
-            stamp_path = root / f"{name}.json"
-            if force or not _part_ok(root, name):
-                t0 = time.monotonic()
-                stamp_path.unlink(missing_ok=True)
-                tmp = root / f"{name}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                build(tmp, logf, log)
-                shutil.rmtree(root / name, ignore_errors=True)
-                os.replace(tmp, root / name)
-                stamp = {"key": _part_key(name), "digest": _tree_digest(root / name)}
-                atomic_write(stamp_path, json.dumps(stamp))
-                log(f"{name} ready in {time.monotonic() - t0:.0f} s")
-            parts[name] = json.loads(stamp_path.read_text())
+        parts = {k: v for k, v in old.items() if part_ok(root, k, _part_key(k), v)}
+        for name, build in _builders(peers).items():
+            if force or not part_ok(root, name, _part_key(name)):
+                parts[name] = build_part(root, name, _part_key(name),
+                                         lambda tmp, b=build: b(tmp, logf, log), log)
+            else:
+                parts[name] = json.loads((root / f"{name}.json").read_text())
         _write_wrapper(env)
         _smoke_plugin(env, logf)
         atomic_write(root / "setup.json", json.dumps({"recipe": RECIPE, "parts": parts}))

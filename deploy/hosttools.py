@@ -14,7 +14,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from mdl_tvm.errors import ToolchainError
+from mdl_tvm.core.errors import ToolchainError
 
 SUITE = "bookworm"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"

@@ -15,19 +15,24 @@ ratio, what the VM costs per call.
 from __future__ import annotations
 
 import bisect
-import os
 import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdl_tvm.errors import DeviceError
+from deploy import plugins
+from deploy.device import DeviceEnv, setup
+from deploy.emulator import (
+    _check_mode,
+    count_guest,
+    counting_workdir,
+    library_cpu,
+    library_files,
+    runner_argv,
+)
+from mdl_tvm.core.errors import DeviceError
 
-from .device import DeviceEnv, setup
-from .emulator import _check_mode, _run_counted, counting_workdir
-
-PLUGIN_SRC = Path(__file__).with_name("insn_profile_plugin.c")
 RUNTIME = "(runtime: VM, Python, libc)"
 OTHER = "(library, outside any symbol)"
 _PAGE = 4096
@@ -74,25 +79,8 @@ def kernel_name(symbol: str) -> str:
 
 
 def build_plugin(env: DeviceEnv) -> Path:
-    """``libinsnprof.so`` in the phone's ``profile/`` folder (not ``plugin/``, whose contents
-    `deploy.device.setup` checks), compiled atomically when missing or older than its
-    source, against the ``qemu-plugin.h`` that `deploy.device.setup` cached."""
-    out = env.root / "profile" / "libinsnprof.so"
-    out.parent.mkdir(exist_ok=True)
-    if out.exists() and out.stat().st_mtime >= PLUGIN_SRC.stat().st_mtime:
-        return out
-    header = env.plugin.with_name("qemu-plugin.h")
-    if not header.exists():
-        raise DeviceError(f"{header} is missing: run `mdl-tvm device setup` (or "
-                          "scripts/setup.sh) to fetch QEMU's plugin header")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    res = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-I", str(header.parent),
-                          str(PLUGIN_SRC), "-o", str(tmp)], capture_output=True, text=True)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise DeviceError(f"compiling {PLUGIN_SRC.name} failed:\n{res.stderr[-2000:]}")
-    os.replace(tmp, out)
-    return out
+    """``libinsnprof.so`` in the phone's ``profile/`` folder (`deploy.plugins`)."""
+    return plugins.build_plugin(env, plugins.PROFILE_SRC, "libinsnprof.so")
 
 
 def _symbols(so_path: Path) -> list[tuple[int, int, str]]:
@@ -164,7 +152,8 @@ def attribute(per_address: dict[int, float], symbols, base: int) -> Counter:
 
 
 def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0,
-                         env: DeviceEnv | None = None, mode: str = "plain") -> KernelProfile:
+                         env: DeviceEnv | None = None, mode: str = "plain",
+                         cpu: str | None = None, force: bool = False) -> KernelProfile:
     """Instructions per inference by kernel on the emulated phone.
 
     Parameters
@@ -179,6 +168,10 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
     env : DeviceEnv, optional
     mode : str
         The runner's call path (``"plain"``, ``"copy-io"``, ``"zero-copy"``).
+    cpu : str, optional
+        QEMU CPU model; default: the core of the library's target profile.
+    force : bool
+        Profile even when the library needs features `cpu` lacks.
 
     Returns
     -------
@@ -187,14 +180,16 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
     if runs < 1:
         raise ValueError("runs must be at least 1")
     _check_mode(mode)
+    cpu, meta = library_cpu(so_path, cpu, force)
     env = env or setup()
     plugin = build_plugin(env)
     symbols = _symbols(Path(so_path))
     if not any(name.startswith("__tvm_ffi_") for _, _, name in symbols):
         raise DeviceError(f"{so_path} exports no TVM function (__tvm_ffi_*): not a model library")
-    with counting_workdir(env, so_path, inputs) as (work, names):
+    with counting_workdir(env, library_files(so_path), inputs) as (work, names):
         (once, _), (twice, words) = (
-            _read_counts(_run_counted(env, work, names, n, timeout, mode, plugin))
+            _read_counts(count_guest(env, work, runner_argv(names, n, mode), timeout, cpu,
+                                     plugin, meta=meta))
             for n in (runs, 2 * runs))
     per_address = {a: (twice.get(a, 0) - once.get(a, 0)) / runs for a in set(once) | set(twice)}
     base = find_base(twice, words, symbols, Path(so_path).read_bytes())

@@ -1,7 +1,7 @@
 """Start, stop and inspect the RPC tracker and the emulated phone's RPC server.
 
 Both run as detached process groups; their pid, address and log live in a run directory
-(``$MDL_TVM_RUN_DIR``, default ``cache_dir()/run``) as ``tracker.json`` / ``phone.json``.
+(``$MDL_TVM_RUN_DIR``, default ``cache_root()/run``) as ``tracker.json`` / ``phone.json``.
 Everything binds 127.0.0.1 unless told otherwise: TVM RPC has no authentication, so a
 server reachable from the network runs anyone's code.
 """
@@ -21,9 +21,11 @@ from pathlib import Path
 
 import psutil
 
-from mdl_tvm.errors import DeviceError
-
-from .device import atomic_write, cache_dir, setup
+from deploy.cpus import DEFAULT_CPU, check_cpu
+from deploy.device import setup
+from deploy.plugins import MARKER_SRC, build_plugin
+from mdl_tvm.core.errors import DeviceError
+from mdl_tvm.core.io import atomic_write, cache_root
 
 TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
 SUMMARY = 6  # tvm.rpc.base.TrackerCode.SUMMARY
@@ -33,7 +35,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def run_dir(path: str | os.PathLike | None = None) -> Path:
     """Return (and create) the directory for pid files and logs."""
-    d = Path(path or os.environ.get("MDL_TVM_RUN_DIR") or cache_dir() / "run")
+    d = Path(path or os.environ.get("MDL_TVM_RUN_DIR") or cache_root("run"))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -266,6 +268,8 @@ def start_phone(
     allow_remote=False,
     rundir=None,
     timeout: float = 120.0,
+    cpu: str = DEFAULT_CPU,
+    count: bool = False,
 ) -> dict:
     """Start the emulated phone's RPC server (arm64 python under QEMU).
 
@@ -288,11 +292,18 @@ def start_phone(
         Directory for the pid file and log.
     timeout : float
         Seconds to wait for the server to come up.
+    cpu : str
+        QEMU CPU model of the phone (`deploy.cpus.QEMU_CPUS`; default ``cortex-a76``).
+    count : bool
+        Run the phone under the marker plugin so that clients can count the instructions
+        a call retires (``mdl.count_call``, `deploy.phone_functions`): tuning by ARM cost.
+        Slower (every instruction is counted).
 
     Returns
     -------
     dict
-        The phone's state: ``pid``, ``host``, ``port``, ``tracker``, ``key``, ``log``.
+        The phone's state: ``pid``, ``host``, ``port``, ``tracker``, ``key``, ``cpu``,
+        ``log``.
 
     Raises
     ------
@@ -300,6 +311,7 @@ def start_phone(
         When a phone already runs, the tracker is down, or the server does not come up.
     """
     _check_bind(host, allow_remote)
+    check_cpu(cpu)
     rdir = run_dir(rundir)
     old = _read_state("phone", rdir)
     if old and old["alive"]:
@@ -328,12 +340,21 @@ def start_phone(
         "port": port,
         "key": key if tracker else None,
         "tracker": list(tracker) if tracker else None,
+        "cpu": cpu,
     }
     # session directories (uploaded libraries) go to a private TMPDIR, removed by stop_phone
     tmpdir = rdir / "phone-tmp"
     shutil.rmtree(tmpdir, ignore_errors=True)
     tmpdir.mkdir()
-    proc, state = _spawn("phone", cmd, rdir, extra, env=dict(os.environ, TMPDIR=str(tmpdir)))
+    phone_env = dict(os.environ, TMPDIR=str(tmpdir), MDL_TVM_QEMU_CPU=cpu,
+                     MDL_TVM_PHONE_CPU=cpu)
+    if count:
+        marks = rdir / "phone-tmp" / "marks"
+        plugin = build_plugin(env, MARKER_SRC, "libinsnmark.so")
+        phone_env.update(MDL_TVM_QEMU=env.qemu_plugins, MDL_TVM_QEMU_PLUGIN=f"{plugin},out={marks}",
+                         MDL_TVM_MARKS=str(marks), PYTHONHASHSEED="0")
+    extra["count"] = count
+    proc, state = _spawn("phone", cmd, rdir, extra, env=phone_env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

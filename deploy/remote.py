@@ -7,12 +7,13 @@
 >>> dev.close()
 
 Every failure of the tracker, the device or the session surfaces as
-`mdl_tvm.errors.DeviceError` with a hint how to fix it.
+`mdl_tvm.core.errors.DeviceError` with a hint how to fix it.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
 import uuid
@@ -20,9 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdl_tvm.errors import DeviceError
-
-from .procs import parse_addr, tracker_summary
+from deploy.cpus import features, illegal_instruction_error, missing_features, refusal
+from deploy.procs import parse_addr, tracker_summary
+from deploy.zero_copy_remote import RemoteZeroCopyExecutor
+from mdl_tvm.core.artifact import read_metadata
+from mdl_tvm.core.errors import DeviceError, MdlError
 
 
 def _flatten(value) -> list[np.ndarray]:
@@ -42,10 +45,22 @@ def _as_list(inputs) -> list[np.ndarray]:
 class RemoteModel:
     """A model library uploaded to and loaded on a device; use `RemoteDevice.load`."""
 
-    def __init__(self, device: RemoteDevice, remote_name: str, vm):
+    def __init__(self, device: RemoteDevice, remote_name: str, vm, meta: dict | None = None,
+                 missing: list | None = None):
         self.device = device
         self.remote_name = remote_name
         self._vm = vm
+        self.meta = meta
+        self.missing = list(missing or ())  # features the phone lacks (a forced load)
+
+    def _failed(self, err: DeviceError) -> DeviceError:
+        """A device error, named as an illegal instruction when the library needs what
+        the phone lacks (the worker dies of SIGILL)."""
+        if not self.missing:
+            return err
+        info = self.device.phone_info() if self.device.session is not None else {}
+        return illegal_instruction_error(self.meta, info.get("cpu", "device"),
+                                         f"it needs {', '.join(self.missing)}")
 
     def _set_input(self, inputs) -> None:
         import tvm
@@ -67,10 +82,13 @@ class RemoteModel:
         list of numpy.ndarray
             The outputs, tuples flattened in order.
         """
-        with self.device._guard("running main"):
-            self._set_input(inputs)
-            self._vm.invoke_stateful("main")
-            return _flatten(self._vm.get_outputs("main"))
+        try:
+            with self.device._guard("running main"):
+                self._set_input(inputs)
+                self._vm.invoke_stateful("main")
+                return _flatten(self._vm.get_outputs("main"))
+        except DeviceError as err:
+            raise self._failed(err) from err
 
     def time(self, inputs, number: int = 10, repeat: int = 3, min_repeat_ms: int = 0) -> float:
         """Time ``main`` on the device with TVM's time_evaluator.
@@ -102,7 +120,6 @@ class RemoteModel:
     def executor(self):
         """A `deploy.zero_copy_remote.RemoteZeroCopyExecutor`: ``main_zc`` on device buffers
         allocated once, one RPC call per run."""
-        from .zero_copy_remote import RemoteZeroCopyExecutor
 
         return RemoteZeroCopyExecutor(self)
 
@@ -126,6 +143,7 @@ class RemoteDevice:
         self.tracker = tracker
         self.key = key
         self._uploaded: set[str] = set()
+        self._info: dict | None = None
 
     @classmethod
     def connect(
@@ -199,28 +217,56 @@ class RemoteDevice:
         self._uploaded.add(name)
         return name
 
-    def load(self, so_path: str | os.PathLike) -> RemoteModel:
+    def phone_info(self) -> dict:
+        """``{"cpu", "features"}`` of the device, when its server tells (the emulated phone
+        does, `deploy.device`); ``{}`` for a device that does not."""
+        if self._info is None:
+            try:
+                info = json.loads(self.session.get_function("mdl.phone.info")())
+                self._info = {"cpu": info["cpu"], "features": features(int(info["hwcap"]))}
+            except (AttributeError, RuntimeError, ValueError, KeyError):
+                self._info = {}
+        return self._info
+
+    def load(self, so_path: str | os.PathLike, force: bool = False) -> RemoteModel:
         """Upload an exported Relax library and create a VM for it on the device.
 
         Parameters
         ----------
         so_path : path
             ``.so`` made by ``export_library`` for the device's architecture.
+        force : bool
+            Load even when the library needs CPU features the device lacks (fp16
+            arithmetic on an ARMv8.0 phone): running it then fails with an illegal
+            instruction, reported as a `DeviceError`.
 
         Returns
         -------
         RemoteModel
             Runs and times ``main``; ``close()`` deletes the uploaded file.
+
+        Raises
+        ------
+        DeviceError
+            When the library needs features the device's CPU lacks (before uploading).
         """
         if not os.path.isfile(so_path):
             raise FileNotFoundError(f"no such library: {so_path}")
         from tvm.runtime.vm import VirtualMachine
 
+        try:
+            meta = read_metadata(os.fspath(so_path))
+        except MdlError:
+            meta = None  # a plain TVM library: nothing to check
+        info = self.phone_info() if meta is not None else {}
+        missing = missing_features(meta, info["features"]) if info else []
+        if missing and not force:
+            raise refusal(meta, info["cpu"], missing, f"device {self.key!r}")
         name = self.upload(so_path)
         with self._guard(f"loading {name}"):
             lib = self.session.load_module(name)
             vm = VirtualMachine(lib, self.session.cpu())
-        return RemoteModel(self, name, vm)
+        return RemoteModel(self, name, vm, meta, missing)
 
     def run(self, so_path: str | os.PathLike, inputs) -> list[np.ndarray]:
         """Upload, load, run once, delete: the outputs of ``main`` as numpy arrays."""

@@ -1,7 +1,7 @@
 """A zero-copy executor on the Relax VM: preset buffers, static memory plan, no allocation.
 
 MobileDL libraries carry ``main_zc(*inputs, *outputs, workspace)`` next to ``main``
-(`mdl_tvm.zero_copy_pass`): each output is written by its kernel straight into a caller's
+(`mdl_tvm.compiler.zero_copy_pass`): each output is written by its kernel straight into a caller's
 buffer, and every intermediate tensor is a view into one planned workspace. The executor
 allocates (or takes from the caller) these buffers once, as 64-byte aligned numpy arrays
 that the VM sees through DLPack, so a run copies nothing and allocates no tensor data:
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdl_tvm.errors import InputSpecError, MdlError, UnknownTargetError
+from deploy.library import host_vm
+from mdl_tvm.core.errors import InputSpecError, MdlError
 
 ALIGN = 64
 RUN_NAME = "mdl_zc_run"
@@ -141,35 +142,14 @@ def check_buffer(array, spec: TensorSpec, what: str) -> np.ndarray:
     return array
 
 
-def _host_vm(model):
-    """A Relax VM on this machine's CPU for a CompiledModel, a library path or a module."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine  # runtime only: no compiler needed
-
-    if hasattr(model, "profile") and hasattr(model, "executable"):  # CompiledModel
-        if not model.profile.is_host:
-            raise UnknownTargetError(
-                f"this model is compiled for {model.profile.name!r}, which cannot run on this "
-                "machine; export it and use deploy.zero_copy_remote.RemoteZeroCopyExecutor "
-                "(RPC) or `mdl-tvm device run --zero-copy`, or compile with target='host'")
-        model = model._library if model._library is not None else model.executable
-    elif isinstance(model, str) or hasattr(model, "__fspath__"):
-        import mdl_tvm
-
-        return _host_vm(mdl_tvm.load(str(model)))
-    if isinstance(model, VirtualMachine):
-        return model
-    return VirtualMachine(model, tvm.cpu())
-
-
 class ZeroCopyExecutor:
     """Run ``main_zc`` on this machine with preset, shared, allocated-once buffers.
 
     Parameters
     ----------
-    model : CompiledModel, str or path, tvm.runtime.Module / Executable, or VirtualMachine
+    model : HostModel, str or path, tvm.runtime.Module / Executable, or VirtualMachine
         A host model (`mdl_tvm.compile(..., target="host")`, `mdl_tvm.load`), an exported
-        host library, or its module.
+        host library's path, its module, or a VM.
     inputs, outputs : list of numpy.ndarray, optional
         Caller-owned buffers (aligned, contiguous, exact shape and dtype; see
         `aligned_empty`); missing ones are allocated.
@@ -186,7 +166,7 @@ class ZeroCopyExecutor:
     """
 
     def __init__(self, model, *, inputs=None, outputs=None, workspace=None):
-        self.vm = _host_vm(model)
+        self.vm = host_vm(model)
         self.plan = ZeroCopyPlan.from_vm(self.vm)
         self._in = [aligned_empty(s.shape, s.dtype) for s in self.plan.inputs]
         self._out = [aligned_empty(s.shape, s.dtype) for s in self.plan.outputs]

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdl_tvm.errors import InputSpecError
-
-from .zero_copy import ZeroCopyPlan
+from deploy.zero_copy import ZeroCopyPlan
+from mdl_tvm.core.errors import InputSpecError
 
 
 class RemoteZeroCopyExecutor:

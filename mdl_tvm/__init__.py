@@ -3,36 +3,28 @@
 >>> import mdl_tvm
 >>> model = mdl_tvm.compile(torch_module, target="arm64", input_shapes=[(1, 1, 28, 28)])
 >>> model.export("lenet.so")          # one library for the phone
->>> mdl_tvm.compile(torch_module, target="host", input_shapes=[(1, 1, 28, 28)]).run(x)
+>>> mdl_tvm.load("host.so").run(x)    # runtime only: the compiler is not imported
+
+Names are imported on first use, so ``import mdl_tvm`` (and ``mdl_tvm.load``) stays light;
+``mdl_tvm.compile`` imports the compiler. Layers, bottom to top: `mdl_tvm.core` → `deploy`
+→ `relay_passes`, `schedules` → `mdl_tvm.compiler` → `schedules.tuning` → `mdl_tvm.cli`.
 """
 
-from .compiled import CompiledModel, compile, load
-from .errors import (
-    DatasetMissingError,
-    DeviceError,
-    InputSpecError,
-    MdlError,
-    ModelFormatError,
-    ToolchainError,
-    UnknownTargetError,
-    UnsupportedOpError,
-)
-from .targets import PROFILES, TargetProfile, get_profile
+from mdl_tvm.core.lazy import lazy_exports
 
-__all__ = [
-    "CompiledModel",
-    "compile",
-    "load",
-    "PROFILES",
-    "TargetProfile",
-    "get_profile",
-    "MdlError",
-    "DatasetMissingError",
-    "DeviceError",
-    "InputSpecError",
-    "ModelFormatError",
-    "ToolchainError",
-    "UnknownTargetError",
-    "UnsupportedOpError",
-]
+_ERRORS = ("MdlError", "DatasetMissingError", "DeviceError", "InputSpecError",
+           "ModelFormatError", "PrecisionError", "ToolchainError", "UnknownTargetError",
+           "UnsupportedOpError")
+_EXPORTS = {
+    "compile": "mdl_tvm.compiler.compiled",
+    "CompiledModel": "mdl_tvm.compiler.compiled",
+    "load": "deploy.host_model",
+    "HostModel": "deploy.host_model",
+    "PROFILES": "mdl_tvm.core.targets",
+    "TargetProfile": "mdl_tvm.core.targets",
+    "get_profile": "mdl_tvm.core.targets",
+    **{name: "mdl_tvm.core.errors" for name in _ERRORS},
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

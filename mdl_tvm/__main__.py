@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from mdl_tvm.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from .errors import DatasetMissingError, ModelFormatError
+from mdl_tvm.core.errors import DatasetMissingError, ModelFormatError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

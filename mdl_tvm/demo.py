@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
-import numpy as np
-
-from . import zoo
-from .compiled import compile as compile_model
-from .data import load_fashion_mnist
-from .train import TrainConfig, cache_dir, evaluate, trained_model
+from deploy import demo_phone
+from mdl_tvm import zoo
+from mdl_tvm.compiler.compiled import compile as compile_model
+from mdl_tvm.core.io import cache_root
+from mdl_tvm.core.numerics import median_ms
+from mdl_tvm.data import load_fashion_mnist
+from mdl_tvm.train import TrainConfig, evaluate, trained_model
 
 MODEL = "lenet5"
 
@@ -36,22 +36,11 @@ def _torch_latency_ms(model, x, repeat=50) -> float:
 
     with torch.no_grad():
         tx = torch.from_numpy(x)
-        for _ in range(5):
-            model(tx)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            model(tx)
-            times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+        return median_ms(lambda: model(tx), repeat=repeat, warmup=5)
 
 
 def _phone_rows(arm_path, sample, host_out, log):
     """Run the arm64 library on the emulated phone; returns table cells or a reason."""
-    try:
-        from deploy import demo_phone
-    except ImportError as err:
-        return None, f"emulated phone unavailable ({err})"
     return demo_phone.run(arm_path, sample, host_out, log)
 
 
@@ -60,7 +49,7 @@ def run_demo(phone: bool = True, epochs: int = 2, log=print) -> int:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    log(f"[1/4] LeNet-5 on Fashion-MNIST ({epochs} epochs, cached in {cache_dir('weights')})")
+    log(f"[1/4] LeNet-5 on Fashion-MNIST ({epochs} epochs, cached in {cache_root('weights')})")
     model = trained_model(MODEL, TrainConfig(epochs=epochs), log=lambda m: log("      " + m))
     x_test, y_test = load_fashion_mnist("test")
     shape = zoo.INPUT_SHAPES[MODEL]

@@ -7,21 +7,14 @@ name that includes the model, epochs and seed, and written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import zoo
-from .data import load_fashion_mnist
-
-
-def cache_dir(*parts: str) -> str:
-    root = os.environ.get("MDL_TVM_CACHE", os.path.expanduser("~/.cache/mdl_tvm"))
-    path = os.path.join(root, *parts)
-    os.makedirs(path, exist_ok=True)
-    return path
+from mdl_tvm import zoo
+from mdl_tvm.core.io import atomic_output, cache_root
+from mdl_tvm.data import load_fashion_mnist
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ def train(model, config: TrainConfig = TrainConfig(), log=print):
             loss = loss_fn(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log(f"epoch {epoch + 1}/{config.epochs}: loss {total / len(x):.4f} "
             f"({time.perf_counter() - start:.1f} s)")
     return model.eval()
@@ -81,9 +74,8 @@ def trained_model(name: str, config: TrainConfig = TrainConfig(), log=print):
         )
     model = zoo.build(name, seed=config.seed)
     limit = "all" if config.limit is None else str(config.limit)
-    path = os.path.join(cache_dir("weights"),
-                        f"{name}-e{config.epochs}-s{config.seed}-n{limit}.pt")
-    if os.path.isfile(path):
+    path = cache_root("weights", f"{name}-e{config.epochs}-s{config.seed}-n{limit}.pt")
+    if path.is_file():
         try:
             model.load_state_dict(torch.load(path, weights_only=True))
             return model.eval()
@@ -91,8 +83,6 @@ def trained_model(name: str, config: TrainConfig = TrainConfig(), log=print):
             log(f"cached weights {path} are unreadable ({err}); retraining")
     torch.set_num_threads(os.cpu_count() or 1)
     train(model, config, log=log)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".pt") as tmp:
+        torch.save(model.state_dict(), tmp)
     return model.eval()

@@ -5,30 +5,33 @@
 * `kmeans_cluster`    channel-oriented k-means clustering (merge look-alike channels)
 * `channel_masks`     keep-masks per group: criteria (magnitude, activation, greedy), disk I/O
 * `mask_prune`        mask-based pruning, committed into the graph, with recovery
-* `activations`       calibration activations sampled as least-squares rows
+* `activations`       calibration activations sampled as least-squares rows (probe runner)
 * `ls_recovery`       ridge least-squares refit of consumer layers
 * `layerwise`         the group-by-group driver shared by mask pruning and data-aware k-means
+* `reports`           per-group reports (channels, weights, MACs before and after)
+* `compress_spec`     one parser for ``"kmeans:0.5"`` / ``"mask:0.5:greedy"`` specs
+* `config`            `CompressConfig`, `RecoveryConfig`
+
+Names are imported on first use: ``import relay_passes`` is cheap.
 """
 
-from .channel_graph import ChannelGraph, ChannelGroup, analyze
-from .channel_masks import CRITERIA, ChannelMasks
-from .config import CompressConfig, parse_compress
-from .kmeans_cluster import GroupReport, KMeansChannelClustering, cluster_channels
-from .layerwise import RecoveryConfig
-from .mask_prune import MaskPruning, prune_channels
+from mdl_tvm.core.lazy import lazy_exports
 
-__all__ = [
-    "CRITERIA",
-    "ChannelMasks",
-    "MaskPruning",
-    "RecoveryConfig",
-    "prune_channels",
-    "ChannelGraph",
-    "ChannelGroup",
-    "CompressConfig",
-    "GroupReport",
-    "KMeansChannelClustering",
-    "analyze",
-    "cluster_channels",
-    "parse_compress",
-]
+_EXPORTS = {
+    "CRITERIA": "relay_passes.config",
+    "CompressConfig": "relay_passes.config",
+    "RecoveryConfig": "relay_passes.config",
+    "parse_compress": "relay_passes.config",
+    "ChannelMasks": "relay_passes.channel_masks",
+    "ChannelGraph": "relay_passes.channel_graph",
+    "ChannelGroup": "relay_passes.channel_graph",
+    "analyze": "relay_passes.channel_graph",
+    "GroupReport": "relay_passes.reports",
+    "KMeansChannelClustering": "relay_passes.kmeans_cluster",
+    "cluster_channels": "relay_passes.kmeans_cluster",
+    "MaskPruning": "relay_passes.mask_prune",
+    "prune_channels": "relay_passes.mask_prune",
+    "make_compressor": "relay_passes.compress_spec",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,10 @@
 """Calibration activations: what each consumer layer sees, sampled as least-squares rows.
 
 A *probe* is the graph with some intermediate values returned as extra outputs
-(`channel_rewrite.rewrite(..., outputs=...)`), compiled for this machine by the MobileDL
-pipeline and run on calibration inputs one sample at a time.
+(`channel_rewrite.rewrite(..., outputs=...)`), compiled for this machine by a *runner* and
+run on calibration inputs one sample at a time. The runner is injected: ``mdl_tvm.compile``
+passes its own host build (so probes run the same kernels as the compiled model);
+standing alone, the passes use `default_runner` (TVM's plain build, slower).
 
 For a consumer — a conv2d or matmul with a constant weight — the rows are its input
 patches: for a conv, ``positions`` output pixels are drawn per sample (seeded by sample
@@ -16,13 +18,13 @@ Preconditions: NCHW convolutions with ``groups == 1``, static shapes, batch-firs
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .channel_graph import main_bindings
-from .channel_rewrite import rewrite
+from mdl_tvm.core.relax_utils import flatten_outputs, main_bindings
+from relay_passes.channel_rewrite import rewrite
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,26 @@ def model_input_shape(mod, func_name: str = "main") -> tuple[int, ...]:
     return tuple(int(d) for d in params[0].ty.shape)
 
 
-def probe(mod, bindings: list[int], samples: list[np.ndarray], func_name: str = "main"):
-    """Yield, per calibration sample, the values of `bindings` (compiled for this host)."""
-    import mdl_tvm
+Runner = Callable[[object], Callable[[np.ndarray], list]]
+"""``runner(mod)`` builds a Relax module for this machine and returns ``run(x) -> outputs``."""
 
-    compiled = mdl_tvm.compile(rewrite(mod, [], func_name=func_name, outputs=tuple(bindings)),
-                               "host")
+
+def default_runner(mod) -> Callable[[np.ndarray], list]:
+    """Build `mod` with TVM's own pipeline for this machine's CPU; ``run(x) -> outputs``."""
+    import tvm
+    from tvm import relax
+
+    target = tvm.target.Target({"kind": "llvm"})
+    with target:
+        lowered = relax.get_pipeline("zero")(mod)
+    vm = relax.VirtualMachine(relax.build(lowered, target), tvm.cpu())
+    return lambda x: flatten_outputs(vm["main"](tvm.runtime.tensor(x)))
+
+
+def probe(mod, bindings: list[int], samples: list[np.ndarray], runner: Runner | None = None,
+          func_name: str = "main"):
+    """Yield, per calibration sample, the values of `bindings`, built by `runner`."""
+    run = (runner or default_runner)(
+        rewrite(mod, [], func_name=func_name, outputs=tuple(bindings)))
     for x in samples:
-        yield compiled.run(x)[-len(bindings):]
+        yield run(x)[-len(bindings):]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mdl_tvm.graph_stats import static_shape
+from mdl_tvm.core.relax_utils import main_bindings, static_shape, vars_in
 
 UNARY_PASSTHROUGH = {
     "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.gelu",
@@ -189,13 +189,13 @@ class _Analysis:
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             self.layouts[key] = self.visit_call(index, value.op.name, value)
         elif isinstance(value, relax.Tuple):
-            self.tuples[key] = [v for f in value.fields for v in _vars_in(f)]
+            self.tuples[key] = [v for f in value.fields for v in vars_in(f)]
             self.layouts[key] = None
         elif isinstance(value, relax.Var):
             self.layouts[key] = self.layout_of(value)
             self.tuples[key] = self.tuples.get(hash(value), [])
         else:
-            for used in _vars_in(value):
+            for used in vars_in(value):
                 self.freeze_all(used, f"expression {type(value).__name__}")
             self.layouts[key] = None
 
@@ -221,7 +221,7 @@ class _Analysis:
         if op == "relax.concat":
             return self.visit_concat(call, out_shape)
         for arg in args:  # an op the analysis does not know: freeze what flows in
-            for var in _vars_in(arg):
+            for var in vars_in(arg):
                 self.freeze_all(var, f"op {op}")
         return None
 
@@ -358,27 +358,6 @@ class _Analysis:
         return {g.name: g for g in groups.values()}
 
 
-def _vars_in(expr):
-    from tvm import relax
-
-    found = []
-    relax.analysis.post_order_visit(
-        expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
-    return found
-
-
-def main_bindings(mod, func_name: str = "main"):
-    """The bindings of `func_name`'s single dataflow block; raises ValueError otherwise."""
-    func = mod[func_name]
-    blocks = list(func.body.blocks)
-    if len(blocks) != 1:
-        raise ValueError(
-            f"{func_name} has {len(blocks)} binding blocks; channel passes need exactly one "
-            "dataflow block (run them before lowering)"
-        )
-    return list(blocks[0].bindings), func
-
-
 def analyze(mod, func_name: str = "main") -> ChannelGraph:
     """Group the channels of `mod[func_name]` that must change together."""
     bindings, func = main_bindings(mod, func_name)
@@ -387,7 +366,7 @@ def analyze(mod, func_name: str = "main") -> ChannelGraph:
         analysis.layouts[hash(param)] = None
     for index, binding in enumerate(bindings):
         analysis.visit(index, binding.var, binding.value)
-    for var in _vars_in(func.body.body):
+    for var in vars_in(func.body.body):
         analysis.freeze_all(var, "the model output")
     return ChannelGraph(analysis.groups(), analysis.flatten_reshapes, analysis.producer_names)
 
@@ -396,3 +375,10 @@ def channel_rows(ref: WeightRef) -> np.ndarray:
     """Absolute indices on `ref.axis` covered by `ref` (all spans of its channels)."""
     start = ref.offset * ref.span
     return np.arange(start, start + ref.length * ref.span)
+
+
+def weight_rows(consts: dict, ref) -> np.ndarray:
+    """The ``(C, D)`` matrix of `ref`'s channels: one row of parameters per channel."""
+    array = np.moveaxis(consts[(ref.binding, ref.arg)], ref.axis, 0)
+    rows = array[channel_rows(ref)]
+    return rows.reshape(ref.length, -1).astype(np.float64)

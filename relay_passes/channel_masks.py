@@ -16,12 +16,10 @@ made for another model is refused with the group that does not fit.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
-CRITERIA = ("l1", "l2", "activation", "greedy")
+from mdl_tvm.core.io import atomic_output
 
 
 def keep_top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -75,16 +73,9 @@ class ChannelMasks(dict):
     def save(self, path: str) -> str:
         """Write atomically to `path` (``.npz``)."""
         meta = {name: int(mask.size) for name, mask in self.items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
-        os.close(fd)
-        try:
+        with atomic_output(path, suffix=".npz") as tmp:
             np.savez(tmp, __meta__=np.array(json.dumps(meta)),
                      **{name: np.asarray(m, bool) for name, m in self.items()})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod

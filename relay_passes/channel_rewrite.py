@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .channel_graph import WeightRef, main_bindings
+from relay_passes.channel_graph import WeightRef, main_bindings
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 METHODS = ("kmeans", "mask")
+CRITERIA = ("l1", "l2", "activation", "greedy")
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,49 @@ def parse_compress(spec) -> tuple[str, CompressConfig]:
 
 
 DEFAULT_CONFIG = CompressConfig()
+
+
+RECOVERIES = ("none", "ls")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """How masks are chosen and accuracy recovered.
+
+    Attributes
+    ----------
+    criterion : str
+        Mask criterion, one of `channel_masks.CRITERIA` (mask pruning only).
+    recovery : str
+        ``"ls"``: refit consumers by ridge least squares on calibration data; ``"none"``.
+    alpha : float
+        Ridge strength relative to the mean diagonal of ``X^T X``.
+    positions : int
+        Output pixels sampled per calibration input and conv consumer.
+    max_samples : int
+        Calibration inputs used at most.
+    """
+
+    criterion: str = "l1"
+    recovery: str = "ls"
+    alpha: float = 1e-3
+    positions: int = 16
+    max_samples: int = 1024
+
+    def __post_init__(self):
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown mask criterion {self.criterion!r}; choose one of "
+                             f"{CRITERIA}")
+        if self.recovery not in RECOVERIES:
+            raise ValueError(f"unknown recovery {self.recovery!r}; choose one of {RECOVERIES}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.positions < 1 or self.max_samples < 1:
+            raise ValueError("positions and max_samples must be >= 1")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.recovery == "ls" or self.criterion in ("activation", "greedy")
+
+
+DEFAULT_RECOVERY = RecoveryConfig()

@@ -27,49 +27,15 @@ Preconditions: weights bound as constants, BatchNorm folded or decomposed (the
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .channel_graph import ChannelGroup, analyze, channel_rows
-from .channel_rewrite import Edit, rewrite
-from .config import DEFAULT_CONFIG, CompressConfig, kept_channels
-
-
-@dataclass(frozen=True)
-class GroupReport:
-    """One line of the per-layer report."""
-
-    name: str
-    channels_before: int
-    channels_after: int
-    note: str = ""
-    weights_before: int = 0  # elements of the group's producer weights
-    weights_after: int = 0
-    macs_before: int = 0  # multiply-accumulates of the group's producer layers
-    macs_after: int = 0
-
-
-def finish_reports(reports, graph, before, after) -> list[GroupReport]:
-    """Fill in producer weights and MACs before/after, sorted in layer order."""
-    from mdl_tvm.graph_stats import binding_costs
-
-    cost_before, cost_after = binding_costs(before), binding_costs(after)
-    done = []
-    for r in reports:
-        bindings = {ref.binding for ref in graph.groups[r.name].producers}
-        w0, m0 = (sum(cost_before.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
-        w1, m1 = (sum(cost_after.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
-        done.append(replace(r, weights_before=w0, weights_after=w1, macs_before=m0,
-                            macs_after=m1))
-    return sorted(done, key=lambda r: _layer_order(r.name))
-
-
-def weight_rows(consts: dict, ref) -> np.ndarray:
-    """The ``(C, D)`` matrix of `ref`'s channels: one row of parameters per channel."""
-    array = np.moveaxis(consts[(ref.binding, ref.arg)], ref.axis, 0)
-    rows = array[channel_rows(ref)]
-    return rows.reshape(ref.length, -1).astype(np.float64)
+from mdl_tvm.core.relax_utils import bound_constants
+from relay_passes.channel_graph import ChannelGroup, analyze, weight_rows
+from relay_passes.channel_rewrite import Edit, rewrite
+from relay_passes.config import DEFAULT_CONFIG, CompressConfig, RecoveryConfig, kept_channels
+from relay_passes.layerwise import LayerwiseDriver, graph_order
+from relay_passes.reports import GroupReport, finish_reports, report_frozen
 
 
 def channel_features(group: ChannelGroup, consts: dict) -> np.ndarray:
@@ -113,35 +79,6 @@ def group_edits(group: ChannelGroup, labels: np.ndarray, merge: bool) -> list[Ed
     return edits
 
 
-def bound_constants(mod, func_name: str = "main") -> dict:
-    """``{(binding number, arg index): numpy array}`` for every constant argument."""
-    import tvm
-
-    from .channel_graph import main_bindings
-
-    bindings, _ = main_bindings(mod, func_name)
-    consts = {}
-    for index, binding in enumerate(bindings):
-        for i, arg in enumerate(getattr(binding.value, "args", ())):
-            if isinstance(arg, tvm.ir.Constant) and hasattr(arg.value, "numpy"):
-                consts[(index, i)] = arg.value.numpy()
-    return consts
-
-
-def report_frozen(graph, config: CompressConfig) -> list[GroupReport]:
-    reports = []
-    for group in graph.groups.values():
-        if group.prunable and group.name not in config.skip:
-            continue
-        note = "skipped" if group.name in config.skip else (group.frozen or "no consumer")
-        if group.frozen and group.frozen != "the model output" and group.name not in config.skip:
-            warnings.warn(f"channel group {group.name} left untouched: it flows into "
-                          f"{group.frozen}, which the channel analysis does not handle",
-                          stacklevel=3)
-        reports.append(GroupReport(group.name, group.channels, group.channels, note))
-    return reports
-
-
 def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool = True,
                      func_name: str = "main"):
     """Cluster every prunable channel group of `mod`; returns ``(new_mod, reports)``."""
@@ -165,12 +102,10 @@ def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool =
 
 
 def cluster_channels_refit(mod, config: CompressConfig, calibration, options=None,
-                           func_name: str = "main"):
+                           func_name: str = "main", runner=None):
     """Data-aware variant: cluster group by group in graph order and refit each group's
     consumers by least squares on `calibration` (see `layerwise`). Returns
     ``(new_mod, reports)``."""
-    from .layerwise import LayerwiseDriver, RecoveryConfig, graph_order
-
     options = options or RecoveryConfig(recovery="ls")
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
@@ -186,13 +121,9 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
                                    f"{len(average)} clusters, least-squares refit"))
         return average, member, False
 
-    new_mod, _ = LayerwiseDriver(mod, config, options, calibration, func_name).run(order, choose)
+    new_mod, _ = LayerwiseDriver(mod, config, options, calibration, func_name,
+                                 runner).run(order, choose)
     return new_mod, finish_reports(reports, graph, mod, new_mod)
-
-
-def _layer_order(name: str):
-    kind = name.rstrip("0123456789")
-    return (kind != "conv", int(name[len(kind):] or 0))
 
 
 class KMeansChannelClustering:
@@ -203,17 +134,18 @@ class KMeansChannelClustering:
     """
 
     def __init__(self, config: CompressConfig = DEFAULT_CONFIG, merge: bool = True,
-                 calibration=None):
+                 calibration=None, runner=None):
         if not isinstance(config, CompressConfig):
             raise TypeError(f"config must be a CompressConfig, got {type(config).__name__}")
         if calibration is not None and not merge:
             raise ValueError("least-squares refit (calibration=...) needs merge=True")
         self.config, self.merge, self.reports = config, merge, []
-        self.calibration = calibration
+        self.calibration, self.runner = calibration, runner
 
     def __call__(self, mod):
         if self.calibration is not None:
-            new_mod, self.reports = cluster_channels_refit(mod, self.config, self.calibration)
+            new_mod, self.reports = cluster_channels_refit(mod, self.config, self.calibration,
+                                                         runner=self.runner)
         else:
             new_mod, self.reports = cluster_channels(mod, self.config, self.merge)
         return new_mod

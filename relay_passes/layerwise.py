@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import (
+from mdl_tvm.core.relax_utils import bound_constants, main_bindings
+from relay_passes.activations import (
     ConsumerSpec,
+    Runner,
     as_samples,
     consumer_spec,
     from_matrix,
@@ -27,57 +29,10 @@ from .activations import (
     sample_rows,
     weight_matrix,
 )
-from .channel_graph import ChannelGroup, analyze
-from .channel_rewrite import Edit, rewrite
-from .config import CompressConfig
-from .ls_recovery import NormalEquations, OriginalTargets, refit_weight
-
-RECOVERIES = ("none", "ls")
-
-
-@dataclass(frozen=True)
-class RecoveryConfig:
-    """How masks are chosen and accuracy recovered.
-
-    Attributes
-    ----------
-    criterion : str
-        Mask criterion, one of `channel_masks.CRITERIA` (mask pruning only).
-    recovery : str
-        ``"ls"``: refit consumers by ridge least squares on calibration data; ``"none"``.
-    alpha : float
-        Ridge strength relative to the mean diagonal of ``X^T X``.
-    positions : int
-        Output pixels sampled per calibration input and conv consumer.
-    max_samples : int
-        Calibration inputs used at most.
-    """
-
-    criterion: str = "l1"
-    recovery: str = "ls"
-    alpha: float = 1e-3
-    positions: int = 16
-    max_samples: int = 1024
-
-    def __post_init__(self):
-        from .channel_masks import CRITERIA
-
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown mask criterion {self.criterion!r}; choose one of "
-                             f"{CRITERIA}")
-        if self.recovery not in RECOVERIES:
-            raise ValueError(f"unknown recovery {self.recovery!r}; choose one of {RECOVERIES}")
-        if not self.alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.positions < 1 or self.max_samples < 1:
-            raise ValueError("positions and max_samples must be >= 1")
-
-    @property
-    def needs_data(self) -> bool:
-        return self.recovery == "ls" or self.criterion in ("activation", "greedy")
-
-
-DEFAULT_RECOVERY = RecoveryConfig()
+from relay_passes.channel_graph import ChannelGroup, analyze
+from relay_passes.channel_rewrite import Edit, rewrite
+from relay_passes.config import CompressConfig, RecoveryConfig
+from relay_passes.ls_recovery import NormalEquations, OriginalTargets, refit_weight
 
 
 def graph_order(graph) -> list[ChannelGroup]:
@@ -108,8 +63,6 @@ def consumer_inputs(mod, consumers: list[int], func_name: str = "main") -> dict:
     """``{consumer binding: binding number of its data input}`` (None: the graph input)."""
     from tvm import relax
 
-    from .channel_graph import main_bindings
-
     bindings, _ = main_bindings(mod, func_name)
     position = {hash(b.var): i for i, b in enumerate(bindings)}
     sources = {}
@@ -125,8 +78,9 @@ class LayerwiseDriver:
     """Walks the groups of `mod`; see the module docstring."""
 
     def __init__(self, mod, config: CompressConfig, options: RecoveryConfig, calibration,
-                 func_name: str = "main"):
+                 func_name: str = "main", runner: Runner | None = None):
         self.mod, self.config, self.options, self.func = mod, config, options, func_name
+        self.runner = runner
         self.samples = None
         if options.needs_data:
             samples = as_samples(calibration, model_input_shape(mod, func_name))
@@ -146,7 +100,8 @@ class LayerwiseDriver:
         rows: dict[int, list] = {b: [] for b in specs}
         sources = consumer_inputs(mod, list(specs), self.func)
         probed = sorted({i for i in sources.values() if i is not None})
-        values = probe(mod, probed, self.samples, self.func) if probed else None
+        values = (probe(mod, probed, self.samples, self.runner, self.func)
+                  if probed else None)
         for s, x_in in enumerate(self.samples):
             found = dict(zip(probed, next(values), strict=True)) if probed else {}
             for b, src in sources.items():
@@ -156,8 +111,6 @@ class LayerwiseDriver:
         return {b: np.concatenate(r) for b, r in rows.items()}
 
     def _record_targets(self, groups) -> None:
-        from .kmeans_cluster import bound_constants
-
         consts = bound_constants(self.mod, self.func)
         bindings = sorted({b for g in groups for b in self._consumer_bindings(g)})
         specs = self._specs(bindings)
@@ -167,8 +120,6 @@ class LayerwiseDriver:
 
     def run(self, order: list[str], choose: Callable):
         """Compress groups `order` in turn; returns ``(mod, {name: (k, C) producer matrix})``."""
-        from .kmeans_cluster import bound_constants
-
         graph = analyze(self.mod, self.func)
         if self.options.recovery == "ls":
             self._record_targets([graph.groups[n] for n in order])
@@ -208,8 +159,6 @@ class LayerwiseDriver:
         return np.flatnonzero(keep)
 
     def _refit(self, rows: dict[int, np.ndarray], specs) -> None:
-        from .kmeans_cluster import bound_constants
-
         consts = bound_constants(self.mod, self.func)
         replace = {}
         for b, x in rows.items():

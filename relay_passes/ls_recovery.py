@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .activations import ConsumerSpec, sample_rows, weight_matrix
+from relay_passes.activations import ConsumerSpec, sample_rows, weight_matrix
 
 
 @dataclass

@@ -15,7 +15,7 @@ For every prunable group of coupled channels (`channel_graph.analyze`), in graph
    taken from the network pruned so far (`ls_recovery`).
 
 The masks are kept (``.masks``, savable) so a run can be reproduced; masks from a masked
-fine-tuning in PyTorch (`mdl_tvm.finetune`) are committed by passing them in.
+fine-tuning in PyTorch (`mdl_tvm.compiler.finetune`) are committed by passing them in.
 
 The method follows channel pruning (He et al., ICCV 2017) and ThiNet (Luo et al., ICCV
 2017): select, then reconstruct, layer by layer; the mask life cycle is that of
@@ -29,17 +29,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import weight_matrix
-from .channel_masks import (
+from relay_passes.activations import weight_matrix
+from relay_passes.channel_graph import analyze, weight_rows
+from relay_passes.channel_masks import (
     ChannelMasks,
     greedy_keep,
     keep_top,
     magnitude_scores,
     sampled_contributions,
 )
-from .config import DEFAULT_CONFIG, CompressConfig, kept_channels
-from .kmeans_cluster import GroupReport, finish_reports, report_frozen, weight_rows
-from .layerwise import DEFAULT_RECOVERY, Evidence, LayerwiseDriver, RecoveryConfig, graph_order
+from relay_passes.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_RECOVERY,
+    CompressConfig,
+    RecoveryConfig,
+    kept_channels,
+)
+from relay_passes.layerwise import Evidence, LayerwiseDriver, graph_order
+from relay_passes.reports import GroupReport, finish_reports, report_frozen
 
 
 def selection_matrix(mask: np.ndarray) -> np.ndarray:
@@ -71,10 +78,8 @@ def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.nda
 
 def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
                    options: RecoveryConfig = DEFAULT_RECOVERY, calibration=None,
-                   masks: ChannelMasks | None = None, func_name: str = "main"):
+                   masks: ChannelMasks | None = None, func_name: str = "main", runner=None):
     """Prune every prunable group; returns ``(new_mod, reports, masks)``."""
-    from .channel_graph import analyze
-
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
     if masks is not None:
@@ -94,7 +99,7 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
         select = selection_matrix(mask)
         return select, select, True
 
-    driver = LayerwiseDriver(mod, config, options, calibration, func_name)
+    driver = LayerwiseDriver(mod, config, options, calibration, func_name, runner)
     new_mod, _ = driver.run(order, choose)
     reports = report_frozen(graph, config)
     reports += [GroupReport(name, graph.groups[name].channels, int(m.sum()),
@@ -116,13 +121,16 @@ class MaskPruning:
         Inputs ``(N, ...)`` used by data-driven criteria and least-squares recovery.
     masks : ChannelMasks, optional
         Commit these masks instead of choosing new ones (e.g. loaded from disk).
+    runner : callable, optional
+        Builds probe graphs for this machine (`activations.Runner`); ``mdl_tvm.compile``
+        passes its own host build.
 
     After a call, ``.reports`` holds the per-group report and ``.masks`` the masks used.
     """
 
     def __init__(self, config: CompressConfig = DEFAULT_CONFIG,
                  options: RecoveryConfig = DEFAULT_RECOVERY, calibration=None,
-                 masks: ChannelMasks | None = None):
+                 masks: ChannelMasks | None = None, runner=None):
         if not isinstance(config, CompressConfig):
             raise TypeError(f"config must be a CompressConfig, got {type(config).__name__}")
         if not isinstance(options, RecoveryConfig):
@@ -130,11 +138,13 @@ class MaskPruning:
         if masks is not None and not isinstance(masks, ChannelMasks):
             masks = ChannelMasks(masks)
         self.config, self.options, self.calibration = config, options, calibration
+        self.runner = runner
         self.given_masks, self.masks, self.reports = masks, ChannelMasks(), []
 
     def __call__(self, mod):
         new_mod, self.reports, self.masks = prune_channels(
-            mod, self.config, self.options, self.calibration, self.given_masks)
+            mod, self.config, self.options, self.calibration, self.given_masks,
+            runner=self.runner)
         return new_mod
 
     def as_tvm_pass(self):

@@ -21,45 +21,30 @@ rule                recognises / schedule
 Public API
 ----------
 `lowering_pipeline(profile)`
-    The pass `mdl_tvm.pipeline` runs in place of ``relax.get_pipeline("zero")``.
+    The pass `mdl_tvm.compiler.pipeline` runs in place of ``relax.get_pipeline("zero")``.
 `apply_default_schedules(mod, profile)`
     Schedule every unscheduled PrimFunc of a fused module (marks ``tirx.is_scheduled``
     and ``mdl.schedule_rule``).
 `legalize_map(cfg)`
     The ``customize_legalize_map`` that produces the packed kernels.
 
-Tuning (MetaSchedule + XGBoost, seeded with these default schedules)
---------------------------------------------------------------------
-`schedules.tuning.tune(model, target, trials=, db=, tracker=, key=)`
-    Tune a model's tasks into a database directory (``mdl-tvm tune``); `compile(...,
-    tuning_db=DIR)` applies it. Tasks come from the compile pipeline (`schedules.tasks`),
-    the default schedule of each task is measured and recorded first (`schedules.seed`),
-    candidates are cross-compiled and timed on the host or on phones behind an RPC
-    tracker (`schedules.measure`), records land on disk as measured (`schedules.database`).
+`schedules.database`
+    Tuning databases on disk: opened safely, put in scope while lowering.
+
+Tuning (MetaSchedule + XGBoost, seeded with these default schedules) is the subpackage
+`schedules.tuning`, a layer above the compiler: ``schedules.tuning.tune(model, target,
+trials=, db=, tracker=, key=)`` writes a database directory (``mdl-tvm tune``) that
+``compile(..., tuning_db=DIR)`` applies. Nothing in the rules imports it.
 """
 
-from .apply import (
-    DEFAULT_RULES,
-    RULE_ATTR,
-    SCHEDULED_ATTR,
-    ApplyDefaultSchedules,
-    apply_default_schedules,
-    is_scheduled,
-    lowering_pipeline,
-    schedule_primfunc,
-)
-from .config import MachineConfig
-from .legalize import legalize_map
+from mdl_tvm.core.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_RULES",
-    "RULE_ATTR",
-    "SCHEDULED_ATTR",
-    "ApplyDefaultSchedules",
-    "MachineConfig",
-    "apply_default_schedules",
-    "is_scheduled",
-    "legalize_map",
-    "lowering_pipeline",
-    "schedule_primfunc",
-]
+_EXPORTS = {
+    **{name: "schedules.apply" for name in (
+        "DEFAULT_RULES", "RULE_ATTR", "SCHEDULED_ATTR", "ApplyDefaultSchedules",
+        "apply_default_schedules", "is_scheduled", "lowering_pipeline", "schedule_primfunc")},
+    "MachineConfig": "schedules.config",
+    "legalize_map": "schedules.legalize",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

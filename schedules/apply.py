@@ -20,12 +20,12 @@ import logging
 import tvm
 from tvm import tirx
 
-from .config import MachineConfig
-from .conv2d import Conv2DPacked
-from .dense import DensePacked
-from .depthwise import DepthwiseConv2D
-from .generic import Fallback, Reduction
-from .legalize import legalize_map
+from schedules.config import MachineConfig
+from schedules.conv2d import Conv2DPacked
+from schedules.dense import DensePacked
+from schedules.depthwise import DepthwiseConv2D
+from schedules.generic import Fallback, Reduction
+from schedules.legalize import legalize_map
 
 log = logging.getLogger(__name__)
 

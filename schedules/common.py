@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .compute import RULE_KEY, TILE_KEY
+from schedules.compute import RULE_KEY, TILE_KEY
 
 # Below this many innermost iterations a parallel loop costs more than it saves.
 PARALLEL_MIN_WORK = 16384

@@ -44,7 +44,7 @@ class MachineConfig:
 
     @classmethod
     def from_profile(cls, profile) -> MachineConfig:
-        """Build the configuration for a `mdl_tvm.targets.TargetProfile`.
+        """Build the configuration for a `mdl_tvm.core.targets.TargetProfile`.
 
         Parameters
         ----------

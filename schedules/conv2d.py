@@ -29,7 +29,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.tirx.analysis import undefined_vars
 
-from .common import (
+from schedules.common import (
     PARALLEL_MIN_WORK,
     TILE_SCOPE,
     Rule,
@@ -42,7 +42,7 @@ from .common import (
     vectorize_init,
     work,
 )
-from .compute import VECTOR_KEY
+from schedules.compute import VECTOR_KEY
 
 
 class Conv2DPacked(Rule):

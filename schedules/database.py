@@ -29,15 +29,14 @@ import os
 import warnings
 from pathlib import Path
 
+from mdl_tvm.core.io import atomic_write, cache_root
+from mdl_tvm.core.targets import get_profile
+from schedules.apply import RULE_ATTR
+
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 MANIFEST_FILE = "mdl_tuning.json"
 DATABASE_RULE = "database"  # the ``mdl.schedule_rule`` of a function taken from a database
-
-
-def cache_root() -> Path:
-    """The project's cache root (``$MDL_TVM_CACHE`` or ``~/.cache/mdl_tvm``)."""
-    return Path(os.environ.get("MDL_TVM_CACHE") or os.path.expanduser("~/.cache/mdl_tvm"))
 
 
 def default_dir(target) -> Path:
@@ -45,30 +44,13 @@ def default_dir(target) -> Path:
 
     Parameters
     ----------
-    target : str or mdl_tvm.targets.TargetProfile
+    target : str or mdl_tvm.core.targets.TargetProfile
 
     Returns
     -------
     pathlib.Path
     """
-    from mdl_tvm.targets import get_profile
-
     return cache_root() / "tuning" / get_profile(target).name
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temporary file in the same directory, fsync,
-    rename), so a reader sees the old or the new file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_lines(path: Path) -> tuple[list[str], bool]:
@@ -256,7 +238,7 @@ def selected(path):
     """Database directory `path` as `compile` applies it.
 
     A task tuned by `schedules.tuning` (listed in the manifest) is applied only when the
-    whole-model check (`schedules.verify`) kept it (``"use": "tuned"``); the others build
+    whole-model check (`schedules.tuning.verify`) kept it (``"use": "tuned"``); the others build
     with their default schedule. Workloads the manifest does not list (records written by
     plain MetaSchedule) apply their best record.
     """
@@ -275,7 +257,7 @@ def applied(db, profile=None):
     ----------
     db : None, str, os.PathLike or tvm.s_tir.meta_schedule.database.Database
         The database or its directory.
-    profile : mdl_tvm.targets.TargetProfile, optional
+    profile : mdl_tvm.core.targets.TargetProfile, optional
         The target being compiled; a database tuned for another profile gives a warning.
     """
     if db is None:
@@ -300,8 +282,6 @@ def applied(db, profile=None):
 def tuned_functions(mod) -> list[str]:
     """Names of the PrimFuncs of a lowered module scheduled from a tuning database."""
     from tvm import tirx
-
-    from .apply import RULE_ATTR
 
     names = []
     for gvar, func in mod.functions_items():

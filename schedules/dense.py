@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .common import (
+from schedules.common import (
     PARALLEL_MIN_WORK,
     TILE_SCOPE,
     Rule,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .common import (
+from schedules.common import (
     PARALLEL_MIN_WORK,
     TILE_SCOPE,
     Rule,
@@ -36,7 +36,7 @@ from .common import (
     vectorize_init,
     work,
 )
-from .compute import ROLE_KEY
+from schedules.compute import ROLE_KEY
 
 
 class DepthwiseConv2D(Rule):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .common import (
+from schedules.common import (
     Rule,
     block_dtype,
     extent,

@@ -22,8 +22,9 @@ from functools import partial
 
 import tvm
 
-from . import compute
-from .config import (
+from mdl_tvm.core.relax_utils import static_shape
+from schedules import compute
+from schedules.config import (
     ConvGeometry,
     MachineConfig,
     choose_conv_tile,
@@ -36,17 +37,6 @@ _FLOAT_DTYPES = ("float32", "float16")
 
 def _default(op_name: str, bb, call):
     return tvm.ir.Op.get(op_name).get_attr("FLegalize")(bb, call)
-
-
-def _static_shape(expr):
-    ty = getattr(expr, "ty", None)
-    shape = getattr(ty, "shape", None)
-    if shape is None:
-        return None
-    try:
-        return tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
-        return None
 
 
 def _dtype(expr) -> str:
@@ -62,7 +52,7 @@ def _out_dtype(call, fallback: str) -> str:
 def _conv2d(cfg: MachineConfig, bb, call):
     attrs = call.attrs
     data, weight = call.args
-    dshape, wshape = _static_shape(data), _static_shape(weight)
+    dshape, wshape = static_shape(data), static_shape(weight)
     layouts_ok = (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
                   and attrs.out_layout in ("NCHW", ""))
     dtype = _dtype(data)
@@ -100,7 +90,7 @@ def _conv2d(cfg: MachineConfig, bb, call):
 
 def _matmul(cfg: MachineConfig, bb, call):
     data, weight = call.args
-    dshape, wshape = _static_shape(data), _static_shape(weight)
+    dshape, wshape = static_shape(data), static_shape(weight)
     dtype = _dtype(data)
     if (dshape is None or wshape is None or len(dshape) != 2 or len(wshape) != 2
             or dshape[1] != wshape[0] or dtype not in _FLOAT_DTYPES

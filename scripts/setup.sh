@@ -28,7 +28,7 @@ PY="${PYTHON:-python3}"
 # (checked from / so that the repo folder on sys.path cannot hide a stale editable install)
 if ! (cd / && "$PY" -c "import importlib.metadata as m; m.version('mdl-tvm')
 import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib, ncnn, pnnx
-import apps, PIL, skimage, opencc") \
+import apps, PIL, skimage, opencc, importlinter") \
     >/dev/null 2>&1 || [ "${MDL_TVM_REINSTALL:-0}" = 1 ]; then
   echo "setup: pip install -e .[all]"
   "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"

@@ -1,6 +1,23 @@
 #!/usr/bin/env bash
 # The test command: install what is missing, then run the whole suite.
+#
+#   bash scripts/test.sh                 # the full suite (~15 min on 2 cores; starts the phone)
+#   bash scripts/test.sh --fast          # the fast subset (< 5 min): no phone, no training,
+#                                        #   nothing over ~20 s, i.e.
+#                                        #   pytest -m "not slow and not phone and not training"
+#   bash scripts/test.sh -k precision    # any other arguments go to pytest
+#
+# Markers (pyproject.toml): phone = emulated arm64 phone / QEMU / RPC, slow = > ~20 s,
+# training = trains a network. On a shared machine, wrap it: flock /tmp/mdl_heavy.lock bash ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m pytest -q tests "$@"
+args=()
+for arg in "$@"; do
+    if [[ "$arg" == "--fast" ]]; then
+        args+=(-m "not slow and not phone and not training")
+    else
+        args+=("$arg")
+    fi
+done
+exec "${PYTHON:-python3}" -m pytest -q tests "${args[@]+"${args[@]}"}"

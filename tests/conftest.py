@@ -1,4 +1,18 @@
-"""Shared fixtures. Phone fixtures (tracker + emulated arm64 device) live in phone_fixtures.py."""
+"""Fixtures of the test suite (shared helpers and small models live in helpers.py).
+
+Run the suite (markers are registered in pyproject.toml)::
+
+    python -m pytest -q tests                                          # everything (~15 min)
+    python -m pytest -q tests -m "not slow and not phone and not training"   # fast (< 5 min)
+
+Markers: ``phone`` needs the emulated arm64 phone (QEMU) or an RPC tracker / server;
+``slow`` takes more than about 20 s; ``training`` trains a network (or loads weights a
+training run cached). A test without a marker is in the fast subset. On a shared machine
+wrap long runs in ``flock /tmp/mdl_heavy.lock``. ``bash scripts/test.sh`` runs everything
+(``--fast`` for the fast subset).
+
+Phone fixtures (tracker + emulated arm64 device) live in phone_fixtures.py.
+"""
 
 import os
 
@@ -13,13 +27,21 @@ except ImportError as err:  # pragma: no cover - reported, not hidden
     if "phone_fixtures" not in str(err):
         raise
 
+# Fixtures that start QEMU or RPC processes: a test using one must carry @pytest.mark.phone,
+# so `-m "not phone"` never starts the phone.
+PHONE_FIXTURES = {"phone", "phone_env", "phone_tracker", "arm64_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if PHONE_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("phone") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using the phone fixtures without @pytest.mark.phone: "
+                                + ", ".join(unmarked))
+
 
 @pytest.fixture
 def rng():
+    """A seeded generator: every test's random inputs are reproducible."""
     return np.random.default_rng(0)
-
-
-def relative_error(actual, expected) -> float:
-    """max |a - e| / max |e|: one number for a whole output tensor."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))

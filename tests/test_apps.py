@@ -141,6 +141,7 @@ def test_style_bad_paths(tmp_path, capsys):
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.phone
 def test_poem_on_phone_matches_host(phone, poem_model, host_step):
     """The compiled LSTM step runs on the emulated arm64 phone over RPC, the state kept in
     device buffers between steps; it writes the same poem as this machine."""

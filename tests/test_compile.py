@@ -5,14 +5,21 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import relative_error
+from helpers import folded_weight_count, prepared, torch_macs
 
 import mdl_tvm
 from mdl_tvm import zoo
-from mdl_tvm.artifact import read_metadata
+from mdl_tvm.core.artifact import read_metadata
+from mdl_tvm.core.graph_stats import graph_stats
+from mdl_tvm.core.numerics import relative_error
+
+# resnet18 / mobilenetv2 at their 224x224 default: slow; test_schedules_models runs them at
+# 64x64, and test_zoo_stats_count_macs_and_weights covers their statistics cheaply.
+ZOO = [pytest.param(name, marks=pytest.mark.slow) if name in ("resnet18", "mobilenetv2")
+       else name for name in zoo.MODELS]
 
 
-@pytest.mark.parametrize("name", list(zoo.MODELS))
+@pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_matches_pytorch_on_host(name, rng):
     model = zoo.build(name)
     shape = zoo.INPUT_SHAPES[name]
@@ -23,14 +30,35 @@ def test_zoo_model_matches_pytorch_on_host(name, rng):
     (actual,) = compiled.run(x)
     assert actual.shape == expected.shape
     assert relative_error(actual, expected) < 1e-4
-    assert compiled.stats.macs > 0 and compiled.stats.weight_bytes > 0
+    assert compiled.stats.macs == torch_macs(model, shape)
 
 
-def test_batchnorm_is_folded_into_bias_free_convs():
-    compiled = mdl_tvm.compile(zoo.build("resnet18"), "host", input_shapes=[(1, 3, 32, 32)])
-    ops = compiled.stats.op_counts
-    assert "nn.batch_norm" not in ops and "divide" not in ops
-    assert ops["nn.conv2d"] == 20
+_VGG_BN = pytest.mark.xfail(
+    strict=True, reason="library bug: the prepare stage does not fold VGG11's BatchNorm "
+    "(its convs have a bias, so FoldBatchnormToConv2D's conv -> batch_norm pattern does not "
+    "match); each BN stays as subtract / divide / multiply / add with 4 constants per channel")
+
+
+def _stats_case(name):
+    marks = [_VGG_BN] if name == "vgg11" else []
+    if name == "mobilenetv2":
+        marks.append(pytest.mark.slow)  # importing it alone takes ~17 s
+    return pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("name", [_stats_case(n) for n in zoo.MODELS])
+def test_zoo_stats_count_macs_and_weights(name):
+    """The statistics of the prepared graph (no build): MACs as PyTorch counts them, one
+    conv2d per torch conv, and every BatchNorm folded into its conv: no BN arithmetic left,
+    weight bytes those of the folded network. Small inputs for the ImageNet-style nets."""
+    model = zoo.build(name)
+    shape = (1, 3, 32, 32) if name in ("resnet18", "mobilenetv2") else zoo.INPUT_SHAPES[name]
+    stats = graph_stats(prepared(model, shape))
+    assert stats.macs == torch_macs(model, shape)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert stats.op_counts["nn.conv2d"] == convs  # resnet18: 20
+    assert not {"nn.batch_norm", "divide", "subtract"} & set(stats.op_counts), stats.op_counts
+    assert stats.weight_bytes == 4 * folded_weight_count(model)
 
 
 def test_summary_counts_lenet_macs_exactly():
@@ -41,9 +69,12 @@ def test_summary_counts_lenet_macs_exactly():
     assert compiled.stats.macs == conv1 + conv2 + dense
     params = sum(p.numel() for p in zoo.build("lenet5").parameters())
     assert compiled.stats.weight_bytes == 4 * params
+    assert compiled.stats.num_weights == 10  # 5 weights, 5 biases
     summary = compiled.summary()
     assert summary["inputs"][0]["shape"] == [1, 1, 28, 28]
     assert summary["outputs"][0]["shape"] == [1, 10]
+    assert summary["target"] == "host"
+    assert set(summary["compile_seconds"]) >= {"import", "prepare", "lower", "build"}
 
 
 def test_onnx_file_and_proto(tmp_path, rng):
@@ -63,7 +94,7 @@ def test_onnx_file_and_proto(tmp_path, rng):
 
 
 def test_relax_irmodule_input(rng):
-    from tvm import relax
+    import tvm
     from tvm.script import relax as R
 
     @R.function
@@ -73,13 +104,12 @@ def test_relax_irmodule_input(rng):
             R.output(y)
         return y
 
-    import tvm
-
     mod = tvm.IRModule({"main": main})
     compiled = mdl_tvm.compile(mod, "host")
     x = rng.standard_normal((2, 3)).astype("float32")
     np.testing.assert_allclose(compiled.run(x)[0], np.maximum(2 * x, 0), rtol=1e-6)
-    assert isinstance(mod, tvm.IRModule) and relax is not None
+    assert [(s.shape, s.dtype) for s in compiled.inputs] == [((2, 3), "float32")]
+    assert compiled.stats.op_counts == {"add": 1, "nn.relu": 1}
 
 
 def test_arm64_export_is_aarch64_shared_object(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 import mdl_tvm
 from mdl_tvm import zoo
-from mdl_tvm.errors import (
+from mdl_tvm.core.errors import (
     InputSpecError,
     ModelFormatError,
     ToolchainError,

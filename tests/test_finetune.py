@@ -5,11 +5,17 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import relative_error
+from helpers import Residual, seeded
 
 import mdl_tvm
 from mdl_tvm import zoo
-from mdl_tvm.finetune import FinetuneConfig, _update_mask, masked_finetune
+from mdl_tvm.compiler.finetune import (
+    FinetuneConfig,
+    _prunable_layers,
+    _update_mask,
+    masked_finetune,
+)
+from mdl_tvm.core.numerics import relative_error
 from relay_passes import MaskPruning, RecoveryConfig
 
 
@@ -25,10 +31,27 @@ def test_update_mask_splices_back_only_past_the_margin():
 def test_bad_config():
     with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
         FinetuneConfig(ratio=1.0)
+    with pytest.raises(ValueError, match="epochs > 0"):
+        FinetuneConfig(epochs=0)
     with pytest.raises(TypeError, match="FinetuneConfig"):
         masked_finetune(zoo.build("lenet5"), {"ratio": 0.5})
 
 
+def test_groups_are_the_channel_graphs_names_matched_to_torch_layers():
+    """The fine-tuner masks the layers the compressors will prune, under the channel
+    graph's names: LeNet-5's four hidden layers in order; in a residual block the two
+    convs the add couples share one group (BatchNorm-folded rows still match)."""
+    lenet = zoo.build("lenet5")
+    groups = _prunable_layers(lenet, torch.zeros(1, 1, 28, 28))
+    layers = [m for m in lenet.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [name for name, _ in groups] == ["conv0", "conv1", "dense0", "dense1"]
+    assert [ms for _, ms in groups] == [[m] for m in layers[:4]]  # not the output layer
+    net = seeded(Residual)
+    groups = dict(_prunable_layers(net, torch.zeros(1, 3, 8, 8)))
+    assert groups == {"conv0": [net.stem, net.body[3]], "conv1": [net.body[0]]}
+
+
+@pytest.mark.training
 def test_masked_finetune_commits_exactly_into_the_graph():
     torch.manual_seed(0)
     model = copy.deepcopy(zoo.build("lenet5"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from deploy.emulator import count_instructions
 from deploy.kernel_profile import RUNTIME, KernelProfile, attribute, find_base, kernel_name
-from mdl_tvm.errors import DeviceError
+from mdl_tvm.core.errors import DeviceError
 
 # A made-up library: wrapper + body of two kernels, code words 0x1000 + offset / 4.
 SYMBOLS = [(0x100, 0x40, "__tvm_ffi_conv"), (0x140, 0x40, "__tvm_ffi_pool"),
@@ -46,12 +48,18 @@ def test_attribute_charges_addresses_to_kernels_and_the_rest_to_the_runtime():
     assert "| `conv` | 182 | 91 | 0.50x |" in table and "| total | 252 | 161 |" in table
 
 
+@pytest.mark.phone
 def test_profile_of_a_real_library_adds_up_to_the_instruction_count(phone_env, arm64_model):
-    from deploy.kernel_profile import profile_instructions
+    from deploy.kernel_profile import _symbols, profile_instructions
 
     so_path, x, _ = arm64_model
     prof = profile_instructions(so_path, [x], runs=3, env=phone_env)
     assert prof.total == count_instructions(so_path, [x], runs=3, env=phone_env)
+    assert sum(prof.kernels.values()) == prof.total  # every instruction charged once
+    values = list(prof.kernels.values())
+    assert values == sorted(values, reverse=True)  # largest first
     kernels = [k for k in prof.kernels if not k.startswith("(")]
-    assert any("conv" in k for k in kernels) and prof.kernels[RUNTIME] > 0
+    library = {kernel_name(name) for _, _, name in _symbols(Path(so_path))}
+    assert kernels and set(kernels) <= library, (kernels, library)  # the library's functions
+    assert any("conv2d" in k for k in kernels) and prof.kernels[RUNTIME] > 0
     assert sum(prof.kernels[k] for k in kernels) > 0.2 * prof.total

@@ -7,8 +7,8 @@ Real processes only: a tracker on a free 127.0.0.1 port and the arm64 RPC server
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import time
 import uuid
 
 import numpy as np
@@ -16,13 +16,13 @@ import pytest
 
 from deploy import procs
 from deploy.remote import RemoteDevice
-from mdl_tvm.errors import DeviceError
+from mdl_tvm.core.errors import DeviceError
+from mdl_tvm.core.numerics import relative_error
+
+on_phone = pytest.mark.phone  # needs the emulated phone or a tracker
 
 
-def _rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
-
-
+@on_phone
 def test_model_runs_on_phone_via_tracker(phone, arm64_model):
     so_path, x, ref = arm64_model
     with RemoteDevice.connect(phone["tracker"], key=phone["key"], timeout=60) as dev:
@@ -32,56 +32,57 @@ def test_model_runs_on_phone_via_tracker(phone, arm64_model):
         assert os.path.isfile(uploaded)  # QEMU user mode shares the host's file system
         outs = model.run([x])
         assert len(outs) == 1 and outs[0].shape == (1, 10) and outs[0].dtype == np.float32
-        assert _rel_err(outs[0], ref) <= 1e-4
-        ms = model.time(x, number=5, repeat=3)
-        assert 0 < ms < 1000
+        assert relative_error(outs[0], ref) <= 1e-4
+        ms = model.time(x, number=5, repeat=3)  # measured on the device (no bound: bench/)
+        assert math.isfinite(ms) and ms > 0
         model.close()
         assert not os.path.exists(uploaded)  # clean-up removed the library
 
 
+@on_phone
 def test_tracker_string_address_and_run_helper(phone, arm64_model):
     so_path, x, ref = arm64_model
     host, port = phone["tracker"]
     with RemoteDevice.connect(f"{host}:{port}", key=phone["key"], timeout=60) as dev:
         (out,) = dev.run(so_path, x)
-    assert _rel_err(out, ref) <= 1e-4
+    assert relative_error(out, ref) <= 1e-4
 
 
 def test_tracker_down_is_a_device_error():
-    port = procs.free_port()  # nothing listens there
-    t0 = time.monotonic()
+    port = procs.free_port()  # nothing listens there: no phone, no tracker needed
     with pytest.raises(DeviceError) as err:
         RemoteDevice.connect(f"127.0.0.1:{port}", key="phone", timeout=5)
-    assert time.monotonic() - t0 < 10
     assert f"127.0.0.1:{port}" in str(err.value)
     assert "mdl-tvm tracker start" in str(err.value)  # names the fix
 
 
+@on_phone
 def test_unknown_key_is_a_device_error(phone_tracker):
     key = f"nobody-{uuid.uuid4().hex[:8]}"
-    t0 = time.monotonic()
     with pytest.raises(DeviceError) as err:
         RemoteDevice.connect(phone_tracker, key=key, timeout=1.5)
-    assert time.monotonic() - t0 < 8
-    assert key in str(err.value) and "mdl-tvm device start" in str(err.value)
+    host, port = phone_tracker
+    assert f"no device with key {key!r} is registered at tracker {host}:{port}" in str(err.value)
+    assert "mdl-tvm device start" in str(err.value)
 
 
+@on_phone
 def test_busy_phone_times_out_then_serves_again(phone, arm64_model):
     so_path, x, ref = arm64_model
     holder = RemoteDevice.connect(phone["tracker"], key=phone["key"], timeout=60)
     try:
-        t0 = time.monotonic()
         with pytest.raises(DeviceError) as err:
             RemoteDevice.connect(phone["tracker"], key=phone["key"], timeout=2)
-        assert 1.5 < time.monotonic() - t0 < 15
-        assert "became free" in str(err.value)
+        assert f"no device with key {phone['key']!r} became free" in str(err.value)
+        assert "within 2 s (1 registered, all busy or dead)" in str(err.value)
     finally:
         holder.close()
     # the abandoned request must not swallow the phone: it is served again
     with RemoteDevice.connect(phone["tracker"], key=phone["key"], timeout=60) as dev:
-        assert _rel_err(dev.run(so_path, x)[0], ref) <= 1e-4
+        assert relative_error(dev.run(so_path, x)[0], ref) <= 1e-4
 
 
+@on_phone
 def test_phone_dying_mid_session_is_a_device_error(phone_env, phone_tracker, arm64_model, tmp_path):
     so_path, x, _ = arm64_model
     key = f"doomed-{uuid.uuid4().hex[:8]}"
@@ -97,6 +98,7 @@ def test_phone_dying_mid_session_is_a_device_error(phone_env, phone_tracker, arm
     assert not (tmp_path / "phone-tmp").exists()  # the dead session's upload is gone too
 
 
+@on_phone
 def test_standalone_phone_serves_plain_rpc(phone_env, arm64_model, tmp_path):
     import tvm
     from tvm import rpc
@@ -111,11 +113,12 @@ def test_standalone_phone_serves_plain_rpc(phone_env, arm64_model, tmp_path):
         vm = VirtualMachine(sess.load_module("tiny.so"), sess.cpu())
         vm.set_input("main", tvm.runtime.tensor(x, sess.cpu()))
         vm.invoke_stateful("main")
-        assert _rel_err(vm.get_outputs("main")[0].numpy(), ref) <= 1e-4
+        assert relative_error(vm.get_outputs("main")[0].numpy(), ref) <= 1e-4
     finally:
         assert procs.stop_phone(rundir=tmp_path)
 
 
+@on_phone
 def test_non_loopback_bind_needs_explicit_flag(phone_tracker, tmp_path):
     with pytest.raises(ValueError, match="no authentication"):
         procs.start_phone(tracker=phone_tracker, host="0.0.0.0", rundir=tmp_path)
@@ -132,16 +135,18 @@ def test_tracker_protocol_constants_match_tvm():
     assert procs.SUCCESS == base.TrackerCode.SUCCESS
 
 
+@on_phone
 def test_status_lists_the_registered_phone(phone):
     st = procs.status(phone["rundir"])
     assert st["tracker"]["alive"] and st["phone"]["alive"]
     assert st["phone"]["key"] == phone["key"]
     queue = st["tracker"]["summary"]["queue_info"][phone["key"]]
-    assert queue["free"] in (0, 1) and "pending" in queue
+    assert queue["free"] in (0, 1) and queue["pending"] == 0  # idle: nobody waits for it
     keys = [s["key"] for s in st["tracker"]["summary"]["server_info"]]
     assert f"server:{phone['key']}" in keys
 
 
+@on_phone
 def test_cli_status_commands(phone, monkeypatch, capsys):
     from deploy import cli
 

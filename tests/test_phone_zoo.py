@@ -3,13 +3,17 @@ tracker, real QEMU aarch64 TVM runtime) and matches the host fp32 build."""
 
 import numpy as np
 import pytest
-from conftest import relative_error
 
 import mdl_tvm
 from mdl_tvm import zoo
+from mdl_tvm.core.numerics import relative_error
+
+ZOO = [pytest.param(name, marks=pytest.mark.slow) if name in ("resnet18", "mobilenetv2")
+       else name for name in zoo.MODELS]
 
 
-@pytest.mark.parametrize("name", list(zoo.MODELS))
+@pytest.mark.phone
+@pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_on_phone_matches_host(name, phone, tmp_path):
     from deploy.remote import RemoteDevice
 

@@ -4,10 +4,11 @@ unscheduled, the generic rules on Relax operators, and the machine configuration
 import numpy as np
 import pytest
 import tvm
+from helpers import relax_module, rules_used
 from tvm import relax, te, tirx, topi
 
 import schedules
-from mdl_tvm.targets import get_profile
+from mdl_tvm.core.targets import get_profile
 from schedules import compute
 from schedules.config import ConvGeometry, MachineConfig, choose_conv_tile, choose_dense_tile
 from schedules.conv2d import Conv2DPacked
@@ -105,16 +106,6 @@ def test_dense_rule(rng, rows, k, cols):
     _assert_rule_preserves_numerics(func, DensePacked(), rng)
 
 
-def _relax_module(shape, body):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, x))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 def _lower_build_run(mod, x, rules):
     target = HOST.tvm_target()
     with target:
@@ -123,18 +114,13 @@ def _lower_build_run(mod, x, rules):
     return lowered, vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def _rules_used(mod) -> dict:
-    return {gv.name_hint: (f.attrs.get(schedules.RULE_ATTR) if f.attrs else None)
-            for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
-
-
 def _check_against_unscheduled(mod, x):
     plain, expected = _lower_build_run(mod, x, rules=())
-    assert not any(_rules_used(plain).values())
+    assert not any(rules_used(plain).values())
     lowered, actual = _lower_build_run(mod, x, rules=schedules.DEFAULT_RULES)
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-    return _rules_used(lowered)
+    return rules_used(lowered)
 
 
 @pytest.mark.parametrize("op", ["max_pool", "avg_pool", "global_avg_pool"])
@@ -147,7 +133,7 @@ def test_reduction_rule_on_pooling(rng, op):
         return relax.op.nn.adaptive_avg_pool2d(x, output_size=1)
 
     x = rng.standard_normal((1, 5, 16, 16)).astype("float32")
-    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    used = _check_against_unscheduled(relax_module(x.shape, body), x)
     assert set(used.values()) == {"reduction"}
 
 
@@ -159,7 +145,7 @@ def test_pooling_rows_of_odd_width_are_one_vector(rng, size, pool, stride):
         return relax.op.nn.max_pool2d(x, pool_size=pool, strides=stride)
 
     x = rng.standard_normal((1, 6, size, size)).astype("float32")
-    mod = _relax_module(x.shape, body)
+    mod = relax_module(x.shape, body)
     assert set(_check_against_unscheduled(mod, x).values()) == {"reduction"}
     with HOST.tvm_target():
         lowered = schedules.lowering_pipeline(HOST)(mod)
@@ -179,7 +165,7 @@ def test_grouped_and_nhwc_convs_fall_back_to_generic_rules(rng):
                                   kernel_layout="HWIO")
 
     x = rng.standard_normal((1, 8, 10, 10)).astype("float32")
-    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    used = _check_against_unscheduled(relax_module(x.shape, body), x)
     assert "conv2d" not in used.values() and all(used.values())
 
 
@@ -190,7 +176,7 @@ def test_shape_no_rule_matches_still_builds_and_runs(rng):
         return relax.op.cumsum(y, axis=1)
 
     x = rng.standard_normal((2, 7, 13)).astype("float32")
-    _, actual = _lower_build_run(_relax_module(x.shape, body), x, schedules.DEFAULT_RULES)
+    _, actual = _lower_build_run(relax_module(x.shape, body), x, schedules.DEFAULT_RULES)
     y = np.exp(np.transpose(x, (0, 2, 1)))
     y = np.exp(y - y.max(-1, keepdims=True))
     expected = np.cumsum(y / y.sum(-1, keepdims=True), axis=1)
@@ -246,13 +232,13 @@ def test_lowering_matches_topi_conv_reference(rng):
         return relax.op.nn.conv2d(x, relax.const(w), strides=2, padding=(1, 0, 2, 1))
 
     x = rng.standard_normal((1, 13, 17, 19)).astype("float32")
-    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    used = _check_against_unscheduled(relax_module(x.shape, body), x)
     assert "conv2d" in used.values()
     data, kernel = te.placeholder(x.shape), te.placeholder(w.shape)
     ref = te.create_prim_func([data, kernel, topi.nn.conv2d_nchw(data, kernel, 2, (1, 0, 2, 1),
                                                                  1)])
     expected = _run_prim_func(ref, [x, w, np.zeros((1, 37, 9, 9), "float32")])
-    _, actual = _lower_build_run(_relax_module(x.shape, body), x, schedules.DEFAULT_RULES)
+    _, actual = _lower_build_run(relax_module(x.shape, body), x, schedules.DEFAULT_RULES)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -268,7 +254,7 @@ def test_non_constant_weights_are_packed_at_run_time(rng):
     target = HOST.tvm_target()
     with target:
         lowered = schedules.lowering_pipeline(HOST)(bb.get())
-    assert "conv2d" in _rules_used(lowered).values()
+    assert "conv2d" in rules_used(lowered).values()
     vm = relax.VirtualMachine(relax.build(lowered, target), tvm.cpu())
     xs = rng.standard_normal((1, 6, 9, 9)).astype("float32")
     ws = rng.standard_normal((11, 6, 3, 3)).astype("float32")
@@ -283,10 +269,10 @@ def test_an_empty_tuning_database_leaves_the_default_schedules(rng):
     from tvm.s_tir import meta_schedule as ms
 
     w = rng.standard_normal((8, 3, 3, 3)).astype("float32")
-    mod = _relax_module((1, 3, 12, 12), lambda bb, x: relax.op.nn.conv2d(x, relax.const(w)))
+    mod = relax_module((1, 3, 12, 12), lambda bb, x: relax.op.nn.conv2d(x, relax.const(w)))
     with HOST.tvm_target(), ms.database.MemoryDatabase():
         lowered = schedules.lowering_pipeline(HOST)(mod)
-    assert set(_rules_used(lowered).values()) == {"conv2d"}
+    assert set(rules_used(lowered).values()) == {"conv2d"}
 
 
 def test_conv_whose_output_is_also_returned(rng):
@@ -299,5 +285,5 @@ def test_conv_whose_output_is_also_returned(rng):
         return relax.op.add(relax.op.sum(y, axis=[1]), relax.op.sum(z, axis=[1]))
 
     x = rng.standard_normal((1, 4, 11, 11)).astype("float32")
-    used = _check_against_unscheduled(_relax_module(x.shape, body), x)
+    used = _check_against_unscheduled(relax_module(x.shape, body), x)
     assert all(used.values())

@@ -1,34 +1,27 @@
 """Default schedules on whole models: the zoo against PyTorch with every PrimFunc scheduled,
 a pruned-width network, and arm64 builds that use NEON."""
 
-import re
-import subprocess
-
 import pytest
 import torch
 import tvm
-from conftest import relative_error
-from tvm import relax, tirx
+from helpers import count_insns, disassemble, rules_used
+from tvm import relax
 
 import mdl_tvm
 import schedules
 from mdl_tvm import zoo
-from mdl_tvm.importers import import_model
-from mdl_tvm.pipeline import BuildState, run_pipeline
-from mdl_tvm.targets import get_profile
+from mdl_tvm.compiler.importers import import_model
+from mdl_tvm.compiler.pipeline import BuildOptions, BuildState, run_pipeline
+from mdl_tvm.core.numerics import relative_error
+from mdl_tvm.core.targets import get_profile
 
 SMALL_SHAPES = {"resnet18": (1, 3, 64, 64), "mobilenetv2": (1, 3, 64, 64)}
 
 
 def _build(model, shape, target="host", **options):
     mod, _, _ = import_model(model, [shape], None, "float32")
-    state = BuildState(mod=mod, profile=get_profile(target), options=options)
+    state = BuildState(mod=mod, profile=get_profile(target), options=BuildOptions(**options))
     return run_pipeline(state)
-
-
-def _rules(mod) -> dict:
-    return {gv.name_hint: (f.attrs.get(schedules.RULE_ATTR) if f.attrs else None)
-            for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
 def _run(state, x):
@@ -37,13 +30,14 @@ def _run(state, x):
     return (out[0] if not hasattr(out, "numpy") else out).numpy()
 
 
-@pytest.mark.parametrize("name", list(zoo.MODELS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n == "mobilenetv2" else n for n in zoo.MODELS])
 def test_zoo_model_scheduled_and_matches_pytorch(name, rng):
     model = zoo.build(name)
     shape = SMALL_SHAPES.get(name, zoo.INPUT_SHAPES[name])
     x = rng.standard_normal(shape).astype("float32")
     state = _build(model, shape)
-    rules = _rules(state.mod)
+    rules = rules_used(state.mod)
     assert all(rules.values()), f"unscheduled functions: {rules}"
     assert "conv2d" in rules.values() and "dense" in rules.values()
     assert not [n for n in rules if "pack" in n], "weight packing was not folded into constants"
@@ -73,7 +67,7 @@ def test_odd_channel_conv_is_scheduled_and_correct(rng):
     model = _Pruned().eval()
     x = rng.standard_normal((1, 13, 9, 11)).astype("float32")
     state = _build(model, x.shape)
-    rules = _rules(state.mod)
+    rules = rules_used(state.mod)
     convs = [r for n, r in rules.items() if "conv2d" in n]
     assert convs and all(r == "conv2d" for r in convs), rules
     assert any("dense" in n and r == "dense" for n, r in rules.items()), rules
@@ -86,7 +80,7 @@ def test_plain_zero_pipeline_is_still_available(rng):
     model = zoo.build("lenet5")
     x = rng.standard_normal((1, 1, 28, 28)).astype("float32")
     plain = _build(model, x.shape, default_schedules=False)
-    assert not any(_rules(plain.mod).values())
+    assert not any(rules_used(plain.mod).values())
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     assert relative_error(_run(plain, x), expected) < 1e-5
@@ -98,24 +92,16 @@ def test_plain_zero_pipeline_is_still_available(rng):
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])
 def test_arm64_build_uses_neon(name, tmp_path):
-    import mdl_tvm
-
     model = mdl_tvm.compile(zoo.build(name), "arm64", input_shapes=[zoo.INPUT_SHAPES[name]])
-    path = model.export(str(tmp_path / f"{name}.so"))
-    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", path], capture_output=True,
-                         text=True, check=True).stdout
-    vector_fmla = re.findall(r"\tfmla\tv\d+\.4s", dis)
-    assert len(vector_fmla) > 50, f"{len(vector_fmla)} NEON fmla instructions"
+    dis = disassemble(model.export(str(tmp_path / f"{name}.so")))
+    vector_fmla = count_insns(dis, r"\tfmla\tv\d+\.4s")
+    assert vector_fmla > 50, f"{vector_fmla} NEON fmla instructions"
 
 
 def test_arm64_fp16_profile_gets_eight_lane_kernels(tmp_path):
-    import mdl_tvm
-
     cfg = schedules.MachineConfig.from_profile(get_profile("arm64-fp16"))
     assert cfg.lanes("float16") == 8
     model = mdl_tvm.compile(zoo.build("lenet5"), "arm64-fp16", input_shapes=[(1, 1, 28, 28)],
                             graph_passes=[relax.transform.ToMixedPrecision(out_dtype="float16")])
-    path = model.export(str(tmp_path / "lenet-fp16.so"))
-    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", path], capture_output=True,
-                         text=True, check=True).stdout
-    assert len(re.findall(r"\tfmla\tv\d+\.8h", dis)) > 50
+    dis = disassemble(model.export(str(tmp_path / "lenet-fp16.so")))
+    assert count_insns(dis, r"\tfmla\tv\d+\.8h") > 50

@@ -7,6 +7,7 @@ applies, resume, and a phone killed mid-run -- not the speed (that is bench/tuni
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -18,38 +19,28 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import mlp as _mlp  # noqa: E402
+
 from deploy import procs  # noqa: E402
 from deploy.remote import RemoteDevice  # noqa: E402
-from mdl_tvm.errors import DeviceError  # noqa: E402
+from mdl_tvm.core.errors import DeviceError  # noqa: E402
+from mdl_tvm.core.numerics import relative_error  # noqa: E402
 from schedules import database as dbmod  # noqa: E402
-from schedules import tasks as tasks_mod  # noqa: E402
-from schedules.progress import DeviceLostError  # noqa: E402
-from schedules.tuning import TuningConfig, tune  # noqa: E402
+from schedules.tuning import tasks as tasks_mod  # noqa: E402
+from schedules.tuning.driver import TuningConfig, tune  # noqa: E402
+from schedules.tuning.progress import DeviceLostError  # noqa: E402
 
 SMALL = dict(trials_per_iter=4, population=32, genetic_iters=1, warmup_samples=4,
              search_threads=1)
 
 
-def _mlp(*widths):
-    torch.manual_seed(0)
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    return torch.nn.Sequential(*layers).eval()
-
-
-def _rel_err(out, ref) -> float:
-    return float(np.abs(out - ref).max() / np.abs(ref).max())
-
-
 def _lowered(net, shape, db=None):
     """The lowered module, through `compile`'s own stages (tuning_db as compile passes it)."""
-    from mdl_tvm import pipeline
+    from mdl_tvm.compiler import pipeline
 
     state = tasks_mod.graph_before_lowering(net, "arm64", input_shapes=[shape])
-    state.options["tuning_db"] = db
-    lower = next(s for s in pipeline.STAGES if s.name == "lower")
-    return lower.run(state)
+    state.options = dataclasses.replace(state.options, tuning_db=db)
+    return pipeline.run_pipeline(state, start="lower", until="build")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +54,8 @@ def tuned(phone, tmp_path_factory):
     return net, db, report
 
 
+@pytest.mark.phone
+@pytest.mark.slow  # the shared `tuned` fixture tunes for about a minute
 def test_tiny_tuning_run_on_the_phone_seeds_and_records(tuned):
     net, db, report = tuned
     assert report.status == "complete" and report.target == "arm64"
@@ -86,6 +79,8 @@ def test_tiny_tuning_run_on_the_phone_seeds_and_records(tuned):
         assert report.verified["tuned_ms"] <= report.verified["default_ms"]
 
 
+@pytest.mark.phone
+@pytest.mark.slow  # the shared `tuned` fixture tunes for about a minute
 def test_compile_applies_the_database_and_runs_on_the_phone(tuned, phone, tmp_path):
     import mdl_tvm
 
@@ -104,7 +99,7 @@ def test_compile_applies_the_database_and_runs_on_the_phone(tuned, phone, tmp_pa
     assert candidates, "the search measured no valid candidate"
     from tvm.s_tir import meta_schedule as ms
 
-    from schedules.seed import _float_imm
+    from schedules.tuning.seed import _float_imm
 
     rec = candidates[0]
     database.commit_tuning_record(ms.database.TuningRecord(
@@ -116,21 +111,23 @@ def test_compile_applies_the_database_and_runs_on_the_phone(tuned, phone, tmp_pa
     dbmod.write_manifest(forced, manifest)
     default_mod = _lowered(net, (1, 48)).mod
     state = _lowered(net, (1, 48), db=forced)
-    assert len(state.options["tuned_functions"]) == 2
-    changed = [name for name in state.options["tuned_functions"]
+    assert len(state.tuned_functions) == 2
+    changed = [name for name in state.tuned_functions
                if str(state.mod[name].body) != str(default_mod[name].body)]
     assert changed  # the forced record replaced a default schedule: different code
     tuned_model = mdl_tvm.compile(net, "arm64", input_shapes=[(1, 48)], tuning_db=forced)
-    assert tuned_model.tuned_functions == state.options["tuned_functions"]
+    assert tuned_model.tuned_functions == state.tuned_functions
     so = tuned_model.export(str(tmp_path / "tuned.so"))
     with RemoteDevice.connect(phone["tracker"], key=phone["key"], timeout=60) as dev:
         (out,) = dev.run(so, x)
-    assert _rel_err(out, ref) < 1e-4  # the tuned kernels compute the same function
+    assert relative_error(out, ref) < 1e-4  # the tuned kernels compute the same function
     manifest["tasks"][keys[0]]["use"] = "default"  # rejected by the model check
     dbmod.write_manifest(forced, manifest)
-    assert len(_lowered(net, (1, 48), db=forced).options["tuned_functions"]) == 1
+    assert len(_lowered(net, (1, 48), db=forced).tuned_functions) == 1
 
 
+@pytest.mark.phone
+@pytest.mark.slow  # the shared `tuned` fixture tunes for about a minute
 def test_rerun_resumes_and_skips_finished_tasks(tuned, phone):
     net, db, report = tuned
     before = len(dbmod.open_database(db).get_all_tuning_records())
@@ -143,6 +140,8 @@ def test_rerun_resumes_and_skips_finished_tasks(tuned, phone):
     assert len(dbmod.open_database(db).get_all_tuning_records()) == before
 
 
+@pytest.mark.phone
+@pytest.mark.slow  # the shared `tuned` fixture tunes for about a minute
 def test_torn_record_line_is_dropped_not_fatal(tuned, tmp_path):
     _, db, _ = tuned
     copy = tmp_path / "db"
@@ -161,9 +160,11 @@ def _candidates_loaded(rundir: Path) -> int:
     return sum("load_module" in line and "candidate.so" in line for line in log.splitlines())
 
 
+@pytest.mark.phone
+@pytest.mark.slow
 def test_phone_farm_in_parallel_killed_keeps_records_restart_resumes(
         phone_env, phone_tracker, tmp_path):
-    from schedules.measure import Farm
+    from schedules.tuning.measure import Farm
 
     net = _mlp(40, 24)
     key = f"farm-{uuid.uuid4().hex[:6]}"
@@ -210,6 +211,7 @@ def test_phone_farm_in_parallel_killed_keeps_records_restart_resumes(
     assert len(dbmod.open_database(db).get_all_tuning_records()) >= kept + task.trials_new
 
 
+@pytest.mark.phone
 def test_unreachable_tracker_and_unknown_key_are_device_errors(phone_tracker, tmp_path):
     port = procs.free_port()
     with pytest.raises(DeviceError, match="mdl-tvm tracker start"):
@@ -249,12 +251,18 @@ def test_plan_budgets_shares_trials_by_work():
         tasks_mod.plan_budgets(tasks, -1)
 
 
-def test_cli_tune_registered_and_errors_clearly(capsys):
+def test_cli_tune_registered_and_errors_clearly(capsys, tmp_path):
+    """Errors before any work: wall-clock cost on a device target needs --tracker / --key
+    (instruction cost without them would start a private phone: see the phone tests);
+    an unreachable tracker is named. Nothing is written to the database."""
     from mdl_tvm.cli import main
 
-    assert main(["tune", "lenet5", "--target", "arm64", "--trials", "4"]) == 2
+    db = ["--db", str(tmp_path / "db")]
+    assert main(["tune", "lenet5", "--target", "arm64", "--trials", "4", "--cost", "seconds",
+                 *db]) == 2
     assert "--tracker HOST:PORT --key KEY" in capsys.readouterr().err
     port = procs.free_port()
     assert main(["tune", "lenet5", "--target", "arm64", "--tracker", f"127.0.0.1:{port}",
-                 "--key", "phone"]) == 2
-    assert "no RPC tracker" in capsys.readouterr().err
+                 "--key", "phone", *db]) == 2
+    assert f"no RPC tracker at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()

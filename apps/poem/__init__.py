@@ -4,8 +4,8 @@
 >>> print(write_poem("春", PoemOptions(seed=1)))
 """
 
-from .generate import PoemOptions, compose, vocabulary, write_poem, write_poem_eager
-from .model import CharLSTM, LSTMStep, load_model
+from apps.poem.generate import PoemOptions, compose, vocabulary, write_poem, write_poem_eager
+from apps.poem.model import CharLSTM, LSTMStep, load_model
 
 __all__ = ["PoemOptions", "compose", "vocabulary", "write_poem", "write_poem_eager", "CharLSTM",
            "LSTMStep", "load_model"]

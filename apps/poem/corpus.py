@@ -14,14 +14,14 @@ one quatrain per four clauses (a regulated eight-line poem gives two). About 60,
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from mdl_tvm.errors import DatasetMissingError
+from mdl_tvm.core.errors import DatasetMissingError
+from mdl_tvm.core.io import atomic_write, cache_root
 
 NPM_PACKAGE = "chinese-poetry@2.0.1"
 TARBALL = "chinese-poetry-2.0.1.tgz"
@@ -33,8 +33,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def cache_dir() -> Path:
     """``$MDL_TVM_CACHE/poem`` (default ``~/.cache/mdl_tvm/poem``)."""
-    root = Path(os.environ.get("MDL_TVM_CACHE", Path.home() / ".cache" / "mdl_tvm"))
-    path = root / "poem"
+    path = cache_root("poem")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -100,9 +99,7 @@ def build_corpus(out: Path | None = None) -> Path:
     simplified = opencc.OpenCC("t2s").convert("\n".join(traditional)).split("\n")
     simplified += list(quatrains(fortunes_poems()))
     unique = list(dict.fromkeys(q for q in simplified if q))
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(unique) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, "\n".join(unique) + "\n")
     return out
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runtime import Placement, open_runner
-from .model import BOS, COMMA, SPECIALS, STOP, WEIGHTS, LSTMStep, load_model
-from .stepper import PlainStepper, stepper_for
+from apps.poem.model import BOS, COMMA, SPECIALS, STOP, WEIGHTS, LSTMStep, load_model
+from apps.poem.stepper import PlainStepper, stepper_for
+from apps.runtime import Placement, open_runner
 
 LINE_LENGTHS = (5, 7)
 

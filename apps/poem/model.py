@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mdl_tvm.core.io import atomic_output
+
 WEIGHTS = Path(__file__).with_name("weights.npz")
 BOS, EOS, COMMA, STOP = "^", "$", "，", "。"
 SPECIALS = (BOS, EOS, COMMA, STOP)
@@ -68,19 +70,23 @@ class LSTMStep(nn.Module):
         self.register_buffer("w_out", net.head.weight.detach().t().contiguous())  # (H, V)
         self.register_buffer("b_out", net.head.bias.detach()[None].contiguous())
 
-    def forward(self, token: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        x = self.embed[token]  # (1, E)
+    def cells(self, x: torch.Tensor, h_at, c_at):
+        """The stacked LSTM cells on input `x`; ``h_at(layer)`` / ``c_at(layer)`` give a
+        layer's state. Returns ``(top output, [h per layer], [c per layer])``."""
         hs, cs = [], []
         for layer in range(self.layers):
-            gates = (x @ getattr(self, f"w_ih{layer}") + h[layer] @ getattr(self, f"w_hh{layer}")
+            gates = (x @ getattr(self, f"w_ih{layer}") + h_at(layer) @ getattr(self, f"w_hh{layer}")
                      + getattr(self, f"b{layer}"))
             i, f, g, o = gates.chunk(4, dim=1)
-            c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+            c_new = torch.sigmoid(f) * c_at(layer) + torch.sigmoid(i) * torch.tanh(g)
             x = torch.sigmoid(o) * torch.tanh(c_new)
             hs.append(x)
             cs.append(c_new)
-        logits = x @ self.w_out + self.b_out
-        return logits, torch.stack(hs), torch.stack(cs)
+        return x, hs, cs
+
+    def forward(self, token: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        x, hs, cs = self.cells(self.embed[token], lambda layer: h[layer], lambda layer: c[layer])
+        return x @ self.w_out + self.b_out, torch.stack(hs), torch.stack(cs)
 
     def zero_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Zero ``(h, c)`` as float32 numpy arrays of shape (layers, 1, hidden)."""
@@ -96,9 +102,8 @@ def save_weights(net: CharLSTM, vocab: str, path: str | Path = WEIGHTS) -> Path:
     cfg = net.config
     arrays["__config__"] = np.array([cfg.vocab_size, cfg.embed, cfg.hidden, cfg.layers])
     arrays["__vocab__"] = np.array(vocab)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_output(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
     return path
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploy.zero_copy_remote import RemoteZeroCopyExecutor
+
 H_IN, C_IN, H_OUT, C_OUT = 1, 2, 1, 2  # input / output positions of h and c
 
 
@@ -85,7 +87,6 @@ def stepper_for(runner):
     try:
         if runner.remote is None:
             return ZeroCopyStepper(runner.compiled.executor())
-        from deploy.zero_copy_remote import RemoteZeroCopyExecutor
 
         return RemoteZeroCopyStepper(RemoteZeroCopyExecutor(runner.remote))
     except ImportError:

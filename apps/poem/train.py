@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import load_corpus
-from .model import BOS, EOS, SPECIALS, WEIGHTS, CharLSTM, PoemConfig, save_weights
+from apps.poem.corpus import load_corpus
+from apps.poem.model import BOS, EOS, SPECIALS, WEIGHTS, CharLSTM, PoemConfig, save_weights
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 >>> stylize_file("photo.jpg", "out.png", StyleOptions(size=256))
 """
 
-from .model import TransformerNet, load_transformer
-from .stylize import StyleOptions, stylize, stylize_file
+from apps.style_transfer.model import TransformerNet, load_transformer
+from apps.style_transfer.stylize import StyleOptions, stylize, stylize_file
 
 __all__ = ["TransformerNet", "load_transformer", "StyleOptions", "stylize", "stylize_file"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mdl_tvm.errors import DatasetMissingError
+from mdl_tvm.core.errors import DatasetMissingError
+from mdl_tvm.core.io import atomic_output
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 STYLE_IMAGE = OPENCV_DATA / "starry_night.jpg"
@@ -56,9 +57,8 @@ def write_image(array: np.ndarray, path: str | Path) -> Path:
 
     path = Path(path)
     data = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    Image.fromarray(data).save(tmp)
-    tmp.replace(path)
+    with atomic_output(path, suffix=path.suffix) as tmp:
+        Image.fromarray(data).save(tmp)
     return path
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mdl_tvm.core.io import atomic_output
+
 WEIGHTS = Path(__file__).with_name("weights.npz")
 
 
@@ -102,9 +104,8 @@ def save_weights(net: TransformerNet, path: str | Path = WEIGHTS) -> Path:
               for k, v in net.state_dict().items()}
     arrays["__widths__"] = np.array(net.config.widths)
     arrays["__res_blocks__"] = np.array(net.config.res_blocks)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_output(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
     return path
 
 

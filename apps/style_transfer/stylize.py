@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime import Placement, open_runner
-from .data import read_image, resize, write_image
-from .model import WEIGHTS, load_transformer
+from apps.runtime import Placement, open_runner
+from apps.style_transfer.data import read_image, resize, write_image
+from apps.style_transfer.model import WEIGHTS, load_transformer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data
-from .losses import LossConfig, PerceptualLoss
-from .model import WEIGHTS, NetConfig, TransformerNet, save_weights
+from apps.style_transfer import data
+from apps.style_transfer.losses import LossConfig, PerceptualLoss
+from apps.style_transfer.model import WEIGHTS, NetConfig, TransformerNet, save_weights
 
 EXAMPLES = Path(__file__).with_name("examples")
 

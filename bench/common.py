@@ -1,0 +1,375 @@
+"""What the benchmarks share; timing and errors are `mdl_tvm.core.numerics`, files are
+written atomically by `mdl_tvm.core.io`. Heavy imports happen inside the functions.
+
+* command line  `parser` (shared options), `parse_args` (``args.command``), `forward`,
+  `measure_mode`
+* machine       `cpu_info`, `cpu_model`, `loadavg`, `run_meta`
+* processes     `run_worker` (one JSON line back), `quiet`, `error_text`
+* tuning        `tuning_config`
+* results       `write_results` (``NAME.json`` + ``.md`` + ``.png``), `pyplot`, `save_figure`
+* the phone     `build_on_phone` -> `PhoneBuild`: compile, export, count, check the output
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mdl_tvm.core.io import atomic_output, atomic_write
+from mdl_tvm.core.numerics import relative_error
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SHARED_OPTIONS = {
+    "runs": (int, "N of the phone's instruction count, (count(2N) - count(N)) / N"),
+    "repeat": (int, "timed runs"),
+    "warmup": (int, "untimed runs before the timed ones"),
+    "threads": (int, "threads of every runtime (TVM_NUM_THREADS, torch, ONNX Runtime)"),
+}
+
+
+# -- command line ----------------------------------------------------------------------
+def parser(doc: str, prog: str, *, out: bool = True, models=None, quick: str | None = None,
+           **defaults) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of `doc`, with shared options.
+
+    Parameters
+    ----------
+    doc : str
+        The script's docstring.
+    prog : str
+        How the script is run (``"python bench/precision_bench.py"``), the start of
+        ``args.command``.
+    out : bool
+        Add ``--out`` (the results directory, default ``bench/results``).
+    models : sequence of str, optional
+        Add ``--models`` (space- or comma-separated) with this default.
+    quick : str, optional
+        Add ``--quick`` with this help text.
+    **defaults
+        Add these `SHARED_OPTIONS` (``runs``, ``repeat``, ``warmup``, ``threads``) with
+        these defaults.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    if models is not None:
+        p.add_argument("--models", nargs="+", default=list(models),
+                       help=f"space- or comma-separated (default: {' '.join(models) or 'all'})")
+    for name, default in defaults.items():
+        kind, text = SHARED_OPTIONS[name]
+        p.add_argument(f"--{name}", type=kind, default=default, help=text)
+    if out:
+        p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse `argv` (default: ``sys.argv[1:]``); ``--models a,b c`` becomes ``[a, b, c]``
+    and ``args.command`` the command line as the reports quote it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    if getattr(args, "models", None):
+        args.models = [n for item in args.models for n in item.split(",") if n]
+    args.command = " ".join([p.prog, *argv])
+    return args
+
+
+def measure_mode(args: argparse.Namespace, measure) -> bool:
+    """A script's worker mode (run by `run_worker`): with ``--measure A:B``, print
+    ``measure(A, B, args)`` as one JSON line and return True."""
+    if not args.measure:
+        return False
+    print(json.dumps(measure(*args.measure.split(":", 1), args)))
+    return True
+
+
+def forward(args: argparse.Namespace, *names: str) -> list[str]:
+    """``["--name", "value", ...]`` of `args`, to hand options on to a worker process."""
+    return [a for n in names for a in (f"--{n.replace('_', '-')}", str(getattr(args, n)))]
+
+
+# -- machine ---------------------------------------------------------------------------
+def cpu_info() -> dict:
+    """``machine``, ``cpus`` and, from /proc/cpuinfo where present, ``model`` and ``mhz``."""
+    info = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and "model" not in info:
+                    info["model"] = line.split(":", 1)[1].strip()
+                if line.startswith("cpu MHz") and "mhz" not in info:
+                    info["mhz"] = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name, or the machine type where /proc/cpuinfo has none."""
+    return (info := cpu_info()).get("model", info["machine"])
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average, or None where /proc/loadavg is missing."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return None
+
+
+def run_meta(args: argparse.Namespace, start: float | None = None, **extra) -> dict:
+    """``date``, ``command``, ``cpu``, ``cores`` (and ``wall_s`` since the
+    ``time.perf_counter()`` reading `start`) of a run, with `extra` added."""
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": args.command,
+            "cpu": cpu_model(), "cores": os.cpu_count()}
+    if start is not None:
+        meta["wall_s"] = round(time.perf_counter() - start, 1)
+    return {**meta, **extra}
+
+
+# -- processes -------------------------------------------------------------------------
+def run_worker(script, *argv, threads: int | None = None, **kw) -> dict:
+    """Run ``python SCRIPT ARGV...`` and return the JSON object on its last stdout line.
+
+    Parameters
+    ----------
+    script : path or str
+        A script printing one JSON line (its ``--measure`` mode), or ``"-m"`` + module.
+    *argv
+        Its arguments (converted to str).
+    threads : int, optional
+        Its ``TVM_NUM_THREADS``.
+    **kw
+        Passed to `subprocess.run` (``cwd``, ``env``, ``timeout``).
+
+    Raises
+    ------
+    RuntimeError
+        When the worker fails, with the end of its stderr.
+    """
+    if threads is not None:
+        kw["env"] = {**kw.get("env", os.environ), "TVM_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, str(script), *map(str, argv)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
+                           f"{(proc.stderr or proc.stdout)[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def quiet(log: Path | None):
+    """Send this process's stdout and stderr (file descriptors, so child tools too) to
+    `log`; with None, change nothing."""
+    if log is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def error_text(err: BaseException) -> str:
+    """``"Type: last line of the message"``, at most 300 characters, for a result row."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:300]
+
+
+# -- tuning ----------------------------------------------------------------------------
+def tuning_config(threads: int):
+    """The benchmarks' MetaSchedule settings: 16 trials per round, at least 8 per task."""
+    from schedules.tuning.driver import TuningConfig
+
+    return TuningConfig(search_threads=threads, trials_per_iter=16, min_trials=8)
+
+
+# -- results ---------------------------------------------------------------------------
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path | None:
+    """Save a matplotlib figure as PNG atomically and close it; None saves nothing (a plot
+    function without matplotlib) and returns None."""
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def write_results(name: str, data: dict, markdown: str | None = None, figure=None,
+                  out=RESULTS, dpi: int = 110) -> dict:
+    """Write ``OUT/NAME.json``, ``NAME.md`` and ``NAME.png``, each atomically.
+
+    Parameters
+    ----------
+    name : str
+        File stem, e.g. ``"precision"``.
+    data : dict
+        The results (JSON-serialisable).
+    markdown : str, optional
+    figure : matplotlib.figure.Figure, optional
+        Each written only when given (the figure is closed).
+    out : path
+        The directory (made when missing).
+    dpi : int
+
+    Returns
+    -------
+    dict
+        ``{"json": path, "md": path, "png": path}``: the files written.
+    """
+    out = Path(out)
+    paths = {"json": atomic_write(out / f"{name}.json", json.dumps(data, indent=1) + "\n")}
+    if markdown is not None:
+        paths["md"] = atomic_write(out / f"{name}.md", markdown)
+    if figure is not None:
+        paths["png"] = save_figure(figure, out / f"{name}.png", dpi)
+    return paths
+
+
+# -- the phone -------------------------------------------------------------------------
+@dataclass
+class PhoneBuild:
+    """A model built for a phone target and exported; what `build_on_phone` measured.
+
+    Attributes
+    ----------
+    library : str
+        The exported aarch64 library.
+    model : mdl_tvm.CompiledModel
+        ``model.stats``: weight bytes, MACs.
+    compile_s, run_s, count_s : float
+        Seconds to compile and export, to run once, to count.
+    runs, instructions : int or None
+        N of the count and the instructions retired per inference.
+    profile : deploy.kernel_profile.KernelProfile or None
+    output, rel_error : numpy.ndarray, float or None
+        The first output of one run on the phone, its `relative_error` to the reference.
+    """
+
+    library: str
+    model: object
+    compile_s: float
+    runs: int | None = None
+    instructions: int | None = None
+    profile: object = None
+    output: np.ndarray | None = None
+    rel_error: float | None = None
+    run_s: float = 0.0
+    count_s: float = 0.0
+
+    @property
+    def library_bytes(self) -> int:
+        """Size of the exported library in bytes."""
+        return os.path.getsize(self.library)
+
+
+def build_on_phone(module, target, inputs, workdir, name: str, *, runs: int | None = None,
+                   run: bool = False, reference=None, profile: bool = False,
+                   example_inputs: bool = False, timeout: float | None = None,
+                   log: Path | None = None, **compile_options) -> PhoneBuild:
+    """Compile `module` for `target`, export ``WORKDIR/NAME.so``, count its instructions per
+    inference on the emulated phone and check its output against `reference`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module or any model `mdl_tvm.compile` takes
+    target : str
+        A phone profile (``"arm64"``, ``"arm64-fp16"``, ...).
+    inputs : sequence of numpy.ndarray
+        One array per model input.
+    workdir, name : path, str
+    runs : int, optional
+        N of `deploy.emulator.count_instructions` (``(count(2N) - count(N)) / N``); no
+        count without it.
+    run : bool
+        Run once on the phone (`deploy.emulator.run_on_emulator`) and keep the first output.
+    reference : numpy.ndarray, optional
+        Expected first output; implies `run`, sets ``rel_error``.
+    profile : bool
+        Count with `deploy.kernel_profile.profile_instructions` (same N, kept as ``profile``).
+    example_inputs : bool
+        Compile with ``example_inputs=`` tensors of `inputs` (integer inputs need it), not
+        ``input_shapes=``.
+    timeout : float, optional
+        Seconds per emulator run (the `deploy.emulator` defaults otherwise).
+    log : path, optional
+        Where the compiler's output goes (`quiet`).
+    **compile_options
+        Passed to `mdl_tvm.compile` as given (``precision``, ``compress``,
+        ``default_schedules``, ``tuning_db``, ...).
+
+    Returns
+    -------
+    PhoneBuild
+    """
+    import mdl_tvm
+    from deploy import emulator
+
+    inputs = list(inputs)
+    if example_inputs:
+        import torch
+
+        compile_options["example_inputs"] = tuple(torch.from_numpy(a) for a in inputs)
+    else:
+        compile_options["input_shapes"] = [a.shape for a in inputs]
+    start = time.perf_counter()
+    with quiet(log):
+        model = mdl_tvm.compile(module, target, **compile_options)
+    build = PhoneBuild(model.export(str(Path(workdir) / f"{name}.so")), model,
+                       time.perf_counter() - start, runs)
+    limit = {} if timeout is None else {"timeout": timeout}
+    if run or reference is not None:
+        start = time.perf_counter()
+        build.output = emulator.run_on_emulator(build.library, inputs, **limit)[0]
+        build.run_s = time.perf_counter() - start
+        if reference is not None:
+            build.rel_error = relative_error(build.output, reference)
+    if runs:
+        start = time.perf_counter()
+        if profile:
+            from deploy.kernel_profile import profile_instructions
+
+            build.profile = profile_instructions(build.library, inputs, runs=runs, **limit)
+            build.instructions = build.profile.total
+        else:
+            build.instructions = emulator.count_instructions(build.library, inputs, runs=runs,
+                                                             **limit)
+        build.count_s = time.perf_counter() - start
+    return build

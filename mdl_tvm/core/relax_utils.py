@@ -1,0 +1,80 @@
+"""Small questions about Relax expressions that passes, rules and the compiler all ask.
+
+Pure functions over TVM objects; `tvm` is imported when a function runs, so importing this
+module stays cheap (the runtime side never needs it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def static_shape(expr) -> tuple[int, ...] | None:
+    """The static shape of a Relax expression (or a type with a ``shape``), or None when
+    it has none or a symbolic one."""
+    ty = getattr(expr, "ty", expr)
+    shape = getattr(ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def op_name(call) -> str:
+    """``"relax.nn.conv2d"`` for a call of a registered op; ``""`` for anything else."""
+    import tvm
+
+    op = getattr(call, "op", None)
+    return op.name if isinstance(op, tvm.ir.Op) else ""
+
+
+def vars_in(expr) -> list:
+    """Every `relax.Var` that `expr` reads, in post order (with repeats)."""
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(
+        expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
+    return found
+
+
+def main_bindings(mod, func_name: str = "main"):
+    """``(bindings, function)`` of `func_name`'s single dataflow block.
+
+    Raises
+    ------
+    ValueError
+        When the function has more than one binding block (it was already lowered).
+    """
+    func = mod[func_name]
+    blocks = list(func.body.blocks)
+    if len(blocks) != 1:
+        raise ValueError(
+            f"{func_name} has {len(blocks)} binding blocks; graph passes need exactly one "
+            "dataflow block (run them before lowering)"
+        )
+    return list(blocks[0].bindings), func
+
+
+def bound_constants(mod, func_name: str = "main") -> dict:
+    """``{(binding number, arg index): numpy array}`` for every constant call argument."""
+    import tvm
+
+    bindings, _ = main_bindings(mod, func_name)
+    consts = {}
+    for index, binding in enumerate(bindings):
+        for i, arg in enumerate(getattr(binding.value, "args", ())):
+            if isinstance(arg, tvm.ir.Constant) and hasattr(arg.value, "numpy"):
+                consts[(index, i)] = arg.value.numpy()
+    return consts
+
+
+def flatten_outputs(value) -> list[np.ndarray]:
+    """A VM result (a tensor, or nested tuples of tensors) as a flat list of numpy arrays."""
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    if hasattr(value, "__iter__"):
+        return [arr for item in value for arr in flatten_outputs(item)]
+    raise TypeError(f"unexpected VM output of type {type(value).__name__}")

@@ -1,0 +1,58 @@
+"""Per-layer-group compression reports: channels, weights and MACs before and after.
+
+Shared by every channel pass (k-means, mask pruning): one `GroupReport` per coupled group.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+
+from mdl_tvm.core.graph_stats import binding_costs
+from relay_passes.config import CompressConfig
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """One line of the per-layer report."""
+
+    name: str
+    channels_before: int
+    channels_after: int
+    note: str = ""
+    weights_before: int = 0  # elements of the group's producer weights
+    weights_after: int = 0
+    macs_before: int = 0  # multiply-accumulates of the group's producer layers
+    macs_after: int = 0
+
+
+def finish_reports(reports, graph, before, after) -> list[GroupReport]:
+    """Fill in producer weights and MACs before/after, sorted in layer order."""
+    cost_before, cost_after = binding_costs(before), binding_costs(after)
+    done = []
+    for r in reports:
+        bindings = {ref.binding for ref in graph.groups[r.name].producers}
+        w0, m0 = (sum(cost_before.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
+        w1, m1 = (sum(cost_after.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
+        done.append(replace(r, weights_before=w0, weights_after=w1, macs_before=m0,
+                            macs_after=m1))
+    return sorted(done, key=lambda r: _layer_order(r.name))
+
+
+def report_frozen(graph, config: CompressConfig) -> list[GroupReport]:
+    reports = []
+    for group in graph.groups.values():
+        if group.prunable and group.name not in config.skip:
+            continue
+        note = "skipped" if group.name in config.skip else (group.frozen or "no consumer")
+        if group.frozen and group.frozen != "the model output" and group.name not in config.skip:
+            warnings.warn(f"channel group {group.name} left untouched: it flows into "
+                          f"{group.frozen}, which the channel analysis does not handle",
+                          stacklevel=3)
+        reports.append(GroupReport(group.name, group.channels, group.channels, note))
+    return reports
+
+
+def _layer_order(name: str):
+    kind = name.rstrip("0123456789")
+    return (kind != "conv", int(name[len(kind):] or 0))
