@@ -140,7 +140,7 @@ def _part_key(name: str) -> str:
     if name == "sysroot":
         return f"{RECIPE}:{hosttools.SUITE}:{INCLUDE}:{CPUINFO}"
     if name == "site":
-        return f"{RECIPE}:" + ",".join(DEVICE_WHEELS) + f":{SITECUSTOMIZE}:{PHONE_SRC.read_text()}"
+        return f"{RECIPE}:" + ",".join(DEVICE_WHEELS) + SITECUSTOMIZE + PHONE_SRC.read_text()
     if name == "peers":
         return f"{RECIPE}:" + ",".join(PEER_WHEELS)
     if name == "peers-host":

@@ -7,6 +7,10 @@ Copied into the phone's site-packages as ``mdl_phone.py`` and registered by its
 * ``mdl.phone.info()`` → JSON ``{"cpu", "hwcap"}``: the CPU model and the ``AT_HWCAP`` bits
   the kernel (here QEMU) reports, so a client can refuse a library the CPU cannot execute
   before it crashes a worker (`deploy.remote.RemoteDevice.load`).
+* TVM's RPC server serves each session in a forked worker and, when the worker dies (a
+  library executing an instruction the CPU lacks dies of SIGILL), raises in its listen
+  loop, which ends the server. `keep_serving` logs such a session and serves on, as a
+  phone must survive one bad model.
 * ``mdl.count_call(module, name, number, *args)`` → instructions one call of
   ``module[name]`` retires, on a phone started with ``count=True`` (its workers run under
   the marker plugin, ``insn_marker_plugin.c``): two marks around ``number`` calls made by
@@ -37,26 +41,60 @@ def _marks(prefix: str) -> list[tuple[int, int]]:
 
 
 def count_call(module, name, number, *args) -> float:
-    """Instructions per call of ``module[name](*args)`` between two marks."""
+    """Instructions per call of ``module[name](*args)``: marks around TVM's time evaluator
+    making N and then 2N calls; the difference of the two windows over N cancels the
+    evaluator's own set-up, as the N / 2N method does for a whole process."""
     import tvm
 
     prefix = os.environ.get("MDL_TVM_MARKS")
     if not prefix:
         raise RuntimeError("this phone does not count instructions: start it with "
                            "count=True (mdl-tvm device start --count)")
-    feval = tvm.runtime._ffi_api.RPCTimeEvaluator(module, name, 1, 0, int(number), 1, 0, 0,
-                                                  0, 0, 0, "")
-    before = len(_marks(prefix)) if os.path.exists(f"{prefix}.{os.getpid()}") else 0
+    n = max(int(number), 1)
+    evaluators = [tvm.runtime._ffi_api.RPCTimeEvaluator(module, name, 1, 0, calls, 1, 0, 0, 0,
+                                                        0, 0, "") for calls in (n, 2 * n)]
+    evaluators[0](*args)  # lazy initialisation happens outside the windows
+    path = f"{prefix}.{os.getpid()}"
+    before = len(_marks(prefix)) if os.path.exists(path) else 0
     _libc.syscall(MARKER_SYSCALL, 1)
-    feval(*args)
+    evaluators[0](*args)
     _libc.syscall(MARKER_SYSCALL, 2)
-    (_, start), (_, end) = _marks(prefix)[before:before + 2]
-    return (end - start) / (int(number) + 1)  # the evaluator makes one warm-up call more
+    evaluators[1](*args)
+    _libc.syscall(MARKER_SYSCALL, 3)
+    (_, m0), (_, m1), (_, m2) = _marks(prefix)[before:before + 3]
+    return ((m2 - m1) - (m1 - m0)) / n
+
+
+def keep_serving() -> None:
+    """Make ``tvm.rpc.server`` log a failed session instead of stopping."""
+    import logging
+
+    import tvm.rpc.server as server
+
+    serving, log = server._serving, logging.getLogger("RPCServer")
+
+    def serving_survives(conn, addr, opts, load_library):
+        cwd = os.getcwd()
+        try:
+            serving(conn, addr, opts, load_library)
+        except RuntimeError as err:
+            log.error("session from %s failed (%s); serving on", addr, err)
+            os.chdir(cwd)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    if not getattr(server._serving, "mdl_survives", False):
+        serving_survives.mdl_survives = True
+        server._serving = serving_survives
 
 
 def register() -> None:
-    """Register the functions with TVM's global registry (called by sitecustomize)."""
+    """Register the functions with TVM's global registry and make the RPC server survive
+    a crashed session (called by sitecustomize in the phone's processes)."""
     import tvm_ffi
 
     tvm_ffi.register_global_func("mdl.phone.info", phone_info, override=True)
     tvm_ffi.register_global_func("mdl.count_call", count_call, override=True)
+    keep_serving()

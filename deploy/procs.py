@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -132,11 +133,16 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=rdir,
+            preexec_fn=_no_core_dumps,
         )
     state = {"pid": proc.pid, "pgid": proc.pid, "cmd": cmd, "log": str(log), **extra}
     state["create_time"] = psutil.Process(proc.pid).create_time()
     atomic_write(rdir / f"{name}.json", json.dumps(state))
     return proc, state
+
+
+def _no_core_dumps() -> None:  # in the child: a crashing guest must not write a core file
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _tree(state: dict) -> list[psutil.Process]:
@@ -156,7 +162,8 @@ def _kill(state: dict, grace: float = 5.0) -> None:
     procs = _tree(state)
     for p in psutil.process_iter(["cmdline"]):
         try:
-            ours = any("tvm.exec." in arg for arg in p.info["cmdline"] or [])
+            ours = any("tvm.exec." in arg or "mdl_phone_server" in arg
+                       for arg in p.info["cmdline"] or [])
             if ours and p not in procs and os.getpgid(p.pid) == state["pgid"]:
                 procs.append(p)
         except (OSError, psutil.Error):

@@ -131,8 +131,12 @@ class RemoteModel:
     def __enter__(self) -> RemoteModel:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, typ, err, tb) -> None:
+        try:
+            self.close()
+        except DeviceError:
+            if typ is None:  # never hide the error that ended the block
+                raise
 
 
 class RemoteDevice:
@@ -295,8 +299,12 @@ class RemoteDevice:
     def __enter__(self) -> RemoteDevice:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, typ, err, tb) -> None:
+        try:
+            self.close()
+        except DeviceError:
+            if typ is None:  # never hide the error that ended the block
+                raise
 
 
 class _Guard:

@@ -36,6 +36,6 @@ fi
 
 # The emulated arm64 phone: sysroot + device runtime, cached in ~/.cache/mdl_tvm.
 if [ "${MDL_TVM_SKIP_DEVICE:-0}" != 1 ] && "$PY" -c "import deploy.device" >/dev/null 2>&1; then
-  "$PY" -m mdl_tvm device setup
+  "$PY" -m mdl_tvm device setup --peers   # the phone + ONNX Runtime, NCNN, MNN, LiteRT for it
 fi
 echo "setup: done"

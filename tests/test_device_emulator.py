@@ -27,7 +27,7 @@ def test_setup_is_cached_and_detects_a_broken_cache(phone_env):
     # mtime: rewriting a .py file would make its cached byte code stale and shift the
     # guest's start-up, and with it later instruction counts by a few instructions.
     victim = next(env.site.glob("numpy-*.dist-info/RECORD"))
-    aside = victim.with_name("RECORD.moved")
+    aside = env.root / "RECORD.moved-by-test"  # outside the part: it is missing there
     victim.rename(aside)
     try:
         assert not device.is_ready()

@@ -95,7 +95,7 @@ def count_evaluator(session, rt_mod, device, evaluator_config, repeated_args) ->
 
 HOST_MEASURE = MeasureConfig(number=10, repeat=3, min_repeat_ms=20)
 DEVICE_MEASURE = MeasureConfig(number=3, repeat=1, min_repeat_ms=0)
-INSN_MEASURE = MeasureConfig(number=2, repeat=1, min_repeat_ms=0, cost="instructions")
+INSN_MEASURE = MeasureConfig(number=4, repeat=1, min_repeat_ms=0, cost="instructions")
 
 
 def build_candidate(mod, target, _params=None):
