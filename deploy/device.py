@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -273,21 +274,29 @@ def _smoke_plugin(env: DeviceEnv, logf: Path) -> None:
 
 
 BUILDERS = {"sysroot": _build_sysroot, "site": _build_site, "plugin": _build_plugin}
+HASHED = {  # key files whose content the stamp checks (the rest: count and bytes)
+    "sysroot": (GUEST_PYTHON,),
+    "site": ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"),
+    "plugin": ("libinsn.so",),
+}
 PEER_BUILDERS = {"peers": partial(build_peers, _run), "peers-host": partial(build_peers_host, _run)}
 
 
 def _wrapper_text(env: DeviceEnv) -> str:
+    q = {k: shlex.quote(str(v)) for k, v in (("python", env.python), ("site", env.site),
+                                               ("sysroot", env.sysroot),
+                                               ("guest", env.guest_python))}
     return f"""#!/bin/sh
 # Written by deploy.device.setup(): the emulated phone's python3 (arm64, under QEMU).
-export MDL_TVM_DEVICE_PYTHON='{env.python}'
-export PYTHONPATH='{env.site}'
+export MDL_TVM_DEVICE_PYTHON={q["python"]}
+export PYTHONPATH={q["site"]}
 export TVM_USE_RUNTIME_LIB=1
 export PYTHONNOUSERSITE=1
 export PYTHONDONTWRITEBYTECODE=1
 unset PYTHONHOME PYTHONSTARTUP OPENBLAS_CORETYPE OPENBLAS_L2_SIZE LD_LIBRARY_PATH LD_PRELOAD
 exec "${{MDL_TVM_QEMU:-{env.qemu}}}" -cpu "${{MDL_TVM_QEMU_CPU:-{DEFAULT_CPU}}}" \\
     ${{MDL_TVM_QEMU_PLUGIN:+-plugin "$MDL_TVM_QEMU_PLUGIN"}} \\
-    -L '{env.sysroot}' '{env.guest_python}' "$@"
+    -L {q["sysroot"]} {q["guest"]} "$@"
 """
 
 
@@ -314,8 +323,8 @@ def is_ready(peers: bool = False) -> bool:
     parts = stamp.get("parts", {})
     return (
         stamp.get("recipe") == RECIPE
-        and all(part_ok(env.root, name, _part_key(name), parts.get(name, {}))
-                for name in _builders(peers))
+        and all(part_ok(env.root, name, _part_key(name), parts.get(name, {}),
+                        HASHED.get(name, ())) for name in _builders(peers))
         and env.python.exists()
         and env.python.read_text() == _wrapper_text(env)
         and not hosttools.missing_packages()
@@ -363,11 +372,13 @@ def setup(force: bool = False, log=None, peers: bool = False) -> DeviceEnv:
         (root / "setup.json").unlink(missing_ok=True)  # rewritten last, when all parts are ready
         for stale in root.glob("*.tmp"):  # left by an interrupted build
             shutil.rmtree(stale, ignore_errors=True)
-        parts = {k: v for k, v in old.items() if part_ok(root, k, _part_key(k), v)}
+        parts = {k: v for k, v in old.items()
+                 if part_ok(root, k, _part_key(k), v, HASHED.get(k, ()))}
         for name, build in _builders(peers).items():
-            if force or not part_ok(root, name, _part_key(name)):
+            if force or not part_ok(root, name, _part_key(name), hashed=HASHED.get(name, ())):
                 parts[name] = build_part(root, name, _part_key(name),
-                                         lambda tmp, b=build: b(tmp, logf, log), log)
+                                         lambda tmp, b=build: b(tmp, logf, log), log,
+                                         HASHED.get(name, ()))
             else:
                 parts[name] = json.loads((root / f"{name}.json").read_text())
         _write_wrapper(env)

@@ -9,8 +9,9 @@ Copied into the phone's site-packages as ``mdl_phone.py`` and registered by its
   before it crashes a worker (`deploy.remote.RemoteDevice.load`).
 * TVM's RPC server serves each session in a forked worker and, when the worker dies (a
   library executing an instruction the CPU lacks dies of SIGILL), raises in its listen
-  loop, which ends the server. `keep_serving` logs such a session and serves on, as a
-  phone must survive one bad model.
+  loop, which ends the server; and it reads a new connection's handshake without a
+  timeout, so one silent client blocks all others. `keep_serving` logs a failed session
+  and serves on, and drops a connection that does not send its handshake within 3 s.
 * ``mdl.count_call(module, name, number, *args)`` → instructions one call of
   ``module[name]`` retires, on a phone started with ``count=True`` (its workers run under
   the marker plugin, ``insn_marker_plugin.c``): two marks around ``number`` calls made by
@@ -20,7 +21,9 @@ Copied into the phone's site-packages as ``mdl_phone.py`` and registered by its
 
 import ctypes
 import json
+import logging
 import os
+import struct
 
 MARKER_SYSCALL = 0x4D444C  # deploy/insn_marker_plugin.c
 AT_HWCAP = 16
@@ -65,13 +68,79 @@ def count_call(module, name, number, *args) -> float:
     return ((m2 - m1) - (m1 - m0)) / n
 
 
-def keep_serving() -> None:
-    """Make ``tvm.rpc.server`` log a failed session instead of stopping."""
-    import logging
+HANDSHAKE_SECONDS = 3.0  # a real client sends its handshake right after connecting
 
+
+RPC_MAGIC = 0xFF271  # tvm.rpc.base.RPC_MAGIC
+
+
+def _read_exact(conn, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError("connection closed during the handshake")
+        data += chunk
+    return data
+
+
+class _ReadAhead:
+    """A connection whose handshake bytes were read already: `recv` replays them first."""
+
+    def __init__(self, conn, head: bytes):
+        self._conn, self._head = conn, head
+
+    def recv(self, n, *flags):
+        if self._head:
+            chunk, self._head = self._head[:n], self._head[n:]
+            return chunk
+        return self._conn.recv(n, *flags)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+class _TimedListener:
+    """The server's listening socket. `accept` reads a new connection's handshake (magic,
+    key) within `HANDSHAKE_SECONDS` and drops a client that stays silent, then hands TVM
+    the connection with those bytes to replay: one idle client no longer blocks the
+    others, and the server's registration at the tracker is untouched."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def accept(self):
+        while True:
+            conn, addr = self._sock.accept()
+            conn.settimeout(HANDSHAKE_SECONDS)
+            try:
+                head = _read_exact(conn, 8)
+                magic, keylen = struct.unpack("<ii", head)
+                if magic == RPC_MAGIC and 0 < keylen <= 4096:
+                    head += _read_exact(conn, keylen)
+            except OSError as err:
+                logging.getLogger("RPCServer").warning("dropped %s: no RPC handshake (%s)",
+                                                      addr, err)
+                conn.close()
+                continue
+            conn.settimeout(None)
+            return _ReadAhead(conn, head), addr
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def keep_serving() -> None:
+    """Make ``tvm.rpc.server`` survive a failed session and a silent client: a session
+    whose worker dies is logged and the server serves on; a connection that does not
+    finish the handshake within `HANDSHAKE_SECONDS` is dropped (TVM's accept loop then
+    reconnects to the tracker and goes on)."""
     import tvm.rpc.server as server
 
-    serving, log = server._serving, logging.getLogger("RPCServer")
+    if getattr(server._serving, "mdl_survives", False):
+        return
+    serving, listen_loop = server._serving, server._listen_loop
+    log = logging.getLogger("RPCServer")
 
     def serving_survives(conn, addr, opts, load_library):
         cwd = os.getcwd()
@@ -85,9 +154,12 @@ def keep_serving() -> None:
             except OSError:
                 pass
 
-    if not getattr(server._serving, "mdl_survives", False):
-        serving_survives.mdl_survives = True
-        server._serving = serving_survives
+    def listen_loop_with_timeouts(sock, *args):
+        return listen_loop(_TimedListener(sock), *args)
+
+    serving_survives.mdl_survives = True
+    server._serving = serving_survives
+    server._listen_loop = listen_loop_with_timeouts
 
 
 def register() -> None:

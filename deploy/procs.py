@@ -8,6 +8,7 @@ server reachable from the network runs anyone's code.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import resource
@@ -31,7 +32,6 @@ from mdl_tvm.core.io import atomic_write, cache_root
 TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
 SUMMARY = 6  # tvm.rpc.base.TrackerCode.SUMMARY
 SUCCESS = 0
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def run_dir(path: str | os.PathLike | None = None) -> Path:
@@ -54,8 +54,19 @@ def parse_addr(text: str, default_port: int = 9190) -> tuple[str, int]:
     return (host, int(port)) if sep else (text, default_port)
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1); a host *name*
+    such as ``127.example.com`` is not one, whatever it starts with."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_bind(host: str, allow_remote: bool) -> None:
-    if host in LOOPBACK or host.startswith("127."):
+    if is_loopback(host):
         return
     if not allow_remote:
         raise ValueError(

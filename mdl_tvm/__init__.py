@@ -12,7 +12,7 @@ Names are imported on first use, so ``import mdl_tvm`` (and ``mdl_tvm.load``) st
 
 from mdl_tvm.core.lazy import lazy_exports
 
-_ERRORS = ("MdlError", "DatasetMissingError", "DeviceError", "InputSpecError",
+_ERRORS = ("MdlError", "DatasetMissingError", "DeviceError", "InputSpecError", "OutputPathError",
            "ModelFormatError", "PrecisionError", "ToolchainError", "UnknownTargetError",
            "UnsupportedOpError")
 _EXPORTS = {

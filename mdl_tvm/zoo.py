@@ -8,6 +8,8 @@ alexnet         1x1x28x28              AlexNet-style CNN sized for 28x28 images
 vgg11           1x1x28x28              VGG-11-style (8 conv + 3 dense, BN), 28x28
 resnet18        1x3x224x224            He et al. 2016, torchvision layout
 mobilenetv2     1x3x224x224            Sandler et al. 2018, torchvision layout
+resnet20        1x1x28x28              He et al. 2016 CIFAR ResNet-20 (16/32/64), 1x1 shortcuts
+mobilenetv2s    1x1x28x28              a small MobileNetV2 (stride-2 stem, 4 stages, 256-wide)
 ==============  =====================  ===========================================
 
 `build(name, num_classes=10, in_channels=None)` returns an initialised module (BatchNorm
@@ -184,12 +186,57 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class ResNet20(nn.Module):
+    """He et al. 2016's CIFAR ResNet-20 (3 stages x 3 basic blocks, widths 16/32/64) for
+    28x28 inputs, with 1x1-conv shortcuts where the shape changes."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        blocks, cin = [], 16
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(3):
+                blocks.append(BasicBlock(cin, width, 2 if stage and i == 0 else 1))
+                cin = width
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, num_classes)
+        init_like_torchvision(self)
+
+    def forward(self, x):
+        return self.fc(self.layers(self.stem(x)).mean((2, 3)))
+
+
+class MobileNetV2S(nn.Module):
+    """A small MobileNetV2 (inverted residuals, depthwise 3x3, ReLU6) for 28x28 inputs."""
+
+    SETTINGS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 2, 1))
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, 16, 3, 2)]
+        cin = 16
+        for expand, cout, repeats, stride in self.SETTINGS:
+            for i in range(repeats):
+                layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        layers.append(_conv_bn(cin, 256, 1, 1))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(256, num_classes)
+        init_like_torchvision(self)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
 MODELS = {
     "lenet5": LeNet5,
     "alexnet": AlexNetS,
     "vgg11": VGG11S,
     "resnet18": ResNet18,
     "mobilenetv2": MobileNetV2,
+    "resnet20": ResNet20,
+    "mobilenetv2s": MobileNetV2S,
 }
 
 INPUT_SHAPES = {
@@ -198,9 +245,11 @@ INPUT_SHAPES = {
     "vgg11": (1, 1, 28, 28),
     "resnet18": (1, 3, 224, 224),
     "mobilenetv2": (1, 3, 224, 224),
+    "resnet20": (1, 1, 28, 28),
+    "mobilenetv2s": (1, 1, 28, 28),
 }
 
-FASHION_MNIST_MODELS = ("lenet5", "alexnet", "vgg11")
+FASHION_MNIST_MODELS = ("lenet5", "alexnet", "vgg11", "resnet20", "mobilenetv2s")
 
 
 def build(name: str, num_classes: int = 10, in_channels: int | None = None,
@@ -224,12 +273,15 @@ def calibrate_batchnorm(model: nn.Module, shape, steps: int = 2) -> nn.Module:
     """
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         return model
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the steps
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momentum = {m: m.momentum for m in norms}
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over the steps
     model.train()
     with torch.no_grad():
         for _ in range(steps):
             model(torch.randn(shape))
+    for module in norms:  # training afterwards keeps the usual exponential average
+        module.momentum = momentum[module]
     return model

@@ -13,9 +13,11 @@ file                           what
 =============================  ===========================================================
 
 MetaSchedule appends one line per record as it is measured, so everything measured before a
-crash is on disk. A crash in the middle of an append can leave a torn last line, which
-would make the whole table unreadable; `open_database` drops such lines first (atomically:
-temporary file, fsync, rename). The manifest is always replaced atomically.
+crash is on disk. A crash in the middle of an append can leave a torn last line. Readers
+never write: `open_database` loads the usable lines into memory and reports every damaged
+line with its file and line number; `repair` (``mdl-tvm tune --repair DIR``) is the only
+thing that rewrites the tables, after copying them to a backup. The manifest is always
+replaced atomically.
 
 `applied(db, profile)` puts a database in scope for `mdl_tvm.compile` (``tuning_db=``);
 `tuned_functions(mod)` names the functions that took a record.
@@ -26,9 +28,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+from mdl_tvm.core.errors import MdlError
 from mdl_tvm.core.io import atomic_write, cache_root
 from mdl_tvm.core.targets import get_profile
 from schedules.apply import RULE_ATTR
@@ -37,6 +43,14 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 MANIFEST_FILE = "mdl_tuning.json"
 DATABASE_RULE = "database"  # the ``mdl.schedule_rule`` of a function taken from a database
+
+
+class DatabaseDamagedError(MdlError, RuntimeError):
+    """A tuning database with damaged lines, opened for tuning (repair it first)."""
+
+
+class DatabaseBusyError(MdlError, RuntimeError):
+    """Another tuning run holds the database's lock."""
 
 
 def default_dir(target) -> Path:
@@ -53,110 +67,155 @@ def default_dir(target) -> Path:
     return cache_root() / "tuning" / get_profile(target).name
 
 
-def _json_lines(path: Path) -> tuple[list[str], bool]:
-    """The complete, parseable lines of a JSON-lines file and whether any were dropped."""
+@dataclass(frozen=True)
+class Damage:
+    """One line of a table that cannot be used."""
+
+    file: Path
+    line: int  # 1-based
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file.name}:{self.line} ({self.reason})"
+
+
+def _lines(path: Path) -> list[str]:
     try:
-        text = path.read_text()
+        return path.read_text(errors="replace").split("\n")
     except FileNotFoundError:
-        return [], False
-    lines = text.split("\n")
-    dropped = bool(lines[-1])  # no trailing newline: the last append was cut short
-    good = []
-    for line in lines[:-1]:
-        if not line.strip():
-            continue
-        try:
-            json.loads(line)
-        except ValueError:
-            dropped = True
-            break  # appends only: nothing after a torn line can be trusted
-        good.append(line)
-    return good, dropped
+        return []
 
 
-def repair(path) -> int:
-    """Drop torn or unparseable lines from a database directory's tables.
-
-    Workloads keep their longest parseable prefix (records refer to them by line number);
-    records keep the parseable lines whose workload exists.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The database directory.
+def scan(path) -> tuple[dict, list, list[Damage]]:
+    """Parse a database directory without changing it.
 
     Returns
     -------
-    int
-        Number of lines dropped (0 when the tables were intact).
+    (dict, list, list of Damage)
+        ``{workload line index: JSON}``, ``[(workload index, record JSON)]`` and the lines
+        that cannot be used (torn, not JSON, a record of a missing workload), each with
+        its file and line number.
     """
     path = Path(path)
-    workloads, w_dropped = _json_lines(path / WORKLOAD_FILE)
-    records, r_dropped = _json_lines(path / RECORD_FILE)
-    kept = [r for r in records if 0 <= _workload_index(r) < len(workloads)]
-    total_before = _count_lines(path / WORKLOAD_FILE) + _count_lines(path / RECORD_FILE)
-    if not (w_dropped or r_dropped or len(kept) != len(records)):
-        return 0
-    atomic_write(path / WORKLOAD_FILE, "".join(line + "\n" for line in workloads))
-    atomic_write(path / RECORD_FILE, "".join(line + "\n" for line in kept))
-    return max(total_before - len(workloads) - len(kept), 1)
+    damage: list[Damage] = []
+    workloads = {}
+    for i, line in enumerate(_lines(path / WORKLOAD_FILE)):
+        if line.strip():
+            try:
+                workloads[i] = json.loads(line)
+            except ValueError as err:
+                damage.append(Damage(path / WORKLOAD_FILE, i + 1, f"not JSON: {err.msg}"))
+    records = []
+    for i, line in enumerate(_lines(path / RECORD_FILE)):
+        if not line.strip():
+            continue
+        try:
+            index, record = json.loads(line)
+            index = int(index)
+        except (ValueError, TypeError) as err:
+            damage.append(Damage(path / RECORD_FILE, i + 1, f"not a record: {err}"))
+            continue
+        if index not in workloads:
+            damage.append(Damage(path / RECORD_FILE, i + 1, f"workload {index} is missing"))
+            continue
+        records.append((index, record, i + 1))
+    return workloads, records, damage
 
 
-def _workload_index(line: str) -> int:
-    try:
-        return int(json.loads(line)[0])
-    except (ValueError, TypeError, IndexError):
-        return -1
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return 0
-    return sum(1 for line in text.split("\n") if line.strip())
+def _hint(path: Path) -> str:
+    return (f"the files are left as they are; `mdl-tvm tune --repair {path}` rewrites them "
+            "without those lines (keeping a backup)")
 
 
 def open_database(path, *, create: bool = False):
-    """Open (after `repair`) the MetaSchedule JSON database in directory `path`.
+    """Open the MetaSchedule database in directory `path`.
+
+    Reading (``create=False``, what `compile` does) never writes: usable lines are loaded
+    into memory and each damaged line is reported (file and line number) and skipped.
+    Tuning (``create=True``, under the tuning lock) opens the files for appending; a
+    damaged line there stops the run with the repair command (nothing is deleted).
 
     Parameters
     ----------
     path : str or os.PathLike
         The database directory.
     create : bool
-        Create the directory and empty tables when missing (tuning); when False (applying
-        a database) a missing database raises.
+        Create the directory and empty tables when missing (tuning).
 
     Returns
     -------
-    tvm.s_tir.meta_schedule.database.JSONDatabase
+    tvm.s_tir.meta_schedule.database.Database
 
     Raises
     ------
     FileNotFoundError
         When ``create`` is False and `path` holds no database.
+    NotADirectoryError
+        When `path` is a file.
+    DatabaseDamagedError
+        When tuning into a database with damaged lines.
     """
     from tvm.s_tir import meta_schedule as ms
 
     path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"tuning database {str(path)!r} is a file; it must be a "
+                                 "directory (give --db a directory)")
     if not create and not (path / WORKLOAD_FILE).is_file():
         raise FileNotFoundError(
             f"no tuning database in {str(path)!r} (no {WORKLOAD_FILE}); make one with "
             f"`mdl-tvm tune MODEL --target TARGET --db {path}` or drop tuning_db="
         )
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"tuning database {str(path)!r} must be a directory")
-    path.mkdir(parents=True, exist_ok=True)
-    dropped = repair(path)
-    if dropped:
-        warnings.warn(f"tuning database {path}: dropped {dropped} torn line(s) left by an "
-                      "interrupted write", stacklevel=2)
-    return ms.database.JSONDatabase(
-        path_workload=str(path / WORKLOAD_FILE),
-        path_tuning_record=str(path / RECORD_FILE),
-        allow_missing=True,
-    )
+    workloads, records, damage = scan(path)
+    if create:
+        if damage:
+            raise DatabaseDamagedError(
+                f"tuning database {path} has {len(damage)} damaged line(s): "
+                f"{', '.join(map(str, damage[:5]))}; tuning would append after them. Run "
+                f"`mdl-tvm tune --repair {path}` (keeps a backup), then tune again")
+        path.mkdir(parents=True, exist_ok=True)
+        return ms.database.JSONDatabase(path_workload=str(path / WORKLOAD_FILE),
+                                        path_tuning_record=str(path / RECORD_FILE),
+                                        allow_missing=True)
+    memory, loaded = ms.database.MemoryDatabase(), {}
+    for index, record, line in records:
+        try:
+            if index not in loaded:
+                loaded[index] = memory.commit_workload(
+                    ms.database.Workload.from_json(workloads[index]).mod)
+            memory.commit_tuning_record(ms.database.TuningRecord.from_json(record,
+                                                                           loaded[index]))
+        except Exception as err:  # noqa: BLE001 - TVM raises its own types for bad JSON
+            damage.append(Damage(path / RECORD_FILE, line, f"unreadable: {str(err)[:80]}"))
+    if damage:
+        warnings.warn(f"tuning database {path}: skipped {len(damage)} damaged or torn "
+                      f"line(s): {', '.join(map(str, damage[:5]))}; {_hint(path)}",
+                      stacklevel=2)
+    return memory
+
+
+def repair(path) -> dict:
+    """Rewrite a database directory without its damaged lines, after backing it up.
+
+    Workload indices of the kept records are renumbered; the old tables go to
+    ``backup-YYYYmmdd-HHMMSS/`` in the directory. Returns ``{"dropped", "kept_records",
+    "backup"}`` (``backup`` None when nothing needed repair).
+    """
+    path = Path(path)
+    workloads, records, damage = scan(path)
+    if not damage:
+        return {"dropped": 0, "kept_records": len(records), "backup": None}
+    backup = path / time.strftime("backup-%Y%m%d-%H%M%S")
+    backup.mkdir()
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        if (path / name).exists():
+            shutil.copy2(path / name, backup / name)
+    order = {old: new for new, old in enumerate(sorted(workloads))}
+    atomic_write(path / WORKLOAD_FILE, "".join(json.dumps(workloads[old]) + "\n"
+                                               for old in sorted(workloads)))
+    atomic_write(path / RECORD_FILE, "".join(json.dumps([order[i], r]) + "\n"
+                                             for i, r, _ in records))
+    return {"dropped": len(damage), "kept_records": len(records), "backup": str(backup)}
 
 
 def read_manifest(path) -> dict:
@@ -242,8 +301,8 @@ def selected(path):
     with their default schedule. Workloads the manifest does not list (records written by
     plain MetaSchedule) apply their best record.
     """
-    listed = read_manifest(path)["tasks"]
     db = open_database(path)
+    listed = read_manifest(path)["tasks"]
     if not listed:
         return db
     return restricted(db, lambda k: k not in listed or listed[k].get("use") == "tuned")
@@ -269,12 +328,12 @@ def applied(db, profile=None):
         if not isinstance(db, (str, os.PathLike)):
             raise TypeError("tuning_db must be a directory path or a MetaSchedule Database, "
                             f"got {type(db).__name__}")
-        tuned_for = read_manifest(db).get("target")
+        path, db = db, selected(db)  # checks the directory first
+        tuned_for = read_manifest(path).get("target")
         if profile is not None and tuned_for and tuned_for != profile.name:
-            warnings.warn(f"tuning database {db} was tuned for {tuned_for!r}, not "
+            warnings.warn(f"tuning database {path} was tuned for {tuned_for!r}, not "
                           f"{profile.name!r}: only functions that match exactly use it",
                           stacklevel=3)
-        db = selected(db)
     with db:
         yield db
 

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   qemu-user-static qemu-user            # the emulated arm64 phone (static: run; dynamic: plugins)
+  g++                                   # the native runtime for this machine (deploy/native)
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu  # cross-linking, objdump
   debootstrap                           # the arm64 sysroot
   dataset-fashion-mnist                 # real training/test images
@@ -28,13 +29,14 @@ PY="${PYTHON:-python3}"
 # (checked from / so that the repo folder on sys.path cannot hide a stale editable install)
 if ! (cd / && "$PY" -c "import importlib.metadata as m; m.version('mdl-tvm')
 import torch, onnx, onnxruntime, tvm, sklearn, xgboost, tornado, matplotlib, ncnn, pnnx
-import apps, PIL, skimage, opencc, importlinter") \
+import apps, PIL, skimage, opencc, importlinter, hypothesis") \
     >/dev/null 2>&1 || [ "${MDL_TVM_REINSTALL:-0}" = 1 ]; then
   echo "setup: pip install -e .[all]"
   "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
 fi
 
-# The emulated arm64 phone: sysroot + device runtime, cached in ~/.cache/mdl_tvm.
+# The emulated arm64 phone: sysroot + device runtime, and the native runtime (mdl_run,
+# libmdl_runtime.so) for this machine and the phone, cached in ~/.cache/mdl_tvm.
 if [ "${MDL_TVM_SKIP_DEVICE:-0}" != 1 ] && "$PY" -c "import deploy.device" >/dev/null 2>&1; then
   "$PY" -m mdl_tvm device setup --peers   # the phone + ONNX Runtime, NCNN, MNN, LiteRT for it
 fi

@@ -12,6 +12,7 @@ Weights ship as float16 ``weights.npz`` with the vocabulary (token 0 ``^`` begin
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mdl_tvm.core.errors import ModelFormatError, one_line
 from mdl_tvm.core.io import atomic_output
 
 WEIGHTS = Path(__file__).with_name("weights.npz")
@@ -119,11 +121,20 @@ def load_model(path: str | Path = WEIGHTS) -> tuple[CharLSTM, str]:
     if not path.is_file():
         raise FileNotFoundError(f"no poem model at {path}; re-create it with "
                                 "`python -m apps.poem.train`")
-    with np.load(path) as data:
-        vocab_size, embed, hidden, layers = (int(v) for v in data["__config__"])
-        vocab = str(data["__vocab__"])
-        state = {k: torch.from_numpy(data[k].astype(np.float32))
-                 for k in data.files if not k.startswith("__")}
-    net = CharLSTM(PoemConfig(vocab_size, embed, hidden, layers))
-    net.load_state_dict(state)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            vocab_size, embed, hidden, layers = (int(v) for v in data["__config__"])
+            vocab = str(data["__vocab__"])
+            state = {k: torch.from_numpy(data[k].astype(np.float32))
+                     for k in data.files if not k.startswith("__")}
+        if len(vocab) != vocab_size:
+            raise ValueError(f"its vocabulary has {len(vocab):,} characters but the model "
+                             f"{vocab_size:,} (a token past the embedding would read out of "
+                             "bounds)")
+        net = CharLSTM(PoemConfig(vocab_size, embed, hidden, layers))
+        net.load_state_dict(state)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError,
+            zipfile.BadZipFile) as err:
+        raise ModelFormatError(f"{path} is not a usable poem model: {one_line(err)}; "
+                               "re-create it with `python -m apps.poem.train`") from None
     return net.eval(), vocab

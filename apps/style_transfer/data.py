@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +29,23 @@ SKIMAGE_HELD_OUT = ("chelsea.png",)
 HELD_OUT = (*SKIMAGE_HELD_OUT, "fruits.jpg", "building.jpg")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (~150 MB as RGB)
+
+
+def read_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     """An image file as float32 RGB in [0, 1], shape (H, W, 3).
+
+    The header is checked before decoding: images above `MAX_PIXELS` pixels are refused.
+    With `max_side`, the image is reduced while it is read (JPEG decodes at a smaller
+    scale) so that its long side is at most about twice `max_side`: what goes to float32 is
+    small whatever the file holds.
 
     Raises
     ------
     FileNotFoundError
         When `path` does not exist.
     ValueError
-        When the file is not an image Pillow can read.
+        When the file is not an image Pillow can read, or has too many pixels.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -43,9 +53,20 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {str(path)!r}; give a .jpg or .png path")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # our own limit below names the fix
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{str(path)!r} is {width}x{height} pixels, more than the "
+                                 f"{MAX_PIXELS:,} MobileDL decodes; scale it down first")
+            if max_side is not None and max(width, height) > 2 * max_side:
+                img.draft("RGB", (2 * max_side, 2 * max_side))
+                img.thumbnail((2 * max_side, 2 * max_side), Image.Resampling.BICUBIC)
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError,
+            EOFError, struct.error) as err:  # what Pillow raises for broken files
         raise ValueError(f"{str(path)!r} is not an image Pillow can read ({err}); give a "
                          ".jpg or .png file") from None
     return np.asarray(rgb, dtype=np.float32) / 255.0

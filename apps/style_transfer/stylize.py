@@ -87,5 +87,6 @@ def stylize_file(src, dst, options: StyleOptions = StyleOptions(),
         raise ValueError(f"output {str(dst)!r} needs an image suffix: one of {IMAGE_SUFFIXES}")
     if not dst.parent.is_dir():
         raise FileNotFoundError(f"output directory {str(dst.parent)!r} does not exist")
-    image = read_image(src)
+    options.check()
+    image = read_image(src, max_side=options.size)
     return write_image(stylize(image, options, placement, weights), dst)

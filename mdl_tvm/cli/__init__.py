@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from apps import cli as apps_cli
@@ -25,7 +26,7 @@ from deploy import cli as deploy_cli
 from mdl_tvm.cli import tune as tune_cli
 from mdl_tvm.cli.args import add_model_arguments, compile_options, resolve_model
 from mdl_tvm.core.artifact import read_metadata
-from mdl_tvm.core.errors import MdlError
+from mdl_tvm.core.errors import MdlError, one_line
 from mdl_tvm.core.targets import PROFILES
 
 
@@ -64,7 +65,7 @@ def print_summary(meta: dict) -> None:
 
 
 def _cmd_info(args) -> int:
-    meta = read_metadata(args.artifact)
+    meta = read_metadata(args.artifact, verify=True)
     if args.json:
         print(json.dumps(meta, indent=2))
     else:
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdl-tvm", description="MobileDL on TVM: compile networks for 64-bit ARM phones"
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", help="compile an ONNX file or zoo model to a device library")
@@ -130,12 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):  # SIGTERM: unwind (atomic writes remove their temp files)
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    """Run ``mdl-tvm``; returns the exit code (2 for an error, with one line naming it and
+    the fix on stderr; ``--debug`` shows the traceback instead)."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except (MdlError, ValueError, TypeError, FileNotFoundError) as err:
-        print(f"mdl-tvm {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"mdl-tvm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (MdlError, ValueError, TypeError, OSError, RuntimeError, MemoryError) as err:
+        if args.debug:
+            raise
+        print(f"mdl-tvm {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -30,9 +30,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """MODEL, its shape and weights, compression and precision options."""
-    p.add_argument("model", help="ONNX file or zoo model name")
+    p.add_argument("model", nargs=None if required else "?", help="ONNX file or zoo model name")
     p.add_argument("--target", default="arm64", help="target profile (see `mdl-tvm targets`)")
     p.add_argument("--input-shape", type=parse_shape, help="e.g. 1,3,224,224")
     p.add_argument("--weights", help="state_dict (.pt) for a zoo model")
@@ -51,6 +51,10 @@ def resolve_model(args) -> tuple[object, list | None]:
     """``(model, input_shapes)`` for a MODEL argument: a zoo name or an ONNX path."""
     if args.model in zoo.MODELS:
         shape = args.input_shape or zoo.INPUT_SHAPES[args.model]
+        if len(shape) != len(zoo.INPUT_SHAPES[args.model]):
+            raise ValueError(f"--input-shape {','.join(map(str, shape))} has rank {len(shape)}; "
+                             f"{args.model} takes rank {len(zoo.INPUT_SHAPES[args.model])}, e.g. "
+                             f"{','.join(map(str, zoo.INPUT_SHAPES[args.model]))}")
         model = zoo.build(args.model)
         if args.weights:
             import torch
@@ -58,6 +62,9 @@ def resolve_model(args) -> tuple[object, list | None]:
             model.load_state_dict(torch.load(args.weights, weights_only=True))
         return model, [shape]
     if os.path.exists(args.model) or args.model.endswith(".onnx"):
+        if args.weights:
+            raise ValueError("--weights loads a state_dict into a zoo model; an ONNX file "
+                             "carries its own weights (drop --weights)")
         return args.model, ([args.input_shape] if args.input_shape else None)
     raise ValueError(
         f"{args.model!r} is neither a file nor a zoo model; zoo models: {', '.join(zoo.MODELS)}"

@@ -21,6 +21,20 @@ from mdl_tvm.core.targets import get_profile
 
 
 def _cmd_tune(args) -> int:
+    if args.repair:
+        if args.model:
+            raise ValueError("--repair DIR takes no MODEL")
+        from schedules.database import repair
+
+        result = repair(args.repair)
+        if result["backup"] is None:
+            print(f"{args.repair}: no damaged line; nothing changed")
+        else:
+            print(f"{args.repair}: dropped {result['dropped']} damaged line(s), kept "
+                  f"{result['kept_records']} record(s); the old tables are in {result['backup']}")
+        return 0
+    if not args.model:
+        raise ValueError("give a MODEL to tune (or --repair DIR)")
     from schedules.tuning.driver import TuningConfig, tune
     from schedules.tuning.measure import (
         DEVICE_MEASURE,
@@ -68,7 +82,9 @@ def register(sub) -> None:
     """Add ``tune`` to the ``mdl-tvm`` subcommands."""
     p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule (on this "
                        "machine or on phones through an RPC tracker)")
-    add_model_arguments(p)
+    add_model_arguments(p, required=False)
+    p.add_argument("--repair", metavar="DIR", help="rewrite tuning database DIR without its "
+                   "damaged lines (the old tables are kept in DIR/backup-*) and exit")
     p.add_argument("--tracker", help="RPC tracker HOST:PORT (device targets)")
     p.add_argument("--key", help="device key the phones registered under")
     p.add_argument("--trials", type=int, default=64,

@@ -19,7 +19,10 @@ import warnings
 import numpy as np
 
 from mdl_tvm.core.errors import InputSpecError, ModelFormatError, UnsupportedOpError
+from mdl_tvm.core.relax_utils import bound_constants
 from mdl_tvm.core.specs import SUPPORTED_DTYPES, InputSpec
+
+MAX_ELEMENTS = 2**31
 
 
 def import_model(model, input_shapes=None, example_inputs=None, input_dtype="float32"):
@@ -44,6 +47,9 @@ def import_model(model, input_shapes=None, example_inputs=None, input_dtype="flo
     import tvm
 
     if isinstance(model, tvm.IRModule):
+        check_finite_weights({f"constant {k}": v for k, v in bound_constants(model).items()}
+                             if "main" in [g.name_hint for g in model.get_global_vars()]
+                             else {})
         return model, _specs_from_irmodule(model), "relax"
     if isinstance(model, (str, os.PathLike)):
         return _import_onnx_path(os.fspath(model), input_shapes)
@@ -99,17 +105,40 @@ def _normalise_shapes(input_shapes, names=None) -> list[tuple[str | None, tuple[
             f"got {type(input_shapes).__name__}"
         )
     out = []
-    for name, shape in items:
+    for i, (name, shape) in enumerate(items):
+        label = repr(name) if name is not None else f"#{i}"
         try:
+            if any(isinstance(d, bool) or not float(d).is_integer() for d in shape):
+                raise ValueError
             dims = tuple(int(d) for d in shape)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputSpecError(
-                f"shape of input {name!r} must be a sequence of ints: {shape!r}"
+                f"shape of input {label} must be a sequence of ints: {shape!r}"
             ) from None
         if any(d <= 0 for d in dims):
-            raise InputSpecError(f"shape of input {name!r} has non-positive dims: {dims}")
+            raise InputSpecError(f"shape of input {label} has non-positive dims: {dims}")
+        if int(np.prod(dims, dtype=np.float64)) >= MAX_ELEMENTS:
+            raise InputSpecError(
+                f"input {label} of shape {dims} has {int(np.prod(dims, dtype=np.float64)):,} "
+                f"elements; MobileDL's kernels index with 32 bits (at most {MAX_ELEMENTS - 1:,} "
+                "per tensor): use a smaller batch")
         out.append((name, dims))
     return out
+
+
+def check_finite_weights(named) -> None:
+    """Raise `ModelFormatError` naming the first weight that holds NaN or Inf.
+
+    A network with non-finite weights compiles and runs but computes nothing meaningful;
+    it is refused at compile time instead of surfacing as odd outputs on the phone.
+    """
+    for name, value in named.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(array.size - np.isfinite(array).sum())
+            raise ModelFormatError(
+                f"weight {name!r} {tuple(array.shape)} holds {bad:,} NaN/Inf value(s); fix the "
+                "model (a diverged training run or a damaged checkpoint) before compiling")
 
 
 def _import_torch(model, input_shapes, example_inputs, input_dtype):
@@ -129,6 +158,8 @@ def _import_torch(model, input_shapes, example_inputs, input_dtype):
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     model = model.eval()
+    check_finite_weights({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
+                          if v.is_floating_point()})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -178,8 +209,10 @@ def _import_onnx_path(path, input_shapes):
 
 
 def _import_onnx_proto(proto, input_shapes):
+    from onnx import numpy_helper
     from tvm.relax.frontend.onnx import from_onnx
 
+    check_finite_weights({t.name: numpy_helper.to_array(t) for t in proto.graph.initializer})
     initializers = {t.name for t in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
     names = [i.name for i in graph_inputs]

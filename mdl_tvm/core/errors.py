@@ -41,3 +41,14 @@ class DatasetMissingError(MdlError, FileNotFoundError):
 
 class PrecisionError(MdlError, ValueError):
     """A precision the target cannot compute in at full speed (fp16 on an ARMv8.0 core)."""
+
+
+class OutputPathError(MdlError, ValueError):
+    """An output path that cannot be written (a directory, read-only, a full disk)."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: its first non-empty line (TVM's errors carry tracebacks)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -129,8 +129,8 @@ def _locked(path: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise RuntimeError(f"another tuning run is using {path}; wait for it or give "
-                               "another --db") from None
+            raise dbmod.DatabaseBusyError(f"another tuning run is using {path}; wait for it "
+                                          "or give another --db") from None
         yield
 
 
