@@ -16,6 +16,7 @@ made for another model is refused with the group that does not fit.
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class ChannelMasks(dict):
             with np.load(path, allow_pickle=False) as data:
                 json.loads(str(data["__meta__"]))
                 return cls({k: data[k].astype(bool) for k in data.files if k != "__meta__"})
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path!r} is not a MobileDL channel-mask file ({err}); save one "
                              "with ChannelMasks.save or MaskPruning(...).masks.save") from None
 

@@ -262,9 +262,10 @@ def workload_key(workload) -> str:
 
 def best_records(db) -> list:
     """``(workload key, best valid record)`` for every workload of `db` that has one."""
-    best = []  # records come sorted by mean seconds: the first per workload is its best
-    for record in db.get_all_tuning_records():
-        if mean_seconds(record) is None or any(w.same_as(record.workload) for w, _ in best):
+    best = []  # sorted by mean seconds (a MemoryDatabase keeps insertion order): first is best
+    valid = [r for r in db.get_all_tuning_records() if mean_seconds(r) is not None]
+    for record in sorted(valid, key=mean_seconds):
+        if any(w.same_as(record.workload) for w, _ in best):
             continue
         best.append((record.workload, record))
     return [(workload_key(w), r) for w, r in best]

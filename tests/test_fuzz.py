@@ -172,12 +172,14 @@ def _database(tmp_path):
     target = tvm.target.Target({"kind": "llvm"})
     for n in (8, 16):
         a = te.placeholder((n,), name="a")
-        mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((n,), lambda i: a[i] * 2)])})
+        b = te.compute((n,), lambda i: a[i] * 2)  # noqa: B023 - built and used right here
+        mod = tvm.IRModule({"main": te.create_prim_func([a, b])})
         workload = db.commit_workload(mod)
-        for secs in (1e-6, 2e-6):
+        args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        for secs in (2e-6, 1e-6):  # the best record last: reading must not take the first
             sch = tvm.s_tir.Schedule(mod)
-            db.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, [secs], target, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+            db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [secs],
+                                                             target, args))
     return tmp_path
 
 
@@ -207,3 +209,13 @@ def test_damaged_tuning_databases_load_without_rewriting(tmp_path_factory, data)
         assert len(loaded.get_all_tuning_records()) <= 4
     assert {p.name: p.read_bytes() for p in db.iterdir()} == before
     assert json.dumps(sorted(before)) == json.dumps(sorted(p.name for p in db.iterdir()))
+
+
+def test_database_read_back_applies_each_workloads_best_record(tmp_path):
+    """Read into memory (insertion order), the best record still wins, not the first."""
+    from schedules import database as dbmod
+
+    db = _database(tmp_path)
+    best = dbmod.best_records(dbmod.open_database(db))
+    assert len(best) == 2
+    assert [dbmod.mean_seconds(r) for _, r in best] == [1e-6, 1e-6]
