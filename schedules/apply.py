@@ -24,8 +24,13 @@ from schedules.config import MachineConfig
 from schedules.conv2d import Conv2DPacked
 from schedules.dense import DensePacked
 from schedules.depthwise import DepthwiseConv2D
+from schedules.depthwise_rows import DepthwiseRows
+from schedules.gemm import GemmConv
 from schedules.generic import Fallback, Reduction
 from schedules.legalize import legalize_map
+from schedules.pool_rule import MaxPool
+from schedules.wino_input_rule import WinogradInput
+from schedules.winograd import WinogradConv
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,8 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 RULE_ATTR = "mdl.schedule_rule"
 _SCHEDULED_KEYS = (SCHEDULED_ATTR, "tir.is_scheduled")
 
-DEFAULT_RULES = (Conv2DPacked(), DepthwiseConv2D(), DensePacked(), Reduction(), Fallback())
+DEFAULT_RULES = (WinogradInput(), WinogradConv(), GemmConv(), DepthwiseRows(), MaxPool(),
+                 Conv2DPacked(), DepthwiseConv2D(), DensePacked(), Reduction(), Fallback())
 
 
 def is_scheduled(func) -> bool:

@@ -2,12 +2,18 @@
 
 `legalize_map(cfg)` is a ``customize_legalize_map`` for `relax.transform.LegalizeOps`:
 
-* ``relax.nn.conv2d`` NCHW/OIHW with groups = 1 → `compute.pack_conv_weight` (its own
+* ``relax.nn.conv2d`` NCHW/OIHW with groups = 1 → when `schedules.algo.choose_conv_algo`
+  picks Winograd (3 x 3, stride 1, constant weights, where it saves instructions): the
+  weights transformed by numpy (`schedules.wino_math.transform_weight`, a constant), the
+  input transform (`schedules.wino_input`, its own pre-scheduled kernel) and
+  `schedules.winograd.winograd_conv2d`; otherwise `compute.pack_conv_weight` (its own
   call, folded into a constant by `FoldConstant` when the weight is a constant) and
   `compute.conv2d_packed`;
 * ``relax.nn.conv2d`` with groups = IC (depthwise, any multiplier) → `compute.depthwise_conv2d`;
 * ``relax.matmul`` of a 2-D input by a 2-D weight → `compute.pack_dense_weight` +
-  `compute.dense_packed`.
+  `compute.dense_packed`;
+* ``relax.nn.max_pool2d`` NCHW with stride 1 or 2 → `schedules.pool_rule.max_pool_reference`
+  (an opaque call the ``max_pool`` rule replaces by the hand-scheduled kernel).
 
 Data and weights may differ in float dtype: fp16 weights with fp32 data (the
 ``fp16-storage`` precision) are packed in fp16 and widened inside the kernel's inner loop.
@@ -23,7 +29,8 @@ from functools import partial
 import tvm
 
 from mdl_tvm.core.relax_utils import static_shape
-from schedules import compute
+from schedules import compute, depthwise_kernel
+from schedules.algo import ConvAlgo, choose_conv_algo
 from schedules.config import (
     ConvGeometry,
     MachineConfig,
@@ -31,6 +38,8 @@ from schedules.config import (
     choose_dense_tile,
     choose_row_tile,
 )
+from schedules.depthwise_rows import depthwise_nchw
+from schedules.gemm import conv2d_gemm
 
 _FLOAT_DTYPES = ("float32", "float16")
 
@@ -75,6 +84,16 @@ def _conv2d(cfg: MachineConfig, bb, call):
     if groups == 1:
         geo = ConvGeometry(in_c, dshape[2], dshape[3], out_c, ow, (kh, kw), strides, dilation,
                            padding[0], padding[1])
+        algo = choose_conv_algo(cfg, out_dtype, geo, oh, batch=dshape[0],
+                                winograd=isinstance(weight, tvm.ir.Constant))
+        if algo.kind == "winograd":
+            return _winograd(cfg, bb, data, weight, algo, padding, (oh, ow), out_dtype)
+        if algo.kind == "gemm":
+            packed = bb.emit_te(compute.pack_conv_weight, weight, algo.k_block,
+                                primfunc_name_hint="mdl_pack_conv_weight")
+            return bb.call_te(conv2d_gemm, data, packed, out_c, strides, padding, dilation,
+                              algo.tile_vectors, algo.rows, out_dtype,
+                              primfunc_name_hint="mdl_conv2d_gemm")
         tile = choose_conv_tile(cfg, out_dtype, geo, oh)
         packed = bb.emit_te(compute.pack_conv_weight, weight, tile.oc_block,
                             primfunc_name_hint="mdl_pack_conv_weight")
@@ -82,10 +101,42 @@ def _conv2d(cfg: MachineConfig, bb, call):
                           dilation, tile.ow_tile, out_dtype, tile.vector_axis,
                           primfunc_name_hint="mdl_conv2d")
     if groups == in_c and wshape[1] == 1 and out_c % in_c == 0:
+        if out_c == in_c and depthwise_kernel.supported(
+                dshape[2:], (oh, ow), (kh, kw), strides, padding, dilation,
+                cfg.lanes(out_dtype)):
+            return bb.call_te(depthwise_nchw, data, weight, strides[0], out_dtype,
+                              primfunc_name_hint="mdl_depthwise_conv2d_rows")
         row_tile = choose_row_tile(cfg, out_dtype, ow)
         return bb.call_te(compute.depthwise_conv2d, data, weight, strides, padding, dilation,
                           row_tile, out_dtype, primfunc_name_hint="mdl_depthwise_conv2d")
     return _default("relax.nn.conv2d", bb, call)
+
+
+def _winograd(cfg: MachineConfig, bb, data, weight, algo: ConvAlgo, padding, out_hw,
+              out_dtype: str):
+    """Input transform call + GEMM / output transform call with numpy-transformed weights."""
+    from tvm import relax
+
+    from schedules.wino_input_rule import input_transform_reference
+    from schedules.wino_math import transform_weight
+    from schedules.winograd import winograd_conv2d
+
+    n, in_c = static_shape(data)[:2]
+    wvalue = weight.value.numpy()
+    m, lanes = algo.tile_size, cfg.lanes(out_dtype)
+    (oh, ow), block = out_hw, algo.tile_vectors * lanes
+    tiles_hw = (-(-oh // m), -(-ow // m))
+    tiles = n * tiles_hw[0] * tiles_hw[1]
+    padded = -(-tiles // block) * block
+    u = transform_weight(wvalue, m, algo.k_block, out_dtype, store_dtype=str(wvalue.dtype))
+    func = input_transform_reference(static_shape(data), _dtype(data), padding, m, out_dtype,
+                                     padded)
+    gvar = bb.add_func(func, "mdl_conv2d_winograd_input")
+    v = bb.emit(relax.call_tir(gvar, [data], relax.TensorType(((m + 2) ** 2, in_c, padded),
+                                                              out_dtype)))
+    return bb.call_te(winograd_conv2d, v, relax.const(u), (n, wvalue.shape[0], oh, ow),
+                      tiles_hw, m, algo.tile_vectors, out_dtype,
+                      primfunc_name_hint="mdl_conv2d_winograd")
 
 
 def _matmul(cfg: MachineConfig, bb, call):
@@ -104,6 +155,27 @@ def _matmul(cfg: MachineConfig, bb, call):
                       primfunc_name_hint="mdl_dense")
 
 
+def _max_pool2d(cfg: MachineConfig, bb, call):
+    from tvm import relax
+
+    from schedules.pool_rule import max_pool_reference
+
+    attrs, data = call.attrs, call.args[0]
+    shape, out_shape = static_shape(data), static_shape(call)
+    dtype = _dtype(data)
+    strides = tuple(int(v) for v in attrs.strides)
+    if (attrs.layout != "NCHW" or attrs.out_layout not in ("NCHW", "") or shape is None
+            or out_shape is None or len(shape) != 4 or dtype not in _FLOAT_DTYPES
+            or strides[1] not in (1, 2) or any(int(v) != 1 for v in attrs.dilation)):
+        return _default("relax.nn.max_pool2d", bb, call)
+    padding = tuple(int(v) for v in attrs.padding)
+    padding = padding * 2 if len(padding) == 2 else padding
+    func = max_pool_reference(shape, dtype, tuple(int(v) for v in attrs.pool_size), strides,
+                              padding, tuple(out_shape[2:]))
+    gvar = bb.add_func(func, "mdl_max_pool2d")
+    return relax.call_tir(gvar, [data], relax.TensorType(out_shape, dtype))
+
+
 def legalize_map(cfg: MachineConfig) -> dict:
     """The ``customize_legalize_map`` for `relax.transform.LegalizeOps`.
 
@@ -115,6 +187,7 @@ def legalize_map(cfg: MachineConfig) -> dict:
     Returns
     -------
     dict
-        ``{"relax.nn.conv2d": fn, "relax.matmul": fn}``.
+        ``{"relax.nn.conv2d": fn, "relax.matmul": fn, "relax.nn.max_pool2d": fn}``.
     """
-    return {"relax.nn.conv2d": partial(_conv2d, cfg), "relax.matmul": partial(_matmul, cfg)}
+    return {"relax.nn.conv2d": partial(_conv2d, cfg), "relax.matmul": partial(_matmul, cfg),
+            "relax.nn.max_pool2d": partial(_max_pool2d, cfg)}

@@ -232,6 +232,29 @@ def rules_used(mod) -> dict:
             for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
+def lower_and_run(mod, inputs, cfg, rules=None):
+    """Lower `mod` with `schedules.lowering_pipeline(cfg, rules)` (all default rules when
+    None), build it for this machine and run ``main`` on `inputs`.
+
+    `cfg` is a `schedules.MachineConfig`: a NEON-like one (128-bit vectors, indexed FMAs)
+    makes the phone's lane counts and kernels on the host. Returns ``(lowered module,
+    first output as numpy)``."""
+    import tvm
+    from tvm import relax
+
+    import schedules
+    from mdl_tvm.core.targets import get_profile
+
+    target = get_profile("host").tvm_target()
+    with target:
+        lowered = schedules.lowering_pipeline(
+            cfg, rules=schedules.DEFAULT_RULES if rules is None else rules)(mod)
+    vm = relax.VirtualMachine(relax.build(lowered, target), tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
+    out = out[0] if not hasattr(out, "numpy") else out
+    return lowered, out.numpy()
+
+
 # -- arm64 code --------------------------------------------------------------------------------
 
 

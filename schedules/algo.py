@@ -1,0 +1,244 @@
+"""Which algorithm computes a 3 x 3 convolution: direct (packed, register-blocked) or
+Winograd F(m, 3), with which GEMM register tile -- decided by an instruction-count model.
+
+`choose_conv_algo` estimates the instructions one inference spends in each candidate and
+keeps the cheapest (Winograd must win by `WINOGRAD_MARGIN`):
+
+* direct: one vector FMA per ``L`` MACs at `DIRECT_PER_FMA` instructions (the packed
+  kernel's measured rate on the phone), plus one instruction per output for the epilogue;
+* Winograd F(m, 3): the batched GEMM (``alpha^2 * K * C * T / L`` FMAs at the register
+  tile's rate, `gemm_step_cost`, plus the tile's init and store per block), the input
+  transform per channel and vector of tiles, the output transform per output channel and
+  vector of tiles (`TRANSFORM_COST`, measured on the phone) and the gathering epilogue.
+  Tiles are padded to the GEMM's block and output channels to its ``kb``: small maps
+  (few tiles) and few channels make Winograd lose.
+
+Rules on top of the model: Winograd only for 3 x 3, stride 1, dilation 1, constant weights;
+fp16 never uses F(6,3) (its transform error is ~1e-1 in fp16, `schedules.wino_math`);
+F(6,3) only when both channel counts are <= `F6_MAX_CHANNELS` (its weights are 64/9 = 7.1x
+the 3 x 3 weights, F(4,3)'s 4x: NCNN's rule, which keeps ResNet-18's 512-channel layers at
+4x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schedules.config import ConvGeometry, MachineConfig
+
+# Instructions per vector FMA of the direct packed kernel (0.31 per MAC in fp32).
+DIRECT_PER_FMA = 1.25
+# Winograd must be at least this much cheaper than direct.
+WINOGRAD_MARGIN = 0.9
+# F(6,3) only when input and output channels are both at most this (weight size).
+F6_MAX_CHANNELS = 128
+# Instructions per (channel, vector of tiles) of the input transform (by rows of tiles,
+# by gathered tiles) and per (output channel, vector of tiles) of the output transform,
+# by tile size m.
+TRANSFORM_COST = {
+    2: {"rows": 60.0, "gather": 80.0, "output": 70.0},
+    4: {"rows": 220.0, "gather": 290.0, "output": 240.0},
+    6: {"rows": 470.0, "gather": 600.0, "output": 520.0},
+}
+# Instructions per output pixel of the epilogue that gathers pixels from the tile buffer.
+EPILOGUE_PER_PIXEL = 2.0
+_LOOP_PER_STEP = 0.75  # loop control per reduction step (4 steps unrolled)
+_LOADS_PER_VECTOR = 0.6  # paired loads (ldp) on AArch64
+_BLOCK_OVERHEAD = 15
+
+
+@dataclass(frozen=True)
+class ConvAlgo:
+    """How one convolution is computed.
+
+    Attributes
+    ----------
+    kind : str
+        ``"direct"`` (`schedules.compute.conv2d_packed`), ``"gemm"``
+        (`schedules.gemm.conv2d_gemm`) or ``"winograd"``.
+    tile_size : int
+        Winograd output tile ``m`` (0 for direct).
+    k_block : int
+        Output channels per GEMM register tile (the packed weights' inner axis).
+    tile_vectors : int
+        Vectors of tiles (Winograd) or of pixels (GEMM) per register tile.
+    rows : int
+        Output rows per segment of the GEMM convolution.
+    cost : float
+        Estimated instructions per inference.
+    """
+
+    kind: str
+    tile_size: int = 0
+    k_block: int = 0
+    tile_vectors: int = 0
+    rows: int = 0
+    cost: float = 0.0
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def winograd_tile_sizes(dtype: str, in_channels: int, out_channels: int) -> tuple:
+    """The F(m, 3) tile sizes allowed for a convolution (see the module docstring)."""
+    sizes = (2, 4) if str(dtype) == "float16" else (2, 4, 6)
+    if max(in_channels, out_channels) > F6_MAX_CHANNELS:
+        sizes = tuple(m for m in sizes if m != 6)
+    return sizes
+
+
+def gemm_step_cost(cfg: MachineConfig, lanes: int, k_block: int, vectors: int) -> float:
+    """Instructions per reduction step of a ``k_block x vectors`` register tile: the FMAs,
+    the loads (tile vectors, plus the weights as vectors with indexed FMAs or one broadcast
+    each without) and the loop."""
+    weights = k_block // lanes if cfg.indexed_fma else k_block
+    loads = (vectors + weights) * (_LOADS_PER_VECTOR if cfg.indexed_fma else 1.0)
+    return k_block * vectors + loads + _LOOP_PER_STEP
+
+
+def gemm_tiles(cfg: MachineConfig, lanes: int, spare: int = 1) -> list[tuple[int, int]]:
+    """Candidate ``(k_block, vectors)`` register tiles that fit the register file with
+    `spare` registers left for addresses and temporaries of the loop body."""
+    if cfg.indexed_fma:
+        blocks = [b for b in (lanes, 2 * lanes, 4 * lanes) if b <= 16]
+    else:
+        blocks = list(range(1, 13))
+    found = []
+    for kb in blocks:
+        weight_regs = kb // lanes if cfg.indexed_fma else 1
+        for nv in range(1, 7):
+            if kb * nv + nv + weight_regs + spare <= cfg.num_regs and kb * nv >= 4:
+                found.append((kb, nv))
+    return found
+
+
+def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int, m: int,
+                  batch: int = 1) -> ConvAlgo:
+    """Estimated instructions of Winograd F(m, 3) with its best GEMM register tile."""
+    lanes = cfg.lanes(dtype)
+    alpha = m + 2
+    c, k = geo.in_channels, geo.out_channels
+    n_w = _ceil_div(geo.out_width, m)
+    tiles = batch * _ceil_div(out_rows, m) * n_w
+    best = ConvAlgo("winograd", m, cost=float("inf"))
+    # 24 fp32 accumulators spill in the Winograd GEMM (its loop keeps more addresses live)
+    for kb, nv in gemm_tiles(cfg, lanes, spare=4 if lanes == 4 else 1):
+        block = nv * lanes
+        padded = _ceil_div(tiles, block) * block
+        k_chunks = _ceil_div(k, kb)
+        steps = alpha * alpha * k_chunks * (padded // block) * c
+        blocks = alpha * alpha * k_chunks * (padded // block)
+        gemm = (steps * gemm_step_cost(cfg, lanes, kb, nv)
+                + blocks * (2 * kb * nv + _BLOCK_OVERHEAD))
+        cost = gemm + _transform_cost(m, c, k, padded // lanes, n_w >= lanes)
+        cost += batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL
+        if cost < best.cost:
+            best = ConvAlgo("winograd", m, kb, nv, cost=cost)
+    return best
+
+
+def _transform_cost(m: int, c: int, k: int, tile_vectors: int, by_rows: bool) -> float:
+    table = TRANSFORM_COST[m]
+    return tile_vectors * (c * table["rows" if by_rows else "gather"] + k * table["output"])
+
+
+def direct_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
+                batch: int = 1) -> float:
+    """Estimated instructions of the direct packed convolution."""
+    lanes = cfg.lanes(dtype)
+    outputs = batch * geo.out_channels * out_rows * geo.out_width
+    macs = outputs * geo.in_channels * geo.kernel[0] * geo.kernel[1]
+    return macs / lanes * DIRECT_PER_FMA + outputs
+
+
+# im2col: instructions per copied element (unit stride, strided), per copied row.
+_IM2COL_PER_ELEM = {1: 0.5, 2: 1.0}
+_IM2COL_PER_ROW = 10.0
+# Epilogue of the GEMM convolution per accumulator vector (bias, activation, store).
+_GEMM_EPILOGUE_PER_VECTOR = 4.0
+# Bytes of im2col buffer per segment the row choice aims to stay under.
+_IM2COL_BYTES = 256 * 1024
+# Parallel tasks per core the segments should give.
+_TASKS_PER_CORE = 2
+
+
+def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
+              batch: int = 1) -> ConvAlgo:
+    """The GEMM convolution's best register tile and segment, with its estimated cost;
+    ``cost`` is infinite when no block fits (fewer pixels than one vector)."""
+    lanes = cfg.lanes(dtype)
+    elem = 2 if str(dtype) == "float16" else 4
+    kh, kw = geo.kernel
+    red = geo.in_channels * kh * kw
+    ow, k = geo.out_width, geo.out_channels
+    im2col = not (geo.kernel == (1, 1) and geo.stride == (1, 1) and not geo.pad_top
+                  and not geo.pad_left and geo.in_width == ow)
+    best = ConvAlgo("gemm", cost=float("inf"))
+    for kb, nv in gemm_tiles(cfg, lanes):
+        block = nv * lanes
+        for rows in _row_choices(cfg, out_rows, ow, block, red * elem if im2col else 0, batch):
+            seg = rows * ow
+            segs = batch * _ceil_div(out_rows, rows)
+            blocks = segs * _ceil_div(seg, block) * _ceil_div(k, kb)
+            cost = blocks * (red * gemm_step_cost(cfg, lanes, kb, nv)
+                             + kb * nv * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
+            if im2col:
+                cost += segs * red * (seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
+                                      + rows * _IM2COL_PER_ROW)
+            if cost < best.cost:
+                best = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost)
+    return best
+
+
+def _row_choices(cfg: MachineConfig, out_rows: int, ow: int, block: int, col_bytes: int,
+                 batch: int) -> list[int]:
+    """Segment heights: at least one pixel block, the im2col buffer within budget, enough
+    parallel tasks when there are several cores."""
+    fits = [r for r in range(1, out_rows + 1) if r * ow >= block
+            and (r == 1 or r * ow * col_bytes <= _IM2COL_BYTES)]
+    if cfg.num_cores > 1:
+        tasks = [r for r in fits
+                 if batch * _ceil_div(out_rows, r) >= _TASKS_PER_CORE * cfg.num_cores]
+        fits = tasks or fits[:1]
+    return fits
+
+
+def winograd_eligible(geo: ConvGeometry) -> bool:
+    """3 x 3, stride 1, dilation 1."""
+    return geo.kernel == (3, 3) and geo.stride == (1, 1) and geo.dilation == (1, 1)
+
+
+def choose_conv_algo(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
+                     batch: int = 1, winograd: bool = True) -> ConvAlgo:
+    """Direct or Winograd (and which tile) for one convolution, by estimated instructions.
+
+    Parameters
+    ----------
+    cfg : MachineConfig
+    dtype : str
+        Compute dtype.
+    geo : ConvGeometry
+    out_rows : int
+        Output height.
+    batch : int
+    winograd : bool
+        Whether Winograd may be chosen (False for weights that are not constants: their
+        transform would run at every inference).
+
+    Returns
+    -------
+    ConvAlgo
+    """
+    direct = ConvAlgo("direct", cost=direct_cost(cfg, dtype, geo, out_rows, batch))
+    gemm = gemm_cost(cfg, dtype, geo, out_rows, batch)
+    # the GEMM kernel wherever it applies (its estimate is measured, the direct one is a
+    # lower bound the packed kernel does not reach on the phone)
+    best = gemm if gemm.cost < float("inf") else direct
+    if not (winograd and winograd_eligible(geo)) or str(dtype) not in ("float32", "float16"):
+        return best
+    for m in winograd_tile_sizes(dtype, geo.in_channels, geo.out_channels):
+        algo = winograd_cost(cfg, dtype, geo, out_rows, m, batch)
+        if algo.cost < WINOGRAD_MARGIN * best.cost and algo.cost < best.cost:
+            best = algo
+    return best

@@ -1,0 +1,202 @@
+"""Depthwise 3 x 3 convolution (stride 1 or 2) as a hand-scheduled row kernel with a fused
+epilogue.
+
+`depthwise_rows_func` replaces the fused function of an NCHW depthwise convolution (the TE
+reference `schedules.depthwise_rows.depthwise_nchw` plus FuseOps' element-wise blocks):
+
+``parallel(n * c)`` → groups of ``G`` output rows (4 at stride 1, 2 at stride 2; the last
+group shifted up to end at the last row) → vectors of ``L`` output pixels (the last one
+shifted left to end at the row's end) → the ``G * s + 2`` input rows the group reads are
+loaded once per vector and shared by its output rows:
+
+* stride 1: the three windows of a row are unaligned vector loads at ``x - 1, x, x + 1``;
+* stride 2: two vectors at ``2x`` de-interleaved into the even (``2x``) and odd (``2x + 1``)
+  taps (``uzp1`` / ``uzp2``), two at ``2x - 1`` give the left taps;
+
+each tap is one FMA of a window by a broadcast weight. At the image border the window
+outside the image is built from zeros by a shuffle (``ext``) and rows outside the image
+are skipped (the first and last groups are generated with the border known), so the input
+is never copied into a padded plane. The epilogue (`schedules.epilogue`) writes each
+accumulator vector with bias and activation applied.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+OPAQUE = 8  # Relax op pattern "opaque"
+
+
+def _vec(base, lanes: int):
+    return tirx.Ramp(base, 1, lanes)
+
+
+def _cast(expr, dtype: str, lanes: int):
+    if str(expr.ty.dtype).split("x")[0] == dtype:
+        return expr
+    return tirx.Cast(f"{dtype}x{lanes}" if lanes > 1 else dtype, expr)
+
+
+def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:
+    """Whether `depthwise_rows_func` handles this geometry: 3 x 3, dilation 1, padding 1,
+    stride 1 with the same output size, or stride 2 whose last window ends inside the row;
+    rows of at least ``L + 1`` input pixels."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    if tuple(kernel) != (3, 3) or tuple(dilation) != (1, 1) or tuple(padding) != (1,) * 4:
+        return False
+    if stride == (1, 1):
+        return (oh, ow) == (h, w) and ow >= lanes + 1
+    if stride == (2, 2):
+        return 2 * ow <= w and ow >= lanes and w >= 2 * lanes
+    return False
+
+
+def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int,
+                        parallel: bool = True):
+    """Build the row-kernel PrimFunc for the fused function `func`.
+
+    Parameters
+    ----------
+    func : tirx.PrimFunc
+        The fused function (its parameters are kept).
+    data, weight : Var
+        Input ``[N, C, H, W]`` and weights ``[C, 1, 3, 3]`` (parameters of `func`).
+    geometry : dict
+        ``stride`` (1 or 2), ``out_shape`` (N, C, OH, OW), ``dtype`` (accumulation dtype).
+    epilogue : schedules.epilogue.Epilogue
+    lanes : int
+    parallel : bool
+
+    Returns
+    -------
+    tirx.PrimFunc
+    """
+    n, c, h, w = (int(v) for v in data.ty.shape)
+    s, dtype = geometry["stride"], geometry["dtype"]
+    _, _, oh, ow = geometry["out_shape"]
+    group = min(oh, 4 if s == 1 else 2)
+    starts = sorted({*range(0, ow - lanes + 1, lanes), ow - lanes})
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("mdl_depthwise_rows")
+            for p in func.params:
+                T.arg(p.name, p)
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                         "mdl.schedule_rule": "depthwise_rows", "op_pattern": OPAQUE})
+            with T.sblock("root"):
+                dflat = T.decl_buffer((n * c * h * w,), data.ty.dtype, data=data.data)
+                loop = T.parallel if parallel else T.serial
+                with loop(0, n * c) as plane:
+                    img, ch = plane // c, plane % c
+                    wts = [T.bind(tirx.Broadcast(_cast(weight[ch, 0, ky, kx], dtype, 1), lanes))
+                           for ky in range(3) for kx in range(3)]
+                    acc = T.alloc_buffer((group * lanes,), dtype)
+                    ctx = {"dflat": dflat, "base": plane * h * w, "wts": wts, "acc": acc,
+                           "img": img, "ch": ch, "epilogue": epilogue, "lanes": lanes,
+                           "dtype": dtype, "s": s, "h": h, "w": w, "ow": ow, "group": group}
+                    for y0, kind in _groups(oh, h, s, group):
+                        if kind == "loop":
+                            first, count = y0
+                            with T.serial(0, count) as g:
+                                _row_group(ctx, first + g * group, starts, None)
+                        else:
+                            _row_group(ctx, y0, starts, y0)
+    return ib.get()
+
+
+def _groups(oh: int, h: int, s: int, group: int):
+    """Row groups: ``(y0, "static")`` for groups touching the top or bottom border
+    (generated with the border known), ``((first, count), "loop")`` for the rest."""
+    def _inside(y0):
+        return y0 * s - 1 >= 0 and (y0 + group - 1) * s + 1 <= h - 1
+
+    heads = sorted({*range(0, oh - group + 1, group), oh - group})
+    out, run = [], []
+    for y0 in heads:
+        if _inside(y0) and (not run or y0 == run[-1] + group):
+            run.append(y0)
+            continue
+        if run:
+            out.append(((run[0], len(run)), "loop"))
+            run = []
+        if _inside(y0):
+            run.append(y0)
+        else:
+            out.append((y0, "static"))
+    if run:
+        out.append(((run[0], len(run)), "loop"))
+    return out
+
+
+def _row_group(ctx, y0, starts, static_y0):
+    """``group`` output rows from ``y0``: every vector start, then the epilogue."""
+    lanes = ctx["lanes"]
+    first, last = starts[0], starts[-1]
+    interior = [x for x in starts if x not in (first, last)]
+    step = lanes
+    _vector(ctx, y0, first, static_y0)
+    if interior and all(b - a == step for a, b in zip(interior, interior[1:], strict=False)):
+        with T.serial(0, len(interior)) as v:
+            _vector(ctx, y0, interior[0] + v * step, static_y0)
+    else:
+        for x0 in interior:
+            _vector(ctx, y0, x0, static_y0)
+    if last != first:
+        _vector(ctx, y0, last, static_y0)
+
+
+def _vector(ctx, y0, x0, static_y0):
+    """One vector of ``L`` output pixels at column `x0` in each row of the group."""
+    lanes, dtype, s, h, w = (ctx[k] for k in ("lanes", "dtype", "s", "h", "w"))
+    group, acc, dflat, base = ctx["group"], ctx["acc"], ctx["dflat"], ctx["base"]
+    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
+    left_edge = isinstance(x0, int) and x0 == 0
+    right_edge = s == 1 and isinstance(x0, int) and x0 + lanes == w
+    for j in range(group):
+        T.buffer_store(acc, zero, [_vec(j * lanes, lanes)])
+    for r in range(group * s + 2):  # input rows y0 * s - 1 + r
+        if static_y0 is not None and not 0 <= static_y0 * s - 1 + r < h:
+            continue
+        row = base + (y0 * s - 1 + r) * w
+        wins = _windows(dflat, row, x0, s, lanes, dtype, left_edge, right_edge)
+        for j in range(group):
+            ky = r - j * s
+            if not 0 <= ky < 3:
+                continue
+            slot = _vec(j * lanes, lanes)
+            val = acc[slot]
+            for kx in range(3):
+                val = val + wins[kx] * ctx["wts"][ky * 3 + kx]
+            T.buffer_store(acc, val, [slot])
+    for j in range(group):
+        with T.vectorized(0, lanes) as lane:
+            stmt = ctx["epilogue"].store([ctx["img"], ctx["ch"], y0 + j, x0 + lane],
+                                         acc[j * lanes + lane])
+            T.buffer_store(stmt.buffer, stmt.value, list(stmt.indices))
+
+
+def _windows(dflat, row, x0, s, lanes, dtype, left_edge, right_edge):
+    """The three tap windows (input columns ``x*s - 1, x*s, x*s + 1``) of one row."""
+    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
+
+    def _ld(col):
+        return _cast(dflat[_vec(row + col, lanes)], dtype, lanes)
+
+    if s == 1:
+        mid = _ld(x0)
+        left = (tirx.Shuffle([zero, mid], list(range(lanes - 1, 2 * lanes - 1)))
+                if left_edge else _ld(x0 - 1))
+        right = (tirx.Shuffle([mid, zero], list(range(1, lanes + 1)))
+                 if right_edge else _ld(x0 + 1))
+        return [left, mid, right]
+    a, b = _ld(2 * x0), _ld(2 * x0 + lanes)
+    even = tirx.Shuffle([a, b], [2 * i for i in range(lanes)])
+    odd = tirx.Shuffle([a, b], [2 * i + 1 for i in range(lanes)])
+    if left_edge:
+        left = tirx.Shuffle([zero, odd], list(range(lanes - 1, 2 * lanes - 1)))
+    else:
+        c, d = _ld(2 * x0 - 1), _ld(2 * x0 - 1 + lanes)
+        left = tirx.Shuffle([c, d], [2 * i for i in range(lanes)])
+    return [left, even, odd]

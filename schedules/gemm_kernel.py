@@ -1,0 +1,236 @@
+"""The packed GEMM convolution as a hand-scheduled TIR kernel with a fused epilogue.
+
+An NCHW convolution (groups = 1) is ``Y[k, p] = sum_r W[k, r] * X[r, p]`` over output
+pixels ``p = y * OW + x`` and ``r = (c, ky, kx)``. `gemm_conv_func` builds it as:
+
+``parallel(n, segment)``: a segment is ``rows`` output rows (``S = rows * OW`` pixels; the
+last segment is shifted up to end at the last row, recomputing a few rows). Unless the
+convolution is 1 x 1, stride 1, unpadded (then ``X`` is the input itself), the segment's
+``X[R, S]`` is copied once (im2col: each input row segment as vectors, stride 2 by
+de-interleaving shuffles, zeros where the window leaves the image).
+
+``k_chunks`` → pixel blocks of ``nv * L`` (the last one shifted left to end at the
+segment's end) → ``R`` (unrolled by 4) → a ``kb x nv`` tile of vector accumulators: per
+step ``nv`` pixel vectors and one ``kb``-wide weight vector whose lanes feed the FMAs
+(``fmla v.4s, v.4s, v.s[i]``). Then the fused epilogue (`schedules.epilogue`) writes each
+accumulator vector to the output with bias, residual and activation applied; shifted
+blocks write some pixels twice with the same values.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+OPAQUE = 8  # Relax op pattern "opaque"
+_REDUCE_UNROLL = 4
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _scalar_dtype(expr) -> str:
+    """Element dtype of a (vector) expression."""
+    return str(expr.ty.dtype).split("x")[0]
+
+
+def _vec(base, lanes: int):
+    return tirx.Ramp(base, 1, lanes)
+
+
+def _flat(var, size: int, dtype: str):
+    """A 1-D view of parameter buffer `var`."""
+    return T.decl_buffer((size,), dtype, data=var.data)
+
+
+def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
+                   parallel: bool = True):
+    """Build the GEMM convolution PrimFunc for the fused function `func`.
+
+    Parameters
+    ----------
+    func : tirx.PrimFunc
+        The fused function (its parameters are kept).
+    data, weight : Var
+        The input ``[N, C, H, W]`` and the packed weights ``[K / kb, C, KH, KW, kb]``
+        (parameters of `func`).
+    geometry : dict
+        ``strides``, ``padding`` (top, left, bottom, right), ``dilation``, ``out_shape``
+        (N, K, OH, OW), ``vectors`` (nv), ``rows`` (output rows per segment), ``dtype``
+        (accumulation dtype).
+    epilogue : schedules.epilogue.Epilogue
+    lanes : int
+    parallel : bool
+
+    Returns
+    -------
+    tirx.PrimFunc
+    """
+    n, c, h, w = (int(v) for v in data.ty.shape)
+    chunks, _, kh, kw, kb = (int(v) for v in weight.ty.shape)
+    sh, sw = geometry["strides"]
+    _, k_out, oh, ow = geometry["out_shape"]
+    nv, rows, dtype = geometry["vectors"], geometry["rows"], geometry["dtype"]
+    red = c * kh * kw
+    seg = rows * ow
+    tp = nv * lanes
+    if seg < tp:
+        raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
+    direct = kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
+    n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
+
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("mdl_gemm_conv")
+            for p in func.params:
+                T.arg(p.name, p)
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                         "mdl.schedule_rule": "gemm_conv", "op_pattern": OPAQUE})
+            with T.sblock("root"):
+                wflat = _flat(weight, chunks * red * kb, weight.ty.dtype)
+                dflat = _flat(data, n * c * h * w, data.ty.dtype)
+                loop = T.parallel if parallel else T.serial
+                with loop(0, n * n_seg) as task:
+                    img, y0 = task // n_seg, T.bind(tirx.min(task % n_seg * rows, oh - rows))
+                    if direct:
+                        src, src_base, stride = dflat, T.bind(img * c * h * w + y0 * ow), h * w
+                    else:
+                        src = T.alloc_buffer((red * seg,), dtype)
+                        _im2col(src, dflat, img, y0, geometry, (n, c, h, w), (kh, kw), lanes,
+                                dtype)
+                        src_base, stride = 0, seg
+                    with T.serial(0, chunks) as kc:
+                        with T.serial(0, n_blk) as blk:
+                            q0 = T.bind(tirx.min(blk * tp, seg - tp))
+                            acc = T.alloc_buffer((kb * tp,), dtype)
+                            zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
+                            for i in range(kb * nv):
+                                T.buffer_store(acc, zero, [_vec(i * lanes, lanes)])
+                            _reduce(acc, src, wflat, src_base + q0, stride, kc * red * kb, red,
+                                    kb, nv, lanes, dtype)
+                            _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, nv, lanes),
+                                   (k_out, ow), kb * chunks != k_out)
+    return ib.get()
+
+
+def _reduce(acc, src, wflat, x_base, x_stride, w_base, red, kb, nv, lanes, dtype):
+    """``acc[kk, v] += W[r, kk] * X[r, v]`` over ``r < red``, unrolled by 4."""
+
+    by_lane = kb >= lanes  # one vector load, FMAs by lane (indexed FMA on AArch64)
+
+    def _weight(r, kk, wv):
+        if by_lane:
+            return tirx.Shuffle([wv], [kk] * lanes)
+        scalar = wflat[w_base + r * kb + kk]
+        if _scalar_dtype(scalar) != dtype:
+            scalar = tirx.Cast(dtype, scalar)
+        return tirx.Broadcast(scalar, lanes)
+
+    def _step(r):
+        wv = wflat[_vec(w_base + r * kb, kb)] if by_lane else None
+        if by_lane and _scalar_dtype(wv) != dtype:
+            wv = tirx.Cast(f"{dtype}x{kb}", wv)
+        xs = []
+        for v in range(nv):
+            xv = src[_vec(x_base + r * x_stride + v * lanes, lanes)]
+            xs.append(xv if _scalar_dtype(xv) == dtype
+                      else tirx.Cast(f"{dtype}x{lanes}", xv))
+        for kk in range(kb):
+            wk = _weight(r, kk, wv)
+            for v in range(nv):
+                slot = _vec((kk * nv + v) * lanes, lanes)
+                T.buffer_store(acc, acc[slot] + wk * xs[v], [slot])
+
+    if red >= _REDUCE_UNROLL:
+        with T.serial(0, red // _REDUCE_UNROLL) as ro:
+            for ri in range(_REDUCE_UNROLL):
+                _step(ro * _REDUCE_UNROLL + ri)
+    for r in range(red - red % _REDUCE_UNROLL, red):
+        _step(r)
+
+
+def _store(epilogue, acc, img, k0, p0, tile, out_hw, guard: bool):
+    """The epilogue of one tile: vectors of pixels ``p0 + v * L`` of channels ``k0 + kk``."""
+    kb, nv, lanes = tile
+    k_out, ow = out_hw
+    for kk in range(kb):
+        k = k0 + kk
+
+        def _body(k=k, kk=kk):
+            for v in range(nv):
+                with T.vectorized(0, lanes) as lane:
+                    p = p0 + v * lanes + lane
+                    stmt = epilogue.store([img, k, p // ow, p % ow],
+                                          acc[(kk * nv + v) * lanes + lane])
+                    T.buffer_store(stmt.buffer, stmt.value, list(stmt.indices))
+
+        if guard:
+            with T.If(k < k_out):
+                with T.Then():
+                    _body()
+        else:
+            _body()
+
+
+def _im2col(col, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
+    """``col[(c, ky, kx), j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh - top,
+    x * sw + kx * dw - left]`` (zero outside the image), row by row."""
+    n, c, h, w = shape
+    kh, kw = kernel
+    (sh, sw), (dh, dw) = geometry["strides"], geometry["dilation"]
+    top, left = geometry["padding"][:2]
+    ow, rows = geometry["out_shape"][3], geometry["rows"]
+    seg = rows * ow
+    zero = tirx.const(0, dtype)
+    with T.serial(0, c) as ch:
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (ch * kh + ky) * kw + kx
+                off = kx * dw - left
+                lo = min(ow, max(0, _ceil_div(-off, sw)))
+                hi = max(lo, min(ow, (w - 1 - off) // sw + 1))
+                # whole vectors whose loads (sw * lanes wide) stay inside the row
+                nvec = 0
+                while (lo + (nvec + 1) * lanes <= hi
+                       and (lo + nvec * lanes) * sw + off + sw * lanes <= w):
+                    nvec += 1
+                with T.serial(0, rows) as j:
+                    iy = (y0 + j) * sh + ky * dh - top
+                    dst = r * seg + j * ow
+                    row = T.bind(((img * c + ch) * h + tirx.max(tirx.min(iy, h - 1), 0)) * w)
+                    with T.If(tirx.all(iy >= 0, iy < h)):
+                        with T.Then():
+                            _copy_row(col, dflat, dst, row, off, (lo, hi, nvec), sw, ow,
+                                      lanes, dtype)
+                        with T.Else():
+                            with T.serial(0, ow) as x:
+                                T.buffer_store(col, zero, [dst + x])
+
+
+def _copy_row(col, dflat, dst, row, off, span, sw, ow, lanes, dtype):
+    lo, hi, nvec = span
+    zero = tirx.const(0, dtype)
+
+    def _cast(v, width):
+        return v if _scalar_dtype(v) == dtype else tirx.Cast(
+            f"{dtype}x{width}" if width > 1 else dtype, v)
+
+    for a, b in ((0, lo), (hi, ow)):
+        if b > a:
+            with T.serial(a, b) as x:
+                T.buffer_store(col, zero, [dst + x])
+    if nvec:
+        with T.serial(0, nvec) as v:
+            x0 = lo + v * lanes
+            src = row + x0 * sw + off
+            if sw == 1:
+                val = dflat[_vec(src, lanes)]
+            else:
+                loads = [dflat[_vec(src + i * lanes, lanes)] for i in range(sw)]
+                val = tirx.Shuffle(loads, [i * sw for i in range(lanes)])
+            T.buffer_store(col, _cast(val, lanes), [_vec(dst + x0, lanes)])
+    if lo + nvec * lanes < hi:
+        with T.serial(lo + nvec * lanes, hi) as x:
+            T.buffer_store(col, _cast(dflat[row + x * sw + off], 1), [dst + x])

@@ -1,0 +1,199 @@
+"""The Winograd input transform as a hand-scheduled TIR kernel: ``V = B^T d B`` per tile.
+
+`input_transform_func` returns a PrimFunc (already scheduled, ``tirx.is_scheduled``; the
+rule `schedules.wino_input_rule.WinogradInput` puts it in place of the TE reference) that
+reads the NCHW input and writes ``V[alpha * alpha, C, T_padded]``: for every Winograd
+coordinate and input channel, the transformed tiles one after another (tile
+``t = (n * nH + th) * nW + tw``), the layout the batched GEMM streams as vectors of tiles.
+Columns past the last tile (up to the GEMM's tile block) hold zeros or copies of the last
+tile: the GEMM computes them and the output transform never reads them.
+
+Per channel (the parallel loop) the image is copied into a zero-padded plane
+(``nH * m + 2`` rows, vector stores), then each vector of ``L`` tiles is transformed in two
+1-D passes whose intermediate lives in a small stack buffer (bounded register pressure):
+
+* rows of tiles at least ``L`` wide: ``L`` neighbouring tiles of one tile row, read as
+  contiguous vectors and de-interleaved by shuffles (stride ``m``; ``ld4`` / ``uzp`` /
+  ``ext`` on NEON); the last vector of a row is shifted left to end at the row's end
+  (it recomputes, and rewrites with the same values, a few tiles);
+* narrower maps: any ``L`` consecutive tiles, each read as ``alpha``-wide rows from its
+  own address and transposed in registers (``trn`` / ``zip``).
+
+The transform's arithmetic is `schedules.wino_math.transform_rows` (shared even / odd
+parts, +-1 as adds).
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from schedules.wino_math import matrices, transform_rows
+
+# Relax op pattern kind "opaque": FuseOps fuses nothing into a hand-scheduled kernel (its
+# loops are not blocks FuseTIR could merge).
+OPAQUE = 8
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _transpose(rows: list, lanes: int) -> list:
+    """`lanes` vectors of `lanes` lanes -> their transpose (lane l of output q is
+    ``rows[l][q]``), as the butterfly of ``trn1/trn2`` and ``zip`` shuffles."""
+    width = 1
+    cur = list(rows)
+    while width < lanes:
+        nxt = list(cur)
+        for start in range(0, lanes, 2 * width):
+            for off in range(width):
+                a, b = cur[start + off], cur[start + off + width]
+                lo, hi = [], []
+                for block in range(0, lanes, 2 * width):
+                    lo += [block + i for i in range(width)] + \
+                          [lanes + block + i for i in range(width)]
+                    hi += [block + width + i for i in range(width)] + \
+                          [lanes + block + width + i for i in range(width)]
+                nxt[start + off] = tirx.Shuffle([a, b], lo)
+                nxt[start + off + width] = tirx.Shuffle([a, b], hi)
+        cur = nxt
+        width *= 2
+    return cur
+
+
+def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: str,
+                         lanes: int, tiles_padded: int, parallel: bool = True):
+    """Build the input-transform PrimFunc (see the module docstring).
+
+    Parameters
+    ----------
+    data_shape : tuple of int
+        NCHW input shape.
+    data_dtype : str
+        Input dtype (cast to `dtype` while padding).
+    padding : tuple of int
+        ``(top, left, bottom, right)`` of the 3 x 3 convolution.
+    m : int
+        Output tile size (``alpha = m + 2``).
+    dtype : str
+        Compute dtype of the transform and of ``V``.
+    lanes : int
+        Vector lanes of `dtype` (a power of two).
+    tiles_padded : int
+        Tile count ``V`` is padded to (a multiple of `lanes`).
+    parallel : bool
+        Make the channel loop parallel.
+
+    Returns
+    -------
+    tirx.PrimFunc
+    """
+    n, c, h, w = (int(v) for v in data_shape)
+    top, left, bottom, right = padding
+    alpha = m + 2
+    oh, ow = h + top + bottom - 2, w + left + right - 2
+    n_h, n_w = _ceil_div(oh, m), _ceil_div(ow, m)
+    tiles = n * n_h * n_w
+    if tiles_padded % lanes or tiles_padded < tiles:
+        raise ValueError(f"tiles_padded {tiles_padded} must be a multiple of {lanes} "
+                         f">= {tiles}")
+    rows_p = n_h * m + 2
+    cols_p = _ceil_div(n_w * m + 2 + lanes, lanes) * lanes
+    plane = rows_p * cols_p
+    _, _, bt = matrices(m, dtype)
+    by_rows = n_w >= lanes
+    zero = tirx.const(0, dtype)
+
+    def _vec(base):
+        return tirx.Ramp(base, 1, lanes)
+
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("mdl_winograd_input")
+            data = T.arg("data", T.Buffer((n, c, h, w), data_dtype))
+            out = T.arg("V", T.Buffer((alpha * alpha, c, tiles_padded), dtype))
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                         "mdl.schedule_rule": "winograd_input", "op_pattern": OPAQUE})
+            with T.sblock("root"):
+                loop = T.parallel if parallel else T.serial
+                with loop(0, c) as ci:
+                    pad = T.alloc_buffer((n * plane,), dtype)  # per channel: per thread
+                    _pad_planes(data, pad, ci, n, h, w, top, left, plane, cols_p, lanes, dtype)
+                    tmp = T.alloc_buffer((alpha * alpha * lanes,), dtype)
+
+                    def _transform(read_row, store):
+                        with T.serial(0, alpha) as r:
+                            row = transform_rows(bt, read_row(r), dtype)
+                            for e2 in range(alpha):
+                                T.buffer_store(tmp, row[e2], [_vec((r * alpha + e2) * lanes)])
+                        with T.serial(0, alpha) as e2:
+                            col = transform_rows(
+                                bt, [tmp[_vec((r * alpha + e2) * lanes)] for r in range(alpha)],
+                                dtype)
+                            for e1 in range(alpha):
+                                T.buffer_store(out, col[e1], [e1 * alpha + e2, ci, store])
+
+                    if by_rows:
+                        span = _ceil_div(lanes * m + 2, lanes)
+                        with T.serial(0, n * n_h) as row_id:
+                            with T.serial(0, _ceil_div(n_w, lanes)) as tv:
+                                tw0 = T.bind(tirx.min(tv * lanes, n_w - lanes))
+                                img, th = row_id // n_h, row_id % n_h
+                                base = T.bind(img * plane + th * (m * cols_p) + tw0 * m)
+
+                                def _read_row(r, base=base):
+                                    vecs = [pad[_vec(base + r * cols_p + k * lanes)]
+                                            for k in range(span)]
+                                    return [tirx.Shuffle(vecs, [q + m * lane
+                                                                for lane in range(lanes)])
+                                            for q in range(alpha)]
+
+                                _transform(_read_row, _vec(row_id * n_w + tw0))
+                    else:
+                        per_row = _ceil_div(alpha, lanes)
+                        with T.serial(0, tiles_padded // lanes) as tb:
+                            bases = []
+                            for lane in range(lanes):
+                                t = tirx.min(tb * lanes + lane, tiles - 1)
+                                img, rest = t // (n_h * n_w), t % (n_h * n_w)
+                                bases.append(T.bind(img * plane + (rest // n_w) * (m * cols_p)
+                                                    + (rest % n_w) * m))
+
+                            def _read_cols(r, bases=bases):
+                                cols = []
+                                for k in range(per_row):
+                                    cols += _transpose(
+                                        [pad[_vec(b + r * cols_p + k * lanes)] for b in bases],
+                                        lanes)
+                                return cols[:alpha]
+
+                            _transform(_read_cols, _vec(tb * lanes))
+                    if by_rows and tiles_padded > tiles:
+                        with T.serial(tiles, tiles_padded) as t:
+                            with T.serial(0, alpha * alpha) as e:
+                                T.buffer_store(out, zero, [e, ci, t])
+    return ib.get()
+
+
+def _pad_planes(data, pad, ci, n, h, w, top, left, plane, cols_p, lanes, dtype):
+    """Zero channel `ci`'s padded planes, then copy its rows in (vectors + a scalar tail)."""
+    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
+    full = w // lanes * lanes
+    with T.serial(0, n) as img:
+        with T.serial(0, plane // lanes) as v:
+            T.buffer_store(pad, zero, [tirx.Ramp(img * plane + v * lanes, 1, lanes)])
+        with T.serial(0, h) as y:
+            row = img * plane + (y + top) * cols_p + left
+            if full:
+                with T.serial(0, full // lanes) as v:
+                    src = data[img, ci, y, tirx.Ramp(v * lanes, 1, lanes)]
+                    if data.dtype != dtype:
+                        src = tirx.Cast(f"{dtype}x{lanes}", src)
+                    T.buffer_store(pad, src, [tirx.Ramp(row + v * lanes, 1, lanes)])
+            if full < w:
+                with T.serial(full, w) as x:
+                    src = data[img, ci, y, x]
+                    T.buffer_store(pad, src if data.dtype == dtype else src.astype(dtype),
+                                   [row + x])

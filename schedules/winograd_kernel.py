@@ -1,0 +1,187 @@
+"""Winograd batched GEMM + output transform + fused epilogue as a hand-scheduled TIR kernel.
+
+`winograd_output_func` replaces the fused function of a Winograd convolution (the TE
+reference `schedules.winograd.winograd_conv2d` plus FuseOps' element-wise blocks) by:
+
+``parallel(K / kb)`` → blocks of ``nv * L`` tiles →
+
+* for each of the ``alpha^2`` Winograd coordinates, a ``kb x nv`` tile of vector
+  accumulators over ``C`` (``U``'s ``kb`` weights loaded as one vector and used by lane,
+  ``V``'s tiles as vectors), stored to a scratch block ``M[alpha^2, kb, nv * L]``;
+* per output channel and vector of tiles: the column pass of ``A^T`` (an ``alpha`` loop into
+  a stack buffer) and the row pass, giving ``m`` vectors of one output row of ``L`` tiles;
+  each tile's ``m`` pixels are picked by a shuffle and written with the epilogue
+  (`schedules.epilogue`) as one vector -- a scalar loop for tiles cut by the image edge.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from schedules.wino_math import matrices, transform_rows
+
+OPAQUE = 8  # Relax op pattern "opaque"
+_REDUCE_UNROLL = 4
+
+
+def _vec(base, lanes: int):
+    return tirx.Ramp(base, 1, lanes)
+
+
+def _scalar_dtype(expr) -> str:
+    return str(expr.ty.dtype).split("x")[0]
+
+
+def _cast(expr, dtype: str, lanes: int):
+    if _scalar_dtype(expr) == dtype:
+        return expr
+    return tirx.Cast(f"{dtype}x{lanes}" if lanes > 1 else dtype, expr)
+
+
+def winograd_output_func(func, v, u, geometry: dict, epilogue, lanes: int,
+                         parallel: bool = True):
+    """Build the GEMM + output-transform PrimFunc for the fused function `func`.
+
+    Parameters
+    ----------
+    func : tirx.PrimFunc
+        The fused function (its parameters are kept).
+    v, u : Var
+        ``V[alpha^2, C, T_padded]`` and ``U[alpha^2, K / kb, C, kb]`` (parameters of `func`).
+    geometry : dict
+        ``m``, ``vectors`` (nv), ``tiles_hw`` (nH, nW), ``out_shape`` (N, K, OH, OW),
+        ``dtype`` (compute dtype).
+    epilogue : schedules.epilogue.Epilogue
+    lanes : int
+    parallel : bool
+
+    Returns
+    -------
+    tirx.PrimFunc
+    """
+    e_count, c, tiles_padded = (int(d) for d in v.ty.shape)
+    _, chunks, _, kb = (int(d) for d in u.ty.shape)
+    m, nv, dtype = geometry["m"], geometry["vectors"], geometry["dtype"]
+    tp = nv * lanes
+    at, _, _ = matrices(m, dtype)
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("mdl_winograd_gemm")
+            for p in func.params:
+                T.arg(p.name, p)
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                         "mdl.schedule_rule": "winograd", "op_pattern": OPAQUE})
+            with T.sblock("root"):
+                vflat = T.decl_buffer((e_count * c * tiles_padded,), v.ty.dtype, data=v.data)
+                uflat = T.decl_buffer((e_count * chunks * c * kb,), u.ty.dtype, data=u.data)
+                loop = T.parallel if parallel else T.serial
+                with loop(0, chunks) as kc:
+                    mbuf = T.alloc_buffer((e_count * kb * tp,), dtype)
+                    with T.serial(0, tiles_padded // tp) as blk:
+                        t0 = blk * tp
+                        with T.serial(0, e_count) as e:
+                            _gemm_tile(mbuf, vflat, uflat, e, kc, t0,
+                                       (c, tiles_padded, chunks, kb, nv, lanes), dtype)
+                        _output_tiles(mbuf, epilogue, kc, t0, at, geometry, (kb, nv, lanes),
+                                      dtype)
+    return ib.get()
+
+
+def _gemm_tile(mbuf, vflat, uflat, e, kc, t0, dims, dtype):
+    """``mbuf[e, kk, :] = sum_c U[e, kc, c, kk] * V[e, c, t0 : t0 + tp]``."""
+    c, tiles_padded, chunks, kb, nv, lanes = dims
+    tp = nv * lanes
+    acc = T.alloc_buffer((kb * tp,), dtype)
+    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
+    for i in range(kb * nv):
+        T.buffer_store(acc, zero, [_vec(i * lanes, lanes)])
+    v_base = e * c * tiles_padded + t0
+    u_base = (e * chunks + kc) * c * kb
+    by_lane = kb >= lanes
+
+    def _step(ch):
+        if by_lane:
+            wv = _cast(uflat[_vec(u_base + ch * kb, kb)], dtype, kb)
+        xs = [_cast(vflat[_vec(v_base + ch * tiles_padded + i * lanes, lanes)], dtype, lanes)
+              for i in range(nv)]
+        for kk in range(kb):
+            if by_lane:
+                wk = tirx.Shuffle([wv], [kk] * lanes)
+            else:
+                wk = tirx.Broadcast(_cast(uflat[u_base + ch * kb + kk], dtype, 1), lanes)
+            for i in range(nv):
+                slot = _vec((kk * nv + i) * lanes, lanes)
+                T.buffer_store(acc, acc[slot] + wk * xs[i], [slot])
+
+    if c >= _REDUCE_UNROLL:
+        with T.serial(0, c // _REDUCE_UNROLL) as co:
+            for ci in range(_REDUCE_UNROLL):
+                _step(co * _REDUCE_UNROLL + ci)
+    for ch in range(c - c % _REDUCE_UNROLL, c):
+        _step(ch)
+    for i in range(kb * nv):
+        T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
+                       [_vec(e * kb * tp + i * lanes, lanes)])
+
+
+def _output_tiles(mbuf, epilogue, kc, t0, at, geometry, tile, dtype):
+    """Output transform and epilogue of one block of tiles for each of its channels."""
+    kb, nv, lanes = tile
+    m = geometry["m"]
+    alpha = m + 2
+    tp = nv * lanes
+    n_h, n_w = geometry["tiles_hw"]
+    _, k_out, oh, ow = geometry["out_shape"]
+    tiles = geometry["out_shape"][0] * n_h * n_w
+    cols = T.alloc_buffer((m * alpha * lanes,), dtype)
+    seg = T.alloc_buffer((m,), dtype)
+    with T.serial(0, kb) as kk:
+        k = kc * kb + kk
+        with T.If(k < k_out):
+            with T.Then():
+                with T.serial(0, nv) as vi:
+                    def _m(e, kk=kk, vi=vi):
+                        return mbuf[_vec(e * kb * tp + kk * tp + vi * lanes, lanes)]
+
+                    with T.serial(0, alpha) as e2:
+                        col = transform_rows(at, [_m(e1 * alpha + e2) for e1 in range(alpha)],
+                                             dtype)
+                        for i in range(m):
+                            T.buffer_store(cols, col[i], [_vec((i * alpha + e2) * lanes, lanes)])
+                    with T.serial(0, m) as i:
+                        row = transform_rows(
+                            at, [cols[_vec((i * alpha + e2) * lanes, lanes)]
+                                 for e2 in range(alpha)], dtype)
+                        for lane in range(lanes):
+                            t = t0 + vi * lanes + lane
+                            _tile_row(epilogue, seg, row, lane, t, i, k,
+                                      (tiles, n_h, n_w, m, oh, ow, lanes))
+
+
+def _tile_row(epilogue, seg, row, lane, t, i, k, dims):
+    """Write row `i` of tile `t` (lane `lane` of the ``m`` row vectors) with the epilogue."""
+    tiles, n_h, n_w, m, oh, ow, lanes = dims
+    img, rest = t // (n_h * n_w), t % (n_h * n_w)
+    th, tw = rest // n_w, rest % n_w
+    y, x0 = th * m + i, tw * m
+    full = n_w * m <= ow  # every tile inside the image horizontally
+    with T.If(tirx.all(t < tiles, y < oh)):
+        with T.Then():
+            T.buffer_store(seg, tirx.Shuffle(row, [j * lanes + lane for j in range(m)]),
+                           [_vec(0, m)])
+
+            def _write(loop, end):
+                with loop(0, end) as j:
+                    stmt = epilogue.store([img, k, y, x0 + j], seg[j])
+                    T.buffer_store(stmt.buffer, stmt.value, list(stmt.indices))
+
+            if full:
+                _write(T.vectorized, m)
+            else:
+                with T.If(x0 + m <= ow):
+                    with T.Then():
+                        _write(T.vectorized, m)
+                    with T.Else():
+                        _write(T.serial, ow - x0)

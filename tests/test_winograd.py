@@ -1,0 +1,169 @@
+"""Winograd convolution: transform arithmetic, the kernels against their unscheduled TE
+reference on odd geometries (fp32 and fp16, phone-like and host lanes), and the cost
+model's choice between Winograd tiles and the GEMM convolution."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import lower_and_run, relax_module, rules_used
+from tvm import relax
+
+import schedules.legalize as legalize
+from mdl_tvm.core.targets import get_profile
+from schedules import algo, wino_math
+from schedules.config import ConvGeometry, MachineConfig
+
+NEON = MachineConfig(vector_bits=128, num_regs=32, num_cores=2, fp16_arith=True,
+                     indexed_fma=True)
+HOST = MachineConfig.from_profile(get_profile("host"))
+ARM32 = MachineConfig.from_profile(get_profile("arm64"))
+ARM16 = MachineConfig.from_profile(get_profile("arm64-fp16"))
+
+
+def _direct(x, w, padding):
+    top, left, bottom, right = padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    return torch.nn.functional.conv2d(torch.tensor(xp), torch.tensor(w.astype(np.float64))).numpy()
+
+
+@pytest.mark.parametrize("m", wino_math.TILE_SIZES)
+def test_transforms_compute_the_correlation_and_report_their_error(rng, m):
+    """A^T[(G g G^T) * (B^T d B)]A is the 3 x 3 correlation; rounding every stage to fp16
+    costs more with bigger tiles (the reason fp16 stops at F(4,3))."""
+    x = rng.standard_normal((16, 14, 14))
+    w = rng.standard_normal((8, 16, 3, 3)) / 12
+    ref = _direct(x[None], w, (1, 1, 1, 1))[0]
+    scale = np.abs(ref).max()
+    err32 = np.abs(wino_math.reference(x, w, m, (1, 1, 1, 1), "float32") - ref).max() / scale
+    err16 = np.abs(wino_math.reference(x, w, m, (1, 1, 1, 1), "float16") - ref).max() / scale
+    assert err32 < 2e-5
+    assert err16 < {2: 3e-3, 4: 1e-2, 6: 5e-2}[m]
+    at, g, bt = wino_math.matrices(m, "float32")
+    assert at.shape == (m, m + 2) and g.shape == (m + 2, 3) and bt.shape == (m + 2, m + 2)
+
+
+def test_weight_transform_is_packed_by_output_channel_blocks(rng):
+    w = rng.standard_normal((5, 3, 3, 3)).astype("float32")
+    u = wino_math.transform_weight(w, 4, 4, "float32")
+    _, g, _ = wino_math.matrices(4, "float32")
+    expected = np.einsum("ea,kcab,fb->efkc", g, w.astype(np.float64), g).reshape(36, 5, 3)
+    assert u.shape == (36, 2, 3, 4) and u.dtype == np.float32
+    np.testing.assert_allclose(u[:, 0].transpose(0, 2, 1), expected[:, :4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(u[:, 1, :, 0], expected[:, 4], rtol=1e-5, atol=1e-6)
+    assert not u[:, 1, :, 1:].any()  # channels past K are zero
+    assert wino_math.transform_weight(w, 4, 8, "float32", "float16").dtype == np.float16
+
+
+def _force(monkeypatch, m):
+    def _choose(cfg, dtype, geo, out_rows, batch=1, winograd=True):
+        return algo.winograd_cost(cfg, dtype, geo, out_rows, m, batch)
+
+    monkeypatch.setattr(legalize, "choose_conv_algo", _choose)
+
+
+def _conv_net(shape, w, bias, padding, residual, dtype):
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w.astype(dtype)), padding=padding,
+                                       out_dtype=dtype))
+        y = bb.emit(relax.op.add(y, relax.const(bias.astype(dtype))))
+        if residual:
+            y = bb.emit(relax.op.add(y, x))
+        return relax.op.nn.relu(y)
+
+    return relax_module(shape, body, dtype)
+
+
+@pytest.mark.parametrize(
+    "cfg, n, c, k, hw, padding, m, dtype",
+    [
+        (NEON, 1, 13, 37, (9, 11), (1, 1, 1, 1), 4, "float32"),  # odd channels, gathered tiles
+        (NEON, 1, 12, 12, (12, 20), (1, 1, 1, 1), 2, "float32"),  # rows of tiles, residual
+        (NEON, 2, 6, 10, (8, 8), (1, 1, 1, 1), 4, "float32"),  # batch 2
+        (NEON, 1, 16, 16, (3, 3), (1, 1, 1, 1), 6, "float32"),  # map smaller than a tile
+        (NEON, 1, 8, 8, (1, 1), (1, 1, 1, 1), 2, "float32"),  # one pixel
+        (HOST, 1, 5, 9, (17, 23), (0, 1, 2, 1), 6, "float32"),  # asymmetric padding, 8 lanes
+        (NEON, 1, 12, 20, (10, 14), (1, 1, 1, 1), 4, "float16"),
+        (NEON, 1, 16, 16, (7, 20), (1, 1, 1, 1), 2, "float16"),  # rows of 8 fp16 tiles
+    ],
+)
+def test_winograd_conv_matches_unscheduled_reference(monkeypatch, rng, cfg, n, c, k, hw, padding,
+                                                     m, dtype):
+    _force(monkeypatch, m)
+    x = rng.standard_normal((n, c, *hw)).astype(dtype)
+    w = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype("float32")
+    bias = rng.standard_normal((1, k, 1, 1)).astype("float32")
+    residual = c == k and padding == (1, 1, 1, 1)
+    mod = _conv_net(x.shape, w, bias, padding, residual, dtype)
+    plain, expected = lower_and_run(mod, [x], cfg, rules=())
+    lowered, actual = lower_and_run(mod, [x], cfg)
+    rules = set(rules_used(lowered).values())
+    assert {"winograd", "winograd_input"} <= rules, rules
+    assert not any(rules_used(plain).values())
+    exact = np.maximum(_direct(x, w, padding) + bias + (x if residual else 0), 0)
+    scale = np.abs(exact).max()
+    tol = 1e-4 if dtype == "float32" else 3e-2
+    assert np.abs(actual.astype(np.float64) - exact).max() <= tol * scale
+    assert np.abs(actual.astype(np.float64) - expected).max() <= tol * scale
+
+
+def _geo(c, k, hw, kernel=3, stride=1):
+    pad = kernel // 2
+    out = (hw + 2 * pad - kernel) // stride + 1
+    return ConvGeometry(c, hw, hw, k, out, (kernel, kernel), (stride, stride), pad_top=pad,
+                        pad_left=pad), out
+
+
+@pytest.mark.parametrize(
+    "cfg, dtype, shape, expected",
+    [
+        (ARM32, "float32", (64, 64, 56), "winograd"),  # ResNet layer1
+        (ARM32, "float32", (512, 512, 7), "winograd"),  # layer4: 4 tiles, still pays
+        (ARM16, "float16", (128, 128, 28), "winograd"),
+        (ARM32, "float32", (1, 64, 28), "gemm"),  # one input channel: transforms dominate
+        (ARM32, "float32", (4, 4, 2), "gemm"),  # a 2 x 2 map: one tile, transforms dominate
+        (ARM32, "float32", (3, 16, 32), "gemm"),  # RGB stem: three input channels
+        (ARM16, "float16", (3, 16, 32), "gemm"),
+    ],
+)
+def test_cost_model_picks_the_cheaper_path(cfg, dtype, shape, expected):
+    geo, out = _geo(*shape)
+    chosen = algo.choose_conv_algo(cfg, dtype, geo, out)
+    assert chosen.kind == expected
+    other = algo.gemm_cost(cfg, dtype, geo, out)
+    if expected == "winograd":
+        assert chosen.cost < algo.WINOGRAD_MARGIN * other.cost
+    else:
+        best = min(algo.winograd_cost(cfg, dtype, geo, out, m).cost
+                   for m in algo.winograd_tile_sizes(dtype, shape[0], shape[1]))
+        assert best >= algo.WINOGRAD_MARGIN * chosen.cost
+
+
+def test_cost_model_rules_tile_sizes_by_precision_channels_and_weights():
+    assert 6 not in algo.winograd_tile_sizes("float16", 64, 64)  # fp16: transform error
+    assert 6 in algo.winograd_tile_sizes("float32", 64, 64)
+    assert 6 not in algo.winograd_tile_sizes("float32", 256, 256)  # weights 7.1x, not 4x
+    geo, out = _geo(64, 64, 56)
+    assert algo.choose_conv_algo(ARM32, "float32", geo, out, winograd=False).kind == "gemm"
+    stride2, out2 = _geo(64, 128, 56, stride=2)
+    assert algo.choose_conv_algo(ARM32, "float32", stride2, out2).kind == "gemm"
+    for cfg, dtype in ((ARM32, "float32"), (ARM16, "float16")):
+        for kb, nv in algo.gemm_tiles(cfg, cfg.lanes(dtype)):
+            assert kb * nv + nv + max(1, kb // cfg.lanes(dtype)) + 1 <= cfg.num_regs
+
+
+def test_input_transform_scratch_is_private_to_each_thread():
+    """The padded plane is allocated inside the parallel channel loop: one per thread (a plane
+    shared by the threads raced, and the style network's output changed from run to run)."""
+    import tvm
+    import tvm.s_tir.transform as st
+
+    from schedules.wino_input import input_transform_func
+
+    func = input_transform_func((1, 8, 10, 10), "float32", (1, 1, 1, 1), 4, "float32", 4, 12)
+    lowered = tvm.transform.Sequential([
+        st.ConvertBlocksToOpaque(), st.PlanAndUpdateBufferAllocationLocation(),
+        st.CompactBufferAllocation(), st.LowerOpaqueBlock()])(tvm.IRModule({"main": func}))
+    lines = lowered.script().split("\n")
+    first_parallel = next(i for i, line in enumerate(lines) if "T.parallel" in line)
+    allocs = [i for i, line in enumerate(lines) if "alloc_buffer" in line]
+    assert allocs and min(allocs) > first_parallel
