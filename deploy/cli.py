@@ -4,9 +4,14 @@
     mdl-tvm tracker start [--port P]          # then: tracker stop / tracker status
     mdl-tvm device start [--tracker HOST:PORT --key KEY | --port P] [--host ADDR]
     mdl-tvm device status | stop
-    mdl-tvm device run ARTIFACT.so --input x.npy [--outputs-dir DIR]
-    mdl-tvm device insns ARTIFACT.so [--input x.npy] [--runs N] [--cpu NAME] [--force]
+    mdl-tvm device run ARTIFACT.so --input x.npy [--outputs-dir DIR] [--native]
+    mdl-tvm device insns ARTIFACT.so [--input x.npy] [--runs N] [--cpu NAME] [--force] [--native]
     mdl-tvm device insns MODEL --engine mobiledl|ort|ncnn|ncnn-fp16|mnn|mnn-fp16|litert
+    mdl-tvm device profile ARTIFACT.so [--native]
+    mdl-tvm deploy-bundle ARTIFACT.so -o DIR        # `deploy.native.cli`
+
+``--native`` runs the library with ``mdl_run`` (C++ on the TVM runtime alone, `deploy.native`)
+instead of the Python runner (``device_runner.py``, the default; RPC and tuning use it too).
 
 `register(subparsers)` adds these to the main ``mdl-tvm`` parser; every command's ``func``
 takes the argparse namespace and returns an exit code.
@@ -27,6 +32,8 @@ from deploy.cpus import DEFAULT_CPU, QEMU_CPUS, check_cpu
 from deploy.emulator import count_instructions, run_on_emulator
 from deploy.engines import ENGINES, CompileFn, count_model
 from deploy.kernel_profile import profile_instructions
+from deploy.native import cli as native_cli
+from deploy.native.build import ARCHES, ensure_build
 from mdl_tvm.core.artifact import read_metadata
 
 
@@ -51,6 +58,9 @@ def _cmd_setup(args) -> int:
     print(f"  python: {env.python}\n  plugin: {env.plugin}")
     if args.peers:
         print(f"  peers:  {env.peers} (ONNX Runtime, NCNN, MNN, LiteRT for aarch64)")
+    for arch in ARCHES:  # the native runtime: mdl_run, libmdl_runtime.so (deploy.native)
+        build = ensure_build(arch, env, force=args.force, log=lambda m: print(f"[native] {m}"))
+        print(f"  native ({arch}): {build.root}")
     return 0
 
 
@@ -128,9 +138,17 @@ def _library_inputs(args) -> list:
             for i in read_metadata(args.artifact)["inputs"]]
 
 
+def _runner(args) -> str:
+    return "native" if args.native else "python"
+
+
 def _cmd_run(args) -> int:
+    log: list = []
     outs = run_on_emulator(args.artifact, _library_inputs(args), repeat=args.repeat,
-                           mode=args.mode, cpu=args.cpu, force=args.force)
+                           mode=args.mode, cpu=args.cpu, force=args.force,
+                           runner=_runner(args), log=log)
+    if args.native:  # the runner's own report: load time, ms per inference
+        print(log[0].strip())
     if args.outputs_dir:
         os.makedirs(args.outputs_dir, exist_ok=True)
     for i, arr in enumerate(outs):
@@ -150,10 +168,14 @@ def _cmd_insns(args, compile_model=None) -> int:
                              "takes an ONNX file or a zoo model name")
         n = count_instructions(args.artifact, _library_inputs(args), runs=args.runs,
                                verify=args.verify, mode=args.mode, cpu=args.cpu,
-                               force=args.force)
+                               force=args.force, runner=_runner(args))
+        how = "native runner, main_zc" if args.native else f"python runner, {args.mode or 'plain'}"
         print(f"{n} aarch64 instructions per inference ({os.path.basename(args.artifact)}, "
-              f"{args.mode}, steady state over {args.runs} runs)")
+              f"{how}, steady state over {args.runs} runs)")
         return 0
+    if args.native:
+        raise ValueError("--native runs a MobileDL library (.so); compile the model first "
+                         "(mdl-tvm compile MODEL --target arm64 -o model.so)")
     engine = args.engine or "mobiledl"
     cpu = args.cpu or DEFAULT_CPU
     inputs = _load_inputs(args.input)
@@ -167,7 +189,8 @@ def _cmd_insns(args, compile_model=None) -> int:
 
 def _cmd_profile(args) -> int:
     prof = profile_instructions(args.artifact, _library_inputs(args), runs=args.runs,
-                                mode=args.mode, cpu=args.cpu, force=args.force)
+                                mode=args.mode, cpu=args.cpu, force=args.force,
+                                runner=_runner(args))
     print(prof.markdown())
     return 0
 
@@ -255,10 +278,13 @@ def register(subparsers, compile_model: CompileFn | None = None) -> None:
                        f"{DEFAULT_CPU} for an ONNX / zoo MODEL)")
         p.add_argument("--force", action="store_true",
                        help="run even if the library needs features the CPU lacks")
-        p.add_argument("--mode", choices=("plain", "copy-io", "zero-copy"), default="plain",
-                       help="call path: main on tensors made once (plain), with per-run "
-                       "input/output copies (copy-io), or main_zc on preset buffers "
-                       "(zero-copy)")
+        p.add_argument("--mode", choices=("plain", "copy-io", "zero-copy"),
+                       help="Python runner's call path: main on tensors made once (plain, "
+                       "the default), with per-run input/output copies (copy-io), or main_zc "
+                       "on preset buffers (zero-copy)")
+        p.add_argument("--native", action="store_true",
+                       help="run with the native runner (mdl_run: C++ on the TVM runtime, "
+                       "main_zc on preset buffers, no Python) instead of the Python one")
         if name == "run":
             p.add_argument("--repeat", type=int, default=1)
             p.add_argument("--outputs-dir", metavar="DIR", help="save out0.npy, out1.npy, ...")
@@ -267,6 +293,8 @@ def register(subparsers, compile_model: CompileFn | None = None) -> None:
             if name == "insns":
                 p.add_argument("--verify", action="store_true", help="count twice, check equal")
         p.set_defaults(func=(lambda a, f=fn: f(a, compile_model)) if name == "insns" else fn)
+
+    native_cli.register(subparsers)  # mdl-tvm deploy-bundle
 
     tr = subparsers.add_parser("tracker", help="the TVM RPC tracker")
     tr.set_defaults(func=_help(tr))

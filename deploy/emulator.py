@@ -1,9 +1,14 @@
 """Run a model library on the emulated phone without RPC, and count its ARM instructions.
 
-`run_on_emulator` runs ``device_runner.py`` with the phone's python under
-``qemu-aarch64-static``. `count_instructions` runs it under Debian's plugin-capable
-``qemu-aarch64`` with ``libinsn.so`` and returns instructions retired per inference:
-``(count(2N runs) - count(N runs)) / N``, so start-up (python, numpy, TVM import) cancels.
+Two runners start a library on the phone (`guest_runner`): ``python`` (the default),
+``device_runner.py`` under the phone's python3 with TVM's Python runtime, and ``native``,
+``mdl_run`` (`deploy.native`: C++ on the TVM runtime alone, ``main_zc`` on preset
+buffers). `run_on_emulator` runs one under ``qemu-aarch64-static``. `count_instructions`
+runs it under Debian's plugin-capable ``qemu-aarch64`` with ``libinsn.so`` and returns
+instructions retired per inference: ``(count(2N runs) - count(N runs)) / N``, so start-up
+(python, numpy, TVM import; or the runner's load) cancels; inside `recording` the raw
+counts are kept, from which `start_up` gives the start-up instructions (peak memory:
+`deploy.guest_memory`).
 
 Every run names its CPU (``-cpu``; `deploy.cpus`): by default the core of the profile the
 library was built for (``cortex-a76`` for ARMv8.2-A profiles, ``cortex-a72`` for ARMv8.0-A
@@ -13,8 +18,9 @@ an ARMv8.0 core) is refused before it runs; forced, its SIGILL comes back as a
 
 Counts are deterministic: both runs see the same directory, file names, argv length,
 environment and standard streams, with one thread, address-space randomisation off, a
-fixed hash seed and a fixed QEMU random seed. `count_guest` is the same machinery for any
-guest script (the peer engines use it, `deploy.peers.count`).
+fixed hash seed and a fixed QEMU random seed (the native runner in ``--count`` mode reads
+no clock). `count_guest` is the same machinery for any guest program (the peer engines use
+it, `deploy.peers.count`).
 """
 
 from __future__ import annotations
@@ -42,13 +48,25 @@ from deploy.cpus import (
     refusal,
 )
 from deploy.device import DeviceEnv, setup
+from deploy.host_model import check_arrays
+from deploy.native.elf import check_machine
+from deploy.runners import MODES, RUNNER, RUNNERS, guest_runner, runner_mode  # noqa: F401
 from mdl_tvm.core.artifact import read_metadata
 from mdl_tvm.core.errors import DeviceError, MdlError
+from mdl_tvm.core.specs import InputSpec
 from mdl_tvm.core.targets import PROFILES
 
-RUNNER = Path(__file__).with_name("device_runner.py")
-MODES = ("plain", "copy-io", "zero-copy")  # device_runner.MODES
 ADDR_NO_RANDOMIZE = 0x0040000
+_RECORDS: list[list] = []  # the logs of the `recording` blocks now open
+
+
+def checked_inputs(inputs, meta: dict | None) -> list:
+    """`inputs` as a list, checked against a MobileDL library's input specs (`meta`) so a
+    wrong shape or dtype fails here, with the fix, not on the phone (InputSpecError)."""
+    inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+    if meta is None:
+        return inputs
+    return check_arrays([InputSpec.from_json(i) for i in meta["inputs"]], inputs)
 
 
 def _save_inputs(inputs, workdir: Path) -> list[str]:
@@ -60,11 +78,6 @@ def _save_inputs(inputs, workdir: Path) -> list[str]:
         np.save(workdir / name, np.ascontiguousarray(arr))
         names.append(name)
     return names
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown runner mode {mode!r}; choose one of {MODES}")
 
 
 def read_outputs(outdir: Path) -> list[np.ndarray]:
@@ -82,6 +95,8 @@ def library_cpu(so_path, cpu: str | None = None, force: bool = False) -> tuple[s
     `cpu` defaults to the core of the library's target profile. Raises `DeviceError`
     when the library needs features that CPU lacks, unless `force`.
     """
+    check_machine(so_path, "aarch64", "the phone runs aarch64 libraries; compile the model "
+                  "for a phone profile (--target arm64, cortex-a76, ...)")
     try:
         meta = read_metadata(str(so_path))
     except MdlError:
@@ -129,10 +144,10 @@ def _guest_env(env: DeviceEnv, home: Path, pythonpath: Sequence[Path] = ()) -> d
 
 def run_on_emulator(
     so_path, inputs, repeat: int = 1, timeout: float = 600.0, env: DeviceEnv | None = None,
-    mode: str = "plain", calls: dict | None = None, cpu: str | None = None,
-    force: bool = False,
+    mode: str | None = None, calls: dict | None = None, cpu: str | None = None,
+    force: bool = False, runner: str = "python", log: list | None = None,
 ) -> list[np.ndarray]:
-    """Run ``main`` of an arm64 library under QEMU with the device-side runner.
+    """Run an arm64 library under QEMU with a device-side runner.
 
     Parameters
     ----------
@@ -141,48 +156,61 @@ def run_on_emulator(
     inputs : numpy.ndarray or list of numpy.ndarray
         One array per model input.
     repeat : int
-        Runs of ``main``; the last run's outputs are returned.
+        Runs; the last run's outputs are returned.
     timeout : float
         Seconds before the emulator is killed.
     env : DeviceEnv, optional
         A set-up phone (``setup()`` is called when omitted).
-    mode : str
-        ``"plain"``, ``"copy-io"`` or ``"zero-copy"``: the runner's call path
-        (`deploy.device_runner`; zero-copy runs ``main_zc`` on buffers allocated once).
+    mode : str, optional
+        The Python runner's call path, ``"plain"`` (default), ``"copy-io"`` or
+        ``"zero-copy"`` (`deploy.device_runner`); the native runner runs ``main_zc``.
     calls : dict, optional
-        Filled with the VM's call counts over the `repeat` runs (``{"runs", "mode",
-        "calls": {symbol: count}}``), counted on the device by a VM instrument.
+        Python runner: filled with the VM's call counts over the `repeat` runs (``{"runs",
+        "mode", "calls": {symbol: count}}``), counted on the device by a VM instrument.
     cpu : str, optional
         QEMU CPU model (`deploy.cpus.QEMU_CPUS`); default: the library's profile's core.
     force : bool
         Run even when the library needs features `cpu` lacks.
+    runner : str
+        ``"python"`` or ``"native"`` (`guest_runner`).
+    log : list, optional
+        The runner's printed output (its latencies) is appended.
 
     Returns
     -------
     list of numpy.ndarray
         The outputs, tuples flattened in order.
     """
-    _check_mode(mode)
+    runner_mode(runner, mode)  # a wrong runner or mode fails before the phone starts
     cpu, meta = library_cpu(so_path, cpu, force)
+    inputs = checked_inputs(inputs, meta)
     env = env or setup()
+    guest = guest_runner(so_path, runner, mode, env)
+    if calls is not None and guest.name != "python":
+        raise ValueError("calls= counts the Python runner's VM calls; the native runner has none")
     with tempfile.TemporaryDirectory(prefix="mdl_emu_") as tmp:
         work = Path(tmp)
         names = _save_inputs(inputs, work)
-        argv = [os.path.abspath(so_path), "--inputs", *names, "--outputs-dir", "out",
-                "--repeat", str(repeat), "--mode", mode,
-                *(["--count-calls", "calls.json"] if calls is not None else [])]
-        run_guest(env, work, str(RUNNER), argv, cpu, timeout, meta=meta)
+        argv = guest.argv(names, repeat, model=os.path.abspath(so_path), script=str(RUNNER),
+                          counting=False)
+        argv += ["--count-calls", "calls.json"] if calls is not None else []
+        text = run_guest(env, work, None, argv, cpu, timeout, meta=meta,
+                         program=guest.program, what=f"the {guest.name} runner")
+        if log is not None:
+            log.append(text)
         if calls is not None:
             calls.update(json.loads((work / "calls.json").read_text()))
         return read_outputs(work / "out")
 
 
-def run_guest(env: DeviceEnv, work: Path, script: str, argv: list, cpu: str,
+def run_guest(env: DeviceEnv, work: Path, script: str | None, argv: list, cpu: str,
               timeout: float, pythonpath: Sequence[Path] = (), meta: dict | None = None,
-              what: str = "the device runner") -> None:
-    """Run a python `script` with `argv` on the phone (no plugin) in directory `work`."""
+              what: str = "the device runner", program=None) -> str:
+    """Run a python `script` (or the guest executable `program`) with `argv` on the phone
+    (no plugin) in directory `work`; returns what it printed."""
     err = work / "stderr.txt"
-    cmd = [env.qemu, "-cpu", cpu, "-L", str(env.sysroot), str(env.guest_python), script, *argv]
+    head = [str(program)] if program else [str(env.guest_python), script]
+    cmd = [env.qemu, "-cpu", cpu, "-L", str(env.sysroot), *head, *argv]
     try:
         with open(err, "w") as ef:
             res = subprocess.run(cmd, cwd=work, env=_guest_env(env, work, pythonpath),
@@ -192,6 +220,7 @@ def run_guest(env: DeviceEnv, work: Path, script: str, argv: list, cpu: str,
         raise _fail(what, None, err, cpu, meta) from None
     if res.returncode != 0:
         raise _fail(what, res, err, cpu, meta)
+    return err.read_text()
 
 
 def _no_aslr() -> None:  # runs in the child between fork and exec
@@ -220,22 +249,18 @@ def counting_workdir(env: DeviceEnv, files: dict[str, Path], inputs):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def library_files(so_path) -> dict[str, Path]:
-    """The files of a MobileDL count: the device runner and the library."""
-    return {"runner.py": RUNNER, "model.so": Path(so_path)}
-
-
 def count_guest(env: DeviceEnv, work: Path, argv: list, timeout: float, cpu: str,
                 plugin: Path | None = None, pythonpath: Sequence[Path] = (),
-                meta: dict | None = None) -> Path:
-    """Run ``python3 *argv`` in `work` under the counting plugin (default ``libinsn.so``)
-    with the deterministic set-up; returns the file the plugin wrote."""
+                meta: dict | None = None, program=None) -> Path:
+    """Run ``python3 *argv`` (or ``program *argv``) in `work` under the counting plugin
+    (default ``libinsn.so``) with the deterministic set-up; returns the file the plugin
+    wrote."""
     out, err, count = work / "out", work.parent / "stderr.txt", work.parent / "count.txt"
     shutil.rmtree(out, ignore_errors=True)
     count.unlink(missing_ok=True)
     cmd = [env.qemu_plugins, "-cpu", cpu, "-seed", "1", "-plugin",
            f"{plugin or env.plugin},out={count}", "-L", str(env.sysroot),
-           str(env.guest_python), *argv]
+           str(program or env.guest_python), *argv]
     res = None
     try:
         with open(work.parent / "stdout.txt", "w") as of, open(err, "w") as ef:
@@ -249,12 +274,25 @@ def count_guest(env: DeviceEnv, work: Path, argv: list, timeout: float, cpu: str
     return count
 
 
-def runner_argv(names: list[str], runs: int, mode: str = "plain",
-                script: str = "runner.py") -> list[str]:
-    """``device_runner.py``'s arguments for `runs` runs (fixed width: the same argv length
-    for N and 2N, so the guest's start-up is identical)."""
-    return [script, "model.so", "--inputs", *names, "--outputs-dir", "out",
-            "--repeat", f"{runs:09d}", "--mode", mode]
+@contextlib.contextmanager
+def recording():
+    """Keep the raw counts `per_run` makes in this block: yields a list that fills with
+    ``(runs, instructions of the whole process)`` pairs (see `start_up`)."""
+    log: list = []
+    _RECORDS.append(log)
+    try:
+        yield log
+    finally:
+        _RECORDS.remove(log)
+
+
+def start_up(records: list, per_inference: int) -> int:
+    """Instructions of a process minus its inferences: ``count(N) - N * per_inference`` of
+    the first pair a `recording` kept."""
+    if not records:
+        raise ValueError("no count was recorded: count inside `with recording() as records`")
+    runs, total = records[0]
+    return total - runs * per_inference
 
 
 def per_run(count: Callable[[int], int], runs: int, verify: bool = False) -> int:
@@ -268,6 +306,8 @@ def per_run(count: Callable[[int], int], runs: int, verify: bool = False) -> int
         if again != c1:
             raise DeviceError(f"instruction counts differ run to run: {c1} vs {again}")
     c2 = count(2 * runs)
+    for log in _RECORDS:
+        log += [(runs, c1), (2 * runs, c2)]
     if c2 <= c1:
         raise DeviceError(f"{2 * runs} runs counted {c2} <= {runs} runs counted {c1}")
     return round((c2 - c1) / runs)
@@ -280,9 +320,10 @@ def count_instructions(
     verify: bool = False,
     timeout: float = 900.0,
     env: DeviceEnv | None = None,
-    mode: str = "plain",
+    mode: str | None = None,
     cpu: str | None = None,
     force: bool = False,
+    runner: str = "python",
 ) -> int:
     """Count the aarch64 instructions one inference retires on the emulated phone.
 
@@ -294,20 +335,22 @@ def count_instructions(
         One array per model input.
     runs : int
         N: the count is ``(count(2N runs) - count(N runs)) / N``, the steady-state cost of
-        one ``main`` call (VM dispatch and kernels; python and TVM start-up cancel).
+        one inference (VM dispatch and kernels; the runner's start-up cancels).
     verify : bool
         Count the N-run process twice and fail if the two counts differ.
     timeout : float
         Seconds allowed per emulator run.
     env : DeviceEnv, optional
         A set-up phone (``setup()`` is called when omitted).
-    mode : str
-        The runner's call path, ``"plain"``, ``"copy-io"`` or ``"zero-copy"``
-        (see `deploy.device_runner`).
+    mode : str, optional
+        The Python runner's call path, ``"plain"`` (default), ``"copy-io"`` or
+        ``"zero-copy"`` (see `deploy.device_runner`); the native runner runs ``main_zc``.
     cpu : str, optional
         QEMU CPU model; default: the core of the library's target profile.
     force : bool
         Count even when the library needs features `cpu` lacks.
+    runner : str
+        ``"python"`` or ``"native"`` (`guest_runner`).
 
     Returns
     -------
@@ -320,12 +363,15 @@ def count_instructions(
         When the runner fails under QEMU, the library needs what the CPU lacks, or the
         counts are not reproducible.
     """
-    _check_mode(mode)
+    runner_mode(runner, mode)  # a wrong runner or mode fails before the phone starts
     cpu, meta = library_cpu(so_path, cpu, force)
+    inputs = checked_inputs(inputs, meta)
     env = env or setup()
-    with counting_workdir(env, library_files(so_path), inputs) as (work, names):
+    guest = guest_runner(so_path, runner, mode, env)
+    with counting_workdir(env, guest.files, inputs) as (work, names):
         def count(n: int) -> int:
-            path = count_guest(env, work, runner_argv(names, n, mode), timeout, cpu, meta=meta)
+            path = count_guest(env, work, guest.argv(names, n), timeout, cpu, meta=meta,
+                               program=guest.program)
             return int(path.read_text())
 
         return per_run(count, runs, verify)

@@ -23,17 +23,12 @@ from pathlib import Path
 
 from deploy import plugins
 from deploy.device import DeviceEnv, setup
-from deploy.emulator import (
-    _check_mode,
-    count_guest,
-    counting_workdir,
-    library_cpu,
-    library_files,
-    runner_argv,
-)
+from deploy.emulator import checked_inputs, count_guest, counting_workdir, library_cpu
+from deploy.runners import guest_runner, runner_mode
 from mdl_tvm.core.errors import DeviceError
 
 RUNTIME = "(runtime: VM, Python, libc)"
+NATIVE_RUNTIME = "(runtime: VM, TVM runtime, libc)"
 OTHER = "(library, outside any symbol)"
 _PAGE = 4096
 
@@ -134,17 +129,18 @@ def find_base(counts: dict, words: dict, symbols, code: bytes) -> int:
     raise DeviceError("no kernel of the library ran on the phone: nothing to profile")
 
 
-def attribute(per_address: dict[int, float], symbols, base: int) -> Counter:
+def attribute(per_address: dict[int, float], symbols, base: int,
+              runtime: str = RUNTIME) -> Counter:
     """Sum `per_address` counts by kernel: an address in the library's code goes to the
     function symbol at or before it (TVM's parallel-loop bodies have no symbol of their own
-    and follow the kernel that launches them)."""
+    and follow the kernel that launches them); the rest to the row `runtime`."""
     starts = [s for s, _, _ in symbols]
     end = max(s + size for s, size, _ in symbols)
     out: Counter = Counter()
     for addr, n in per_address.items():
         offset = addr - base
         if not 0 <= offset < end:
-            out[RUNTIME] += n
+            out[runtime] += n
             continue
         i = bisect.bisect_right(starts, offset) - 1
         out[kernel_name(symbols[i][2]) if i >= 0 else OTHER] += n
@@ -152,8 +148,9 @@ def attribute(per_address: dict[int, float], symbols, base: int) -> Counter:
 
 
 def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0,
-                         env: DeviceEnv | None = None, mode: str = "plain",
-                         cpu: str | None = None, force: bool = False) -> KernelProfile:
+                         env: DeviceEnv | None = None, mode: str | None = None,
+                         cpu: str | None = None, force: bool = False,
+                         runner: str = "python") -> KernelProfile:
     """Instructions per inference by kernel on the emulated phone.
 
     Parameters
@@ -166,12 +163,16 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
     timeout : float
         Seconds allowed per emulator run.
     env : DeviceEnv, optional
-    mode : str
-        The runner's call path (``"plain"``, ``"copy-io"``, ``"zero-copy"``).
+    mode : str, optional
+        The Python runner's call path (``"plain"``, the default, ``"copy-io"``,
+        ``"zero-copy"``); the native runner runs ``main_zc``.
     cpu : str, optional
         QEMU CPU model; default: the core of the library's target profile.
     force : bool
         Profile even when the library needs features `cpu` lacks.
+    runner : str
+        ``"python"`` or ``"native"`` (`deploy.runners.guest_runner`); the runtime row is
+        `RUNTIME` or `NATIVE_RUNTIME`.
 
     Returns
     -------
@@ -179,20 +180,23 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
     """
     if runs < 1:
         raise ValueError("runs must be at least 1")
-    _check_mode(mode)
+    runner_mode(runner, mode)  # a wrong runner or mode fails before the phone starts
     cpu, meta = library_cpu(so_path, cpu, force)
+    inputs = checked_inputs(inputs, meta)
     env = env or setup()
+    guest = guest_runner(so_path, runner, mode, env)
     plugin = build_plugin(env)
     symbols = _symbols(Path(so_path))
     if not any(name.startswith("__tvm_ffi_") for _, _, name in symbols):
         raise DeviceError(f"{so_path} exports no TVM function (__tvm_ffi_*): not a model library")
-    with counting_workdir(env, library_files(so_path), inputs) as (work, names):
+    with counting_workdir(env, guest.files, inputs) as (work, names):
         (once, _), (twice, words) = (
-            _read_counts(count_guest(env, work, runner_argv(names, n, mode), timeout, cpu,
-                                     plugin, meta=meta))
+            _read_counts(count_guest(env, work, guest.argv(names, n), timeout, cpu, plugin,
+                                     meta=meta, program=guest.program))
             for n in (runs, 2 * runs))
     per_address = {a: (twice.get(a, 0) - once.get(a, 0)) / runs for a in set(once) | set(twice)}
     base = find_base(twice, words, symbols, Path(so_path).read_bytes())
-    by_kernel = attribute({a: n for a, n in per_address.items() if n}, symbols, base)
+    by_kernel = attribute({a: n for a, n in per_address.items() if n}, symbols, base,
+                          RUNTIME if guest.name == "python" else NATIVE_RUNTIME)
     kernels = {k: round(v) for k, v in by_kernel.most_common() if round(v)}
     return KernelProfile(kernels, sum(kernels.values()))

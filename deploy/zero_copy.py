@@ -30,17 +30,24 @@ The same executor runs on the phone: `deploy.zero_copy_remote.RemoteZeroCopyExec
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from deploy.library import host_vm
-from mdl_tvm.core.errors import InputSpecError, MdlError
+from deploy.library import ALIGN, aligned_empty, host_vm, shared_tensor, vm_lock
+from mdl_tvm.core.errors import ConcurrentUseError, InputSpecError, MdlError
+from mdl_tvm.core.relax_utils import flatten_outputs
 
-ALIGN = 64
-RUN_NAME = "mdl_zc_run"
+__all__ = ["ALIGN", "ALLOC_BUILTINS", "RUN_NAME", "TensorSpec", "ZeroCopyError",
+           "ZeroCopyExecutor", "ZeroCopyPlan", "aligned_empty", "check_buffer",
+           "count_vm_calls"]
+RUN_NAME = "mdl_zc_run"  # + "_<n>": each executor saves its own closure in the VM
+_EXECUTOR_IDS = itertools.count()
 ALLOC_BUILTINS = ("vm.builtin.alloc_storage", "vm.builtin.alloc_tensor")
 
 
@@ -89,25 +96,12 @@ class ZeroCopyPlan:
                 "MobileDL had one, with pipeline option zero_copy=False, or from a graph the "
                 "pass cannot plan (see CompiledModel.zero_copy['reason']); recompile it with "
                 f"mdl_tvm.compile(...) ({err})") from err
-        return cls.from_dict(json.loads(bytes(value.numpy()).decode()))
+        return cls.from_dict(json.loads(flatten_outputs(value)[0].tobytes().decode()))
 
     def to_json(self) -> dict:
         return {"function": self.function, "workspace_bytes": self.workspace_bytes,
                 "inputs": [{"shape": list(s.shape), "dtype": s.dtype} for s in self.inputs],
                 "outputs": [{"shape": list(s.shape), "dtype": s.dtype} for s in self.outputs]}
-
-
-def aligned_empty(shape, dtype="float32", align: int = ALIGN) -> np.ndarray:
-    """An uninitialised C-contiguous numpy array whose data starts at an `align` boundary.
-
-    TVM imports a numpy array without a copy (DLPack) only when its data is 64-byte
-    aligned; ordinary ``np.empty`` arrays often are not.
-    """
-    shape = tuple(int(d) for d in np.atleast_1d(shape)) if np.ndim(shape) else (int(shape),)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def check_buffer(array, spec: TensorSpec, what: str) -> np.ndarray:
@@ -163,11 +157,21 @@ class ZeroCopyExecutor:
         The preset buffers; write inputs in place, read outputs after `run`.
     workspace : numpy.ndarray
         The planned memory of all intermediate tensors.
+
+    Notes
+    -----
+    One executor is one set of buffers: running it from two threads at once would mix
+    their inputs and outputs, so a second concurrent `run` (or a rebinding during a run)
+    raises `ConcurrentUseError` instead of waiting. Make one executor per thread
+    (``model.executor()``); they share the model's VM, whose calls are serialised.
     """
 
     def __init__(self, model, *, inputs=None, outputs=None, workspace=None):
+        self._busy = threading.Lock()
+        self._name = f"{RUN_NAME}_{next(_EXECUTOR_IDS)}"  # two executors, one VM: no clash
         self.vm = host_vm(model)
-        self.plan = ZeroCopyPlan.from_vm(self.vm)
+        with vm_lock(self.vm):
+            self.plan = ZeroCopyPlan.from_vm(self.vm)
         self._in = [aligned_empty(s.shape, s.dtype) for s in self.plan.inputs]
         self._out = [aligned_empty(s.shape, s.dtype) for s in self.plan.outputs]
         for label, given, specs in (("inputs", inputs, self.plan.inputs),
@@ -212,12 +216,13 @@ class ZeroCopyExecutor:
 
     def _bind(self) -> None:
         """(Re)create the saved closure ``main_zc(*inputs, *outputs, workspace)``."""
-        import tvm
-
         self._check_aliasing()
-        tensors = [tvm.runtime.from_dlpack(a) for a in (*self._in, *self._out, self.workspace)]
-        self.vm.save_function(self.plan.function, RUN_NAME, *tensors, include_return=False)
-        self._run = self.vm[RUN_NAME]
+        workspace = self.workspace[:self.plan.workspace_bytes]  # main_zc takes the exact size
+        tensors = [shared_tensor(a) for a in (*self._in, *self._out, workspace)]
+        with vm_lock(self.vm):
+            self.vm.save_function(self.plan.function, self._name, *tensors,
+                                  include_return=False)
+            self._run = self.vm[self._name]
         self._tensors = tensors
 
     def bind_input(self, index: int, array: np.ndarray) -> None:
@@ -231,13 +236,27 @@ class ZeroCopyExecutor:
                                                  f"output {index}"))
 
     def _set(self, buffers: list, index: int, array: np.ndarray) -> None:
-        old = buffers[index]
-        buffers[index] = array
+        with self._exclusive("rebind a buffer of"):
+            old = buffers[index]
+            buffers[index] = array
+            try:
+                self._bind()
+            except ZeroCopyError:
+                buffers[index] = old
+                raise
+
+    @contextlib.contextmanager
+    def _exclusive(self, what: str):
+        """Hold the executor for one thread; a second one is refused, not queued."""
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(
+                f"cannot {what} this ZeroCopyExecutor: another thread is running it. An "
+                "executor owns one set of input/output buffers; create one per thread with "
+                "model.executor() (they share the model's VM safely)")
         try:
-            self._bind()
-        except ZeroCopyError:
-            buffers[index] = old
-            raise
+            yield
+        finally:
+            self._busy.release()
 
     def carry(self, output: int, input: int) -> None:  # noqa: A002 - reads best at call sites
         """Make output `output` of the last run the next run's input `input`, no copy.
@@ -249,13 +268,21 @@ class ZeroCopyExecutor:
         if self.plan.inputs[input] != self.plan.outputs[output]:
             raise InputSpecError(f"output {output} {self.plan.outputs[output]} cannot feed "
                                  f"input {input} {self.plan.inputs[input]}")
-        self._in[input], self._out[output] = self._out[output], self._in[input]
-        self._bind()
+        with self._exclusive("carry a buffer of"):
+            self._in[input], self._out[output] = self._out[output], self._in[input]
+            self._bind()
 
     # -- running ----------------------------------------------------------------------
     def run(self) -> tuple[np.ndarray, ...]:
-        """One inference on the preset buffers; returns `outputs` (the same arrays)."""
-        self._run()
+        """One inference on the preset buffers; returns `outputs` (the same arrays).
+
+        Raises
+        ------
+        ConcurrentUseError
+            When another thread is running this executor.
+        """
+        with self._exclusive("run"), vm_lock(self.vm):
+            self._run()
         return self.outputs
 
     def __call__(self, *arrays) -> tuple[np.ndarray, ...]:
@@ -268,8 +295,12 @@ class ZeroCopyExecutor:
             if src.shape != dst.shape or src.dtype != dst.dtype:
                 raise InputSpecError(f"input {i} must be {dst.dtype}{list(dst.shape)}, got "
                                      f"{src.dtype}{list(src.shape)}")
-            np.copyto(dst, src)
-        return self.run()
+        with self._exclusive("run"):
+            for dst, src in zip(self._in, arrays, strict=True):
+                np.copyto(dst, np.asarray(src))
+            with vm_lock(self.vm):
+                self._run()
+        return self.outputs
 
     def count_vm_calls(self, runs: int = 1) -> Counter:
         """Count the VM's calls (kernels and builtins) over `runs` runs, by instrument.

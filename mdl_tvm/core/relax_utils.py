@@ -72,9 +72,12 @@ def bound_constants(mod, func_name: str = "main") -> dict:
 
 
 def flatten_outputs(value) -> list[np.ndarray]:
-    """A VM result (a tensor, or nested tuples of tensors) as a flat list of numpy arrays."""
+    """A VM result (a tensor, or nested tuples of tensors) as a flat list of numpy arrays
+    (copies: the VM may reuse a result's memory)."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
+    if hasattr(value, "__dlpack__"):  # a tvm-ffi tensor (the runtime without `tvm`)
+        return [np.from_dlpack(value).copy()]
     if hasattr(value, "__iter__"):
         return [arr for item in value for arr in flatten_outputs(item)]
     raise TypeError(f"unexpected VM output of type {type(value).__name__}")
