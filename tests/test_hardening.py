@@ -244,3 +244,21 @@ def test_tuning_lock_error_is_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "another tuning run is using" in proc.stderr and "Traceback" not in proc.stderr
 
+
+
+def test_device_run_of_a_host_library_names_the_architecture(lenet_lib, tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 1, 28, 28), "float32"))
+    proc = _cli("device", "run", str(lenet_lib), "--input", str(x))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "built for x86-64, not aarch64" in proc.stderr and "--target arm64" in proc.stderr
+    assert "No such file" not in proc.stderr
+
+
+def test_load_verifies_the_checksum_before_loading(lenet_lib, tmp_path):
+    data = bytearray(lenet_lib.read_bytes())
+    data[150_000] ^= 1
+    flipped = tmp_path / "flip.so"
+    flipped.write_bytes(data)
+    with pytest.raises(ModelFormatError, match="SHA-256 does not match"):
+        mdl_tvm.load(str(flipped))

@@ -47,6 +47,14 @@ class OutputPathError(MdlError, ValueError):
     """An output path that cannot be written (a directory, read-only, a full disk)."""
 
 
+class NonFiniteError(MdlError, FloatingPointError):
+    """NaN or Inf in a run's inputs or outputs (``run(..., check_finite=True)``)."""
+
+
+class ConcurrentUseError(MdlError, RuntimeError):
+    """An object that holds one set of buffers used from two threads at once."""
+
+
 def one_line(err: BaseException) -> str:
     """An error as one line: its first non-empty line (TVM's errors carry tracebacks)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
