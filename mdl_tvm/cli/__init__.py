@@ -62,6 +62,10 @@ def print_summary(meta: dict) -> None:
     print(f"  MACs        {stats['macs']:,}")
     ops = ", ".join(f"{k} {v}" for k, v in stats["op_counts"].items())
     print(f"  ops         {ops}")
+    for slow in meta.get("slow_paths", []):
+        shapes = " ".join("x".join(map(str, s)) for s in slow["shapes"])
+        print(f"  SLOW PATH   {slow['function']}: {slow['flops'] / 1e6:.1f} MFLOP on the "
+              f"{slow['rule']} schedule (buffers {shapes}); no MobileDL kernel rule matches")
 
 
 def _cmd_info(args) -> int:

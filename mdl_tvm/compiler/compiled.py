@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 from deploy.host_model import HostModel
 from mdl_tvm.compiler.importers import import_model
@@ -44,6 +45,13 @@ class CompiledModel(HostModel):
         self.masks = None  # relay_passes.ChannelMasks of a mask compression (savable)
         self.tuned_functions: list[str] = []  # PrimFuncs scheduled from a tuning database
         self.zero_copy: dict = {}  # {"emitted": bool, "plan" | "reason"} of main_zc (build)
+        self.slow_paths: list = []  # schedules.coverage.SlowPath: heavy ops on a generic path
+
+    def metadata(self) -> dict:
+        """The library's note, with the heavy kernels left on a generic schedule."""
+        meta = super().metadata()
+        meta["slow_paths"] = [s.to_json() for s in self.slow_paths]
+        return meta
 
     def summary(self) -> dict:
         """Target, inputs, outputs, weight bytes, MACs, operator counts, compile times."""
@@ -147,6 +155,13 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         compiled.masks = getattr(compressor, "masks", None)
     compiled.tuned_functions = list(state.tuned_functions)
     compiled.zero_copy = dict(state.zero_copy_report)
+    compiled.slow_paths = list(state.slow_paths)
+    if compiled.slow_paths:
+        warnings.warn(
+            f"{len(compiled.slow_paths)} heavy kernel(s) have no fast MobileDL schedule and "
+            f"run on TVM's generic path (slow): {'; '.join(map(str, compiled.slow_paths[:3]))}"
+            f"{' ...' if len(compiled.slow_paths) > 3 else ''}; `mdl-tvm info` lists them",
+            stacklevel=2)
     return compiled
 
 

@@ -20,6 +20,7 @@ from mdl_tvm.compiler.zero_copy_pass import zero_copy_build_pipeline
 from mdl_tvm.core.targets import TargetProfile
 from schedules import database
 from schedules.apply import lowering_pipeline
+from schedules.coverage import slow_paths
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class BuildState:
     high_level_mod: object = None  # the graph after graph passes and precision
     executable: object = None  # relax.VMExecutable after `build`
     tuned_functions: list = field(default_factory=list)  # took a tuning record
+    slow_paths: list = field(default_factory=list)  # heavy kernels no kernel rule scheduled
     zero_copy_report: dict = field(default_factory=dict)  # main_zc emitted, or why not
     timings: dict = field(default_factory=dict)
 
@@ -116,6 +118,8 @@ def _lower(state: BuildState) -> BuildState:
         else:
             state.mod = relax.get_pipeline("zero")(state.mod)
     state.tuned_functions = database.tuned_functions(state.mod)
+    if state.options.default_schedules:
+        state.slow_paths = slow_paths(state.mod)
     return state
 
 
