@@ -17,8 +17,11 @@
 
 Data and weights may differ in float dtype: fp16 weights with fp32 data (the
 ``fp16-storage`` precision) are packed in fp16 and widened inside the kernel's inner loop.
-Anything else (other layouts, grouped convolutions, symbolic shapes, integer dtypes,
-batched matmuls) keeps TVM's default legalization and is scheduled by the generic rules.
+* ``relax.nn.conv2d`` with 1 < groups <= `MAX_SPLIT_GROUPS` (RegNet, ResNeXt, ShuffleNet)
+  → one ordinary conv per group on the paths above, over channel slices, concatenated.
+
+Anything else (other layouts, symbolic shapes, integer dtypes, batched matmuls) keeps
+TVM's default legalization and is scheduled by the generic rules.
 The register tiles come from `schedules.config`, so the weight layout matches the target.
 """
 
@@ -42,6 +45,8 @@ from schedules.depthwise_rows import depthwise_nchw
 from schedules.gemm import conv2d_gemm
 
 _FLOAT_DTYPES = ("float32", "float16")
+# Grouped convolutions with at most this many groups run as that many ordinary convs.
+MAX_SPLIT_GROUPS = 64
 
 
 def _default(op_name: str, bb, call):
@@ -109,7 +114,37 @@ def _conv2d(cfg: MachineConfig, bb, call):
         row_tile = choose_row_tile(cfg, out_dtype, ow)
         return bb.call_te(compute.depthwise_conv2d, data, weight, strides, padding, dilation,
                           row_tile, out_dtype, primfunc_name_hint="mdl_depthwise_conv2d")
+    if 1 < groups <= MAX_SPLIT_GROUPS and in_c % groups == 0 and out_c % groups == 0:
+        return _grouped(cfg, bb, call, groups, padding, out_dtype)
     return _default("relax.nn.conv2d", bb, call)
+
+
+def _grouped(cfg: MachineConfig, bb, call, groups: int, padding, out_dtype: str):
+    """A grouped convolution as `groups` ordinary ones (each on the fast paths above: GEMM
+    or Winograd) over channel slices, concatenated. The slices and the concat copy the
+    input and the output once; a group's conv does ``9 * C / groups`` MACs per output
+    value, so the copies cost little next to the generic grouped kernel they replace."""
+    from tvm import relax, topi
+
+    data, weight = call.args
+    n, in_c, h, w = static_shape(data)
+    out_c, cg, kh, kw = static_shape(weight)
+    kg = out_c // groups
+    attrs = call.attrs
+    outs = []
+    for g in range(groups):
+        part = bb.emit_te(topi.strided_slice, data, [0, g * cg, 0, 0],
+                          [n, (g + 1) * cg, h, w], primfunc_name_hint="mdl_group_slice")
+        if isinstance(weight, tvm.ir.Constant):
+            wg = relax.const(weight.value.numpy()[g * kg:(g + 1) * kg])
+        else:
+            wg = bb.emit_te(topi.strided_slice, weight, [g * kg, 0, 0, 0],
+                            [(g + 1) * kg, cg, kh, kw], primfunc_name_hint="mdl_group_slice")
+        sub = bb.normalize(relax.op.nn.conv2d(
+            part, wg, strides=attrs.strides, padding=padding, dilation=attrs.dilation,
+            groups=1, data_layout="NCHW", kernel_layout="OIHW", out_dtype=out_dtype))
+        outs.append(bb.emit(_conv2d(cfg, bb, sub)))
+    return bb.call_te(topi.concatenate, outs, 1, primfunc_name_hint="mdl_group_concat")
 
 
 def _winograd(cfg: MachineConfig, bb, data, weight, algo: ConvAlgo, padding, out_hw,

@@ -76,6 +76,28 @@ def test_odd_channel_conv_is_scheduled_and_correct(rng):
     assert relative_error(_run(state, x), expected) < 1e-5
 
 
+def test_grouped_convs_run_as_fast_per_group_convs(rng):
+    """RegNet / ResNeXt-style grouped convs (3x3 stride 1 and 2, grouped 1x1): each group is
+    an ordinary conv on the GEMM or Winograd path, none is left to the generic fallback."""
+    from schedules.coverage import slow_paths
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(32, 64, 3, padding=1, groups=4), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=8), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 32, 1, groups=2)).eval()
+    x = rng.standard_normal((1, 32, 20, 20)).astype("float32")
+    state = _build(model, x.shape)
+    rules = rules_used(state.mod)
+    convs = [r for n, r in rules.items() if "conv2d" in n]
+    # the groups of one conv share one kernel (identical PrimFuncs are deduplicated)
+    assert convs and set(convs) <= {"gemm_conv", "winograd", "winograd_input"}, rules
+    assert slow_paths(state.mod) == []
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert relative_error(_run(state, x), expected) < 1e-5
+
+
 def test_plain_zero_pipeline_is_still_available(rng):
     model = zoo.build("lenet5")
     x = rng.standard_normal((1, 1, 28, 28)).astype("float32")
