@@ -45,7 +45,7 @@ def rewrite(expr, replace):
     if isinstance(expr, prim.Not):
         return prim.Not(rewrite(expr.a, replace))
     if isinstance(expr, prim.Cast):
-        return prim.Cast(expr.dtype, rewrite(expr.value, replace))
+        return prim.Cast(expr.ty.dtype, rewrite(expr.value, replace))
     if isinstance(expr, prim.Select):
         return prim.Select(rewrite(expr.condition, replace), rewrite(expr.true_value, replace),
                            rewrite(expr.false_value, replace))

@@ -237,6 +237,7 @@ def test_fp16_compute_keeps_last_layer_fp32(lenet, rng, accumulate, tolerance):
     (actual,) = model.run(x)
     assert actual.dtype == np.float32 and model.outputs[0].dtype == "float32"
     assert relative_error(actual, expected) < tolerance
+    assert model.slow_paths == []  # casts in the epilogue keep the fast kernels
     dtypes = _relax_dtypes(model)
     assert dtypes["relax.nn.conv2d"] == {"float16" if accumulate == "fp16" else "float32"}
     assert dtypes["relax.matmul"] == {accumulate.replace("fp", "float"), "float32"}
@@ -327,6 +328,7 @@ def test_fp16_means_over_many_elements_sum_in_fp32(rng):
     assert _relax_dtypes(model)["relax.mean"] == {"float16", "float32"}
     out = model(x)
     assert relative_error(out, ref) < 2e-2  # NaN or inf (a sum past 65504) fails too
+    assert model.slow_paths == []
 
 
 def test_lstm_step_gates_in_fp16_cell_state_in_fp32(rng):
