@@ -262,3 +262,15 @@ def test_load_verifies_the_checksum_before_loading(lenet_lib, tmp_path):
     flipped.write_bytes(data)
     with pytest.raises(ModelFormatError, match="SHA-256 does not match"):
         mdl_tvm.load(str(flipped))
+
+
+def test_weights_on_an_onnx_model_is_refused_not_ignored(tmp_path):
+    onnx_path = tmp_path / "lin.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(onnx_path),
+                      dynamo=False)
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "w.pt")
+    proc = _cli("compile", str(onnx_path), "--target", "host", "--weights",
+                str(tmp_path / "w.pt"), "-o", str(tmp_path / "o.so"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "an ONNX file carries its own weights (drop --weights)" in proc.stderr
+    assert not (tmp_path / "o.so").exists()
