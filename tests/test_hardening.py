@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,7 +91,15 @@ def test_atomic_output_removes_its_temp_file_on_sigterm_style_exit(tmp_path):
 def test_cli_sigterm_exits_cleanly_without_leftovers(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mdl_tvm", "compile", "lenet5", "--target",
                              "arm64", "-o", str(tmp_path / "x.so")], stderr=subprocess.PIPE)
-    time.sleep(3)
+    deadline = time.monotonic() + 120  # until the CLI's handler is installed (a loaded
+    while time.monotonic() < deadline:  # machine can take longer than any fixed sleep)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines()
+                          if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the compile
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     assert [p.name for p in tmp_path.iterdir()] in ([], ["x.so"])
