@@ -18,7 +18,7 @@ Preconditions: NCHW convolutions with ``groups == 1``, static shapes, batch-firs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,32 +88,19 @@ def sample_rows(spec: ConsumerSpec, x: np.ndarray, sample: int, positions: int,
     return patches.reshape(len(picks), -1).astype(np.float64)
 
 
-def as_samples(calibration, input_shape: tuple[int, ...]) -> list[np.ndarray]:
-    """Validate calibration data: an array ``(N, *input_shape[1:])`` or an iterable of arrays
-    of the model's input shape. Returns one array of `input_shape` per sample."""
-    if calibration is None:
-        raise ValueError(
-            "least-squares recovery and data-driven channel selection need calibration "
-            "inputs: pass calibration=ARRAY of shape (N, "
-            f"{', '.join(map(str, input_shape[1:]))}), e.g. a few hundred training images")
-    if isinstance(calibration, np.ndarray):
-        items = [calibration[i : i + input_shape[0]]
-                 for i in range(0, len(calibration), input_shape[0])]
-    elif isinstance(calibration, Iterable) and not isinstance(calibration, (str, bytes)):
-        items = [np.asarray(item) for item in calibration]
-    else:
-        raise TypeError(f"calibration must be a numpy array or an iterable of arrays, "
-                        f"got {type(calibration).__name__}")
-    if not items:
-        raise ValueError("calibration data is empty; give at least one input sample")
-    for i, item in enumerate(items):
-        if tuple(item.shape) != tuple(input_shape):
-            raise ValueError(
-                f"calibration sample {i} has shape {tuple(item.shape)} but the model input is "
-                f"{tuple(input_shape)}; give an array (N, {', '.join(map(str, input_shape[1:]))})")
-        if not np.issubdtype(item.dtype, np.floating):
-            raise TypeError(f"calibration sample {i} has dtype {item.dtype}; give float32 data")
-    return [np.ascontiguousarray(item, dtype=np.float32) for item in items]
+def all_rows(spec: ConsumerSpec, x: np.ndarray) -> np.ndarray:
+    """Least-squares rows of consumer `spec` at *every* output position of input `x`:
+    ``(positions, inputs)``, columns in the order of `weight_matrix` (im2col for a conv)."""
+    if spec.kind == "matmul":
+        return x.reshape(-1, x.shape[-1])
+    _, _, kh, kw = spec.weight_shape
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    top, left, bottom, right = spec.padding
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    n, c, oh, ow = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
 
 
 def model_input_shape(mod, func_name: str = "main") -> tuple[int, ...]:

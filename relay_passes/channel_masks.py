@@ -8,6 +8,10 @@ Criteria (pure numpy, given per-channel evidence):
 * ``activation``   mean absolute activation the consumers read on calibration data.
 * ``greedy``       reconstruction-aware: remove, one at a time, the channel whose removal
   changes the consumers' outputs least (ThiNet, Luo et al. 2017), on sampled outputs.
+* ``redundancy``   compensation-aware: remove, one at a time, the channel whose removal
+  raises least the error left *after* the best compensation from the kept channels
+  (`redundancy_keep`: the Optimal Brain Surgeon cost, a Schur complement), so of two
+  channels that carry the same information one goes first.
 
 Masks save to an ``.npz`` with the channel counts, so a run can be reproduced and a mask
 made for another model is refused with the group that does not fit.
@@ -54,6 +58,44 @@ def greedy_keep(contributions: np.ndarray, k: int) -> np.ndarray:
         removed[pick] = True
         acc += contributions[pick]
     return ~removed
+
+
+def redundancy_keep(terms, k: int, compensated: bool = True) -> np.ndarray:
+    """Greedy backward selection by the error left after compensation.
+
+    `terms` holds one ``(H, X, AA, Q)`` per consumer: ``H = ZᵀZ`` the current channels'
+    pixel Gram, ``X = ZᵀA`` with the original channels, ``AA = AᵀA``, and ``Q`` the
+    consumer's channel weight Gram (`channel_stats.consumer_gram`). The cost of keeping K is
+    ``sum_c tr(Q_c (AA_c − X_Kᵀ H_KK⁻¹ X_K)) / tr(Q_c AA_c)``; removing channel j from K
+    raises it by ``uᵀ Q u / h_jj`` with ``u = X_Kᵀ H_KK⁻¹ e_j`` (a rank-one downdate), so each
+    step is cheap. ``compensated=False`` scores channels by ``Q_jj AA_jj`` alone (no
+    compensation: for sites with fewer rows than the regression needs).
+    """
+    count = len(terms[0][0])
+    if not compensated:
+        score = sum(np.diag(q) * np.diag(aa) / max(float(np.trace(q @ aa)), 1e-300)
+                    for _, _, aa, q in terms)
+        return keep_top(np.asarray(score), k)
+    keep = np.ones(count, bool)
+    state = []
+    for h, x, aa, q in terms:
+        eps = 1e-9 * max(float(np.trace(h)) / count, 1e-300)
+        state.append([np.linalg.inv(h + eps * np.eye(count)), x, q,
+                      max(float(np.trace(q @ aa)), 1e-300)])
+    while keep.sum() > k:
+        kept = np.flatnonzero(keep)
+        cost = np.zeros(len(kept))
+        for hinv, x, q, norm in state:
+            u = x[kept].T @ hinv  # (C, k): column j is X_Kᵀ H_KK⁻¹ e_j
+            cost += np.einsum("cj,cd,dj->j", u, q, u) / np.maximum(np.diag(hinv), 1e-300) / norm
+        j = int(np.argmin(cost))
+        for entry in state:
+            hinv = entry[0]
+            rest = np.delete(np.arange(len(kept)), j)
+            col = hinv[rest, j]
+            entry[0] = hinv[np.ix_(rest, rest)] - np.outer(col, col) / hinv[j, j]
+        keep[kept[j]] = False
+    return keep
 
 
 def sampled_contributions(rows: np.ndarray, weight: np.ndarray, columns: np.ndarray,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from relay_passes.activations import Runner
 from relay_passes.channel_masks import ChannelMasks
-from relay_passes.config import CRITERIA, RecoveryConfig, parse_compress
+from relay_passes.config import CRITERIA, DATA_CRITERIA, RecoveryConfig, parse_compress
 from relay_passes.kmeans_cluster import KMeansChannelClustering
 from relay_passes.mask_prune import MaskPruning
 
@@ -24,8 +24,10 @@ def make_compressor(compress=None, calibration=None, *, masks=None,
     ----------
     compress : str, (str, CompressConfig), KMeansChannelClustering, MaskPruning or None
         ``"kmeans:R"`` clusters a fraction R of each group's channels away; ``"mask:R"``
-        prunes them by filter magnitude, ``"mask:R:CRITERION"`` by a criterion of
-        `CRITERIA`. With `calibration`, both refit consumers by least squares.
+        prunes them (criterion ``auto``: ``redundancy`` with calibration, filter magnitude
+        without), ``"mask:R:CRITERION"`` by a criterion of `CRITERIA`. With `calibration`,
+        both recover on data: compensation and least squares, each kept only where it
+        lowers the held-out error (`relay_passes.layerwise`).
     calibration : numpy.ndarray or iterable of arrays, optional
         Inputs ``(N, ...)`` for data-driven criteria and recovery.
     masks : ChannelMasks, str or os.PathLike, optional
@@ -68,10 +70,10 @@ def make_compressor(compress=None, calibration=None, *, masks=None,
         if criterion is not None:
             raise ValueError(f"k-means takes no criterion; got {criterion!r} (use 'kmeans:R')")
         return KMeansChannelClustering(config, calibration=calibration, runner=runner)
-    criterion = criterion or "l1"
+    criterion = criterion or "auto"
     if criterion not in CRITERIA:
         raise ValueError(f"unknown mask criterion {criterion!r}; choose one of {CRITERIA}")
-    if calibration is None and criterion in ("activation", "greedy"):
+    if calibration is None and criterion in DATA_CRITERIA:
         raise ValueError(f"mask criterion {criterion!r} needs calibration inputs: pass "
                          "calibration=ARRAY (N, ...) of training inputs")
     recovery = "ls" if calibration is not None else "none"

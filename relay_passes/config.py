@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 METHODS = ("kmeans", "mask")
-CRITERIA = ("l1", "l2", "activation", "greedy")
 
 
 @dataclass(frozen=True)
@@ -86,32 +85,69 @@ def parse_compress(spec) -> tuple[str, CompressConfig]:
 DEFAULT_CONFIG = CompressConfig()
 
 
-RECOVERIES = ("none", "ls")
+RECOVERIES = ("none", "compensation", "ls")
+CRITERIA = ("auto", "l1", "l2", "activation", "greedy", "redundancy")
+DATA_CRITERIA = ("activation", "greedy", "redundancy")
 
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    """How masks are chosen and accuracy recovered.
+    """How masks are chosen and accuracy recovered (see `layerwise` for the algorithm).
 
     Attributes
     ----------
     criterion : str
-        Mask criterion, one of `channel_masks.CRITERIA` (mask pruning only).
+        Mask criterion, one of `CRITERIA` (mask pruning only). ``"auto"``: ``"redundancy"``
+        when calibration data is given, else ``"l1"``.
     recovery : str
-        ``"ls"``: refit consumers by ridge least squares on calibration data; ``"none"``.
-    alpha : float
-        Ridge strength relative to the mean diagonal of ``X^T X``.
+        ``"none"``: the channels are removed, nothing else changes. ``"compensation"``:
+        each removed channel is regressed on the kept ones and the coefficients folded into
+        every consumer. ``"ls"``: compensation, then consumer least squares toward the
+        folded weights where the rows outnumber the unknowns by `kappa`. Every step is kept
+        only where it lowers the held-out error.
+    alphas : tuple of float
+        Ridge strengths of the least-squares candidates, relative to the mean diagonal of
+        ``X^T X``.
+    mu : float
+        Ridge of the channel regression, relative to the mean diagonal of the kept
+        channels' Gram (never 0: exactly dependent channels make it singular).
+    kappa : float
+        Least squares only where rows >= kappa * unknowns.
+    holdout : float
+        Fraction of calibration samples held out to decide each step.
+    min_holdout : int
+        Held-out samples at least.
+    min_samples : int
+        Calibration samples required for data-driven recovery or criteria.
+    improvement : float
+        A more complex candidate must lower the held-out error by more than this fraction.
+    intercept : bool
+        Also try the compensation with an intercept (folded into the consumer's bias).
     positions : int
-        Output pixels sampled per calibration input and conv consumer.
+        Output pixels sampled per input for the ``activation`` and ``greedy`` criteria.
     max_samples : int
         Calibration inputs used at most.
+    max_unknowns : int
+        Consumers with more input columns than this get no least squares (memory).
+    check_model : bool
+        Compare the whole recovered model with plain removal on the held-out samples and
+        keep plain removal if recovery made it worse (two extra host builds).
     """
 
-    criterion: str = "l1"
+    criterion: str = "auto"
     recovery: str = "ls"
-    alpha: float = 1e-3
+    alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    mu: float = 1e-6
+    kappa: float = 4.0
+    holdout: float = 0.25
+    min_holdout: int = 4
+    min_samples: int = 8
+    improvement: float = 0.01
+    intercept: bool = True
     positions: int = 16
     max_samples: int = 1024
+    max_unknowns: int = 4096
+    check_model: bool = True
 
     def __post_init__(self):
         if self.criterion not in CRITERIA:
@@ -119,14 +155,29 @@ class RecoveryConfig:
                              f"{CRITERIA}")
         if self.recovery not in RECOVERIES:
             raise ValueError(f"unknown recovery {self.recovery!r}; choose one of {RECOVERIES}")
-        if not self.alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.positions < 1 or self.max_samples < 1:
-            raise ValueError("positions and max_samples must be >= 1")
+        if isinstance(self.alphas, (int, float)) or not all(
+                isinstance(a, (int, float)) and a > 0 for a in self.alphas):
+            raise TypeError(f"alphas must be a tuple of positive numbers, got {self.alphas!r}")
+        if not self.mu > 0:
+            raise ValueError(f"mu must be > 0 (dependent channels need it), got {self.mu}")
+        if not self.kappa >= 1:
+            raise ValueError(f"kappa must be >= 1 (rows per unknown), got {self.kappa}")
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+        if self.min_holdout < 1 or self.min_samples < self.min_holdout + 1:
+            raise ValueError("min_holdout must be >= 1 and min_samples > min_holdout")
+        if self.positions < 1 or self.max_samples < 1 or self.max_unknowns < 1:
+            raise ValueError("positions, max_samples and max_unknowns must be >= 1")
+
+    def criterion_for(self, has_data: bool) -> str:
+        """The criterion in effect: ``"auto"`` resolved by whether data is given."""
+        if self.criterion == "auto":
+            return "redundancy" if has_data else "l1"
+        return self.criterion
 
     @property
     def needs_data(self) -> bool:
-        return self.recovery == "ls" or self.criterion in ("activation", "greedy")
+        return self.recovery != "none" or self.criterion in DATA_CRITERIA
 
 
 DEFAULT_RECOVERY = RecoveryConfig()

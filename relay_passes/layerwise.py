@@ -1,17 +1,31 @@
-"""Group-by-group channel compression with least-squares recovery: the shared driver.
+"""Group-by-group channel compression with data-driven recovery: the shared driver.
 
-The mask pruner and data-aware k-means both walk the coupled channel groups in graph
-order. For each group the method's ``choose(evidence)`` returns a ``(k, C)`` matrix for the
-producers (selection rows, or cluster averages) and one for the consumers (selection
-rows, or 0/1 cluster membership); the driver commits them with `channel_rewrite`
-(shapes shrink) and, with ``recovery="ls"``, refits every consumer of the group by ridge
-least squares against the original network's outputs (`ls_recovery`). The graph is
-re-analysed after each group so offsets always describe the current graph; groups keep
-their names (``conv0``, ``dense1``, ...) because bindings keep their positions.
+The mask pruner and k-means both walk the coupled channel groups in graph order. For each
+group:
+
+1. *measure* — the current network (pruned so far) and the original one are probed on the
+   calibration samples; `channel_stats` sums, per fit / held-out split, the pixel Gram at
+   every consumer's site and the row Gram of every consumer (`collect`);
+2. *choose* — the method's ``choose(evidence)`` returns the keep mask (k of C channels, real
+   channels for both methods) and the prior ``G0`` of each consumer's consume matrix
+   (``None``: the selection ``S_K``);
+3. *commit* — producers and per-channel parameters keep rows K; every consumer gets its own
+   weights from `consumer_fit.decide` (removal, compensation, + intercept, least squares,
+   whichever is best on held-out samples), so shapes shrink and each layer is never worse
+   than plain removal on held-out data.
+
+A group that keeps every channel is skipped: removing nothing changes nothing. At the end
+(``check_model``) the whole recovered model is compared with the same selection without
+data recovery on the held-out samples, and the latter is kept if recovery made the model's
+output worse. The graph is re-analysed after each group; groups keep their names and
+bindings their positions, so the original network's probe serves every group.
+
+Preconditions: those of `channel_graph`; calibration inputs of the model's input shape.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,18 +35,29 @@ from mdl_tvm.core.relax_utils import bound_constants, main_bindings
 from relay_passes.activations import (
     ConsumerSpec,
     Runner,
-    as_samples,
     consumer_spec,
-    from_matrix,
+    default_runner,
     model_input_shape,
-    probe,
-    sample_rows,
     weight_matrix,
 )
+from relay_passes.calibration import as_samples, require_samples, split_samples
 from relay_passes.channel_graph import ChannelGroup, analyze
-from relay_passes.channel_rewrite import Edit, rewrite
+from relay_passes.channel_rewrite import Edit, apply_edits, rewrite
+from relay_passes.channel_stats import (
+    GroupStats,
+    RowPlan,
+    collect,
+    consumer_gram,
+    data_input,
+    site_of,
+)
+from relay_passes.compensation import selection
 from relay_passes.config import CompressConfig, RecoveryConfig
-from relay_passes.ls_recovery import NormalEquations, OriginalTargets, refit_weight
+from relay_passes.consumer_fit import ConsumerInput, channel_columns, decide
+from relay_passes.ls_recovery import well_posed
+
+__all__ = ["Evidence", "LayerwiseDriver", "channel_columns", "graph_order"]
+OUTPUT = -1  # key of the model output in a probe's values
 
 
 def graph_order(graph) -> list[ChannelGroup]:
@@ -43,128 +68,227 @@ def graph_order(graph) -> list[ChannelGroup]:
 
 @dataclass
 class Evidence:
-    """What `choose` may look at for one group (current graph)."""
+    """What `choose` may look at for one group (current graph, before its commit)."""
 
     group: ChannelGroup
     consts: dict  # (binding, arg) -> array
-    rows: dict[int, np.ndarray]  # consumer binding -> (M, D) calibration rows (or empty)
-    columns: dict[int, np.ndarray]  # consumer binding -> (C, unit) input columns per channel
     specs: dict[int, ConsumerSpec]
+    stats: GroupStats | None  # None without calibration data
+    site_keys: list  # per consumer ref: its key in stats.sites
+    kappa: float = 4.0
+
+    @property
+    def rows(self) -> dict:
+        """``{consumer binding: (M, D) sampled rows}`` (activation / greedy criteria)."""
+        return self.stats.sampled if self.stats else {}
+
+    @property
+    def columns(self) -> dict:
+        return {ref.binding: channel_columns(ref, self.specs[ref.binding])
+                for ref in self.group.consumers}
+
+    def redundancy_terms(self):
+        """``([(H, X, AA, Q)] per consumer ref, well_posed)`` for `redundancy_keep`."""
+        terms, posed = [], True
+        for ref, key in zip(self.group.consumers, self.site_keys, strict=True):
+            zz, za, aa, _, _, rows = self.stats.sites[key].blocks("fit")
+            q = consumer_gram(self.consts[(ref.binding, 1)], self.specs[ref.binding],
+                              ref.offset, ref.length, ref.span)
+            terms.append((zz, za, aa, q))
+            posed &= well_posed(rows, self.group.channels, self.kappa)
+        return terms, posed
 
 
-def channel_columns(ref, spec: ConsumerSpec) -> np.ndarray:
-    """``(length, unit)`` input columns of each channel of consumer ref `ref`."""
-    unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else ref.span
-    starts = (ref.offset + np.arange(ref.length)) * unit
-    return starts[:, None] + np.arange(unit)[None, :]
-
-
-def consumer_inputs(mod, consumers: list[int], func_name: str = "main") -> dict:
-    """``{consumer binding: binding number of its data input}`` (None: the graph input)."""
-    from tvm import relax
+def bias_of(mod, binding: int, func_name: str = "main"):
+    """``(binding, arg)`` of the constant added to `binding`'s output per channel, or None."""
+    import tvm
 
     bindings, _ = main_bindings(mod, func_name)
-    position = {hash(b.var): i for i, b in enumerate(bindings)}
-    sources = {}
-    for b in consumers:
-        data = bindings[b].value.args[0]
-        if not isinstance(data, relax.Var):
-            raise ValueError(f"consumer {bindings[b].var.name} reads a non-variable input")
-        sources[b] = position.get(hash(data))
-    return sources
+    var = bindings[binding].var
+    for index in range(binding + 1, len(bindings)):
+        value = bindings[index].value
+        args = list(getattr(value, "args", ()))
+        if getattr(value, "op", None) == tvm.ir.Op.get("relax.add") and len(args) == 2:
+            for i, arg in enumerate(args):
+                other = args[1 - i]
+                if other.same_as(var) and isinstance(arg, tvm.ir.Constant):
+                    return index, i
+        if any(a.same_as(var) for a in args):
+            return None  # first used by something else
+    return None
 
 
 class LayerwiseDriver:
     """Walks the groups of `mod`; see the module docstring."""
 
     def __init__(self, mod, config: CompressConfig, options: RecoveryConfig, calibration,
-                 func_name: str = "main", runner: Runner | None = None):
-        self.mod, self.config, self.options, self.func = mod, config, options, func_name
-        self.runner = runner
-        self.samples = None
-        if options.needs_data:
+                 func_name: str = "main", runner: Runner | None = None,
+                 needs_data: bool | None = None):
+        self.mod, self.original, self.config, self.options = mod, mod, config, options
+        self.func, self.runner = func_name, runner or default_runner
+        self.samples, self.split = None, None
+        if options.needs_data if needs_data is None else needs_data:
             samples = as_samples(calibration, model_input_shape(mod, func_name))
             self.samples = samples[: options.max_samples]
-        self.targets = OriginalTargets()
+            require_samples(len(self.samples), options.min_samples,
+                            "data-driven channel selection and recovery")
+            self.split = split_samples(len(self.samples), options.holdout,
+                                       options.min_holdout, config.seed)
+        self.out_index: dict[int, np.ndarray] = {}
+        self.notes: dict[str, str] = {}
+        self.choices: dict[str, dict] = {}  # group -> {consumer binding: (choice, errors)}
+        self.priors: dict[str, tuple] = {}  # group -> (keep, prior)
+        self.consume: dict[str, dict] = {}  # group -> {consumer binding: [(k, C) per ref]}
+        self.model_error: dict | None = None
 
-    def _consumer_bindings(self, group) -> list[int]:
-        return sorted({ref.binding for ref in group.consumers})
+    # -- probes ------------------------------------------------------------------------
+    def _probe(self, mod, bindings: list[int]):
+        run = self.runner(rewrite(mod, [], func_name=self.func, outputs=tuple(bindings)))
 
-    def _specs(self, bindings) -> dict[int, ConsumerSpec]:
-        return {b: consumer_spec(self.mod, b, self.func) for b in bindings}
+        def values(x):
+            outs = run(x)
+            found = dict(zip(bindings, outs[len(outs) - len(bindings):], strict=True))
+            found[OUTPUT] = outs[0]
+            return found
+        return values
 
-    def _rows(self, mod, specs: dict[int, ConsumerSpec]) -> dict[int, np.ndarray]:
-        """Calibration rows of each consumer in `mod` (stacked over samples)."""
-        if not self.samples or not specs:
-            return {}
-        rows: dict[int, list] = {b: [] for b in specs}
-        sources = consumer_inputs(mod, list(specs), self.func)
-        probed = sorted({i for i in sources.values() if i is not None})
-        values = (probe(mod, probed, self.samples, self.runner, self.func)
-                  if probed else None)
-        for s, x_in in enumerate(self.samples):
-            found = dict(zip(probed, next(values), strict=True)) if probed else {}
-            for b, src in sources.items():
-                x = x_in if src is None else found[src]
-                rows[b].append(sample_rows(specs[b], x, s, self.options.positions,
-                                           self.config.seed))
-        return {b: np.concatenate(r) for b, r in rows.items()}
+    def _places(self, mod, group) -> dict[int, tuple[int, int]]:
+        """``{consumer binding: (site, data input)}``."""
+        bindings, _ = main_bindings(mod, self.func)
+        position = {hash(b.var): i for i, b in enumerate(bindings)}
+        return {ref.binding: (site_of(mod, ref.binding, self.func),
+                              data_input(bindings, position, ref.binding))
+                for ref in group.consumers}
 
-    def _record_targets(self, groups) -> None:
-        consts = bound_constants(self.mod, self.func)
-        bindings = sorted({b for g in groups for b in self._consumer_bindings(g)})
-        specs = self._specs(bindings)
-        for b, rows in self._rows(self.mod, specs).items():
-            w = weight_matrix(specs[b], consts[(b, 1)].astype(np.float64))
-            self.targets.targets[b] = [(rows @ w.T).astype(np.float32)]
+    def _row_plan(self, b: int, spec: ConsumerSpec, source: int) -> RowPlan | None:
+        unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else 1
+        width = spec.weight_shape[1] * unit if spec.kind == "conv2d" else spec.weight_shape[0]
+        if self.options.recovery == "none" or width > self.options.max_unknowns:
+            return None
+        orig = bound_constants(self.original, self.func)
+        orig_spec = consumer_spec(self.original, b, self.func)
+        w = weight_matrix(orig_spec, orig[(b, 1)].astype(np.float64))
+        loc = bias_of(self.original, b, self.func)
+        bias = orig[loc].reshape(-1).astype(np.float64) if loc else np.zeros(len(w))
+        index = self.out_index.get(b, np.arange(len(w)))
+        return RowPlan(spec, source, orig_spec, w, bias, index)
 
+    def _measure(self, group, specs, original) -> tuple[GroupStats, list]:
+        places = self._places(self.mod, group)
+        orig_group = analyze(self.original, self.func).groups[group.name]
+        sites, keys = {}, []
+        for ref, orig_ref in zip(group.consumers, orig_group.consumers, strict=True):
+            key = (places[ref.binding][0], ref.offset, ref.length)
+            sites[key] = orig_ref.offset
+            keys.append(key)
+        rows = {b: plan for b, (_, src) in places.items()
+                if (plan := self._row_plan(b, specs[b], src)) is not None}
+        criterion = self.options.criterion
+        sampled = ({b: (specs[b], src) for b, (_, src) in places.items()}
+                   if criterion in ("activation", "greedy") else {})
+        wanted = sorted({i for pair in places.values() for i in pair})
+        stats = collect(self._probe(self.mod, wanted), original, self.samples, self.split,
+                        sites, rows, sampled, self.options.positions, self.config.seed)
+        return stats, keys
+
+    # -- the walk ----------------------------------------------------------------------
     def run(self, order: list[str], choose: Callable):
-        """Compress groups `order` in turn; returns ``(mod, {name: (k, C) producer matrix})``."""
-        graph = analyze(self.mod, self.func)
-        if self.options.recovery == "ls":
-            self._record_targets([graph.groups[n] for n in order])
+        """Compress groups `order` in turn; returns ``(mod, {name: keep mask})``.
+
+        ``choose(evidence) -> (keep, prior, note)``: a boolean keep mask, the ``(k, C)``
+        prior of the consume matrices (None: ``S_K``) and a note for the report.
+        """
+        original = None
+        if self.samples is not None:
+            graph0 = analyze(self.original, self.func)
+            wanted = sorted({i for name in order
+                             for pair in self._places(self.original, graph0.groups[name]).values()
+                             for i in pair})
+            original = self._probe(self.original, wanted)
         chosen = {}
         for name in order:
             graph = analyze(self.mod, self.func)
             group = graph.groups[name]
-            specs = self._specs(self._consumer_bindings(group))
-            rows = self._rows(self.mod, specs) if self.samples else {}
-            columns = {ref.binding: channel_columns(ref, specs[ref.binding])
-                       for ref in group.consumers}
-            evidence = Evidence(group, bound_constants(self.mod, self.func), rows, columns,
-                                specs)
-            produce, consume, selection = choose(evidence)
-            edits = [Edit(ref, produce) for ref in group.producers + group.params]
-            edits += [Edit(ref, consume) for ref in group.consumers]
-            self.mod = rewrite(self.mod, edits, set(group.depthwise),
-                               set(graph.flatten_reshapes), self.func)
-            for ref in group.producers:
-                self.targets.map_outputs(ref.binding, produce)
-            chosen[name] = produce
-            if self.options.recovery == "ls":
-                if not selection:  # merged channels carry new values: sample them again
-                    rows = self._rows(self.mod, specs)
-                else:
-                    rows = {b: r[:, self._kept_columns(r.shape[1], group, b, specs[b],
-                                                       produce)] for b, r in rows.items()}
-                self._refit(rows, specs)
+            specs = {ref.binding: consumer_spec(self.mod, ref.binding, self.func)
+                     for ref in group.consumers}
+            stats, keys = (self._measure(group, specs, original) if original
+                           else (None, []))
+            evidence = Evidence(group, bound_constants(self.mod, self.func), specs, stats, keys,
+                                self.options.kappa)
+            keep, prior, note = choose(evidence)
+            keep = np.asarray(keep, bool)
+            chosen[name] = keep
+            self.notes[name] = note
+            if keep.all():
+                continue  # removing nothing changes nothing
+            prior = selection(keep) if prior is None else prior
+            self.priors[name] = (keep, prior)
+            self._commit(group, graph, keep, prior, stats, keys, specs)
+        if self.options.check_model and self.samples is not None and self.priors:
+            self._check_model(original)
         return self.mod, chosen
 
-    def _kept_columns(self, width, group, binding, spec, produce) -> np.ndarray:
-        keep = np.ones(width, bool)
-        dropped = ~produce.astype(bool).any(axis=0)
-        for ref in group.consumers:
-            if ref.binding == binding:
-                keep[channel_columns(ref, spec)[dropped].ravel()] = False
-        return np.flatnonzero(keep)
-
-    def _refit(self, rows: dict[int, np.ndarray], specs) -> None:
+    def _commit(self, group, graph, keep, prior, stats, keys, specs) -> None:
         consts = bound_constants(self.mod, self.func)
-        replace = {}
-        for b, x in rows.items():
-            equations = NormalEquations()
-            equations.add(x, self.targets.target(b, 0))
-            weight = consts[(b, 1)]
-            matrix = refit_weight(equations, self.options.alpha)
-            replace[(b, 1)] = from_matrix(specs[b], matrix, weight.shape).astype(weight.dtype)
-        self.mod = rewrite(self.mod, [], func_name=self.func, replace=replace)
+        edits: dict[tuple, list] = {}
+        for ref in group.producers + group.params:
+            edits.setdefault((ref.binding, ref.arg), []).append(Edit(ref, selection(keep)))
+        replace, choices = {}, {}
+        for b in sorted({ref.binding for ref in group.consumers}):
+            refs = [r for r in group.consumers if r.binding == b]
+            sites = [stats.sites[keys[group.consumers.index(r)]] if stats else None
+                     for r in refs]
+            loc = bias_of(self.mod, b, self.func)
+            out_edits = edits.pop((b, 1), [])
+            edits.pop(loc, None)
+            width = len(consts[(b, 1)]) if specs[b].kind == "conv2d" else consts[(b, 1)].shape[1]
+            item = ConsumerInput(
+                specs[b], consts[(b, 1)], consts[loc].reshape(-1) if loc else None, refs,
+                sites, stats.rows.get(b) if stats else None,
+                np.flatnonzero(keep) if out_edits else np.arange(width), out_edits)
+            result = decide(item, keep, prior, self.options)
+            replace[(b, 1)] = result.weight
+            if loc is not None:
+                shape = list(consts[loc].shape)
+                shape[shape.index(width) if width in shape else -1] = len(result.bias)
+                replace[loc] = result.bias.reshape(shape)
+            choices[b] = (result.choice, result.errors)
+            self.consume.setdefault(group.name, {})[b] = result.mixes
+        for key, key_edits in edits.items():
+            replace[key] = apply_edits(consts[key], key_edits)
+        self.mod = rewrite(self.mod, [], set(group.depthwise), set(graph.flatten_reshapes),
+                           self.func, replace=replace)
+        for ref in group.producers:
+            rows = self.out_index.get(ref.binding, np.arange(ref.length))
+            self.out_index[ref.binding] = rows[keep]
+        self.choices[group.name] = choices
+
+    def _check_model(self, original) -> None:
+        """Keep the data-free result if recovery made the whole model worse (held out)."""
+        graph = analyze(self.original, self.func)
+        edits = []
+        for name, (keep, prior) in self.priors.items():
+            group = graph.groups[name]
+            edits += [Edit(ref, selection(keep)) for ref in group.producers + group.params]
+            edits += [Edit(ref, prior) for ref in group.consumers]
+        plain = rewrite(self.original, edits, {b for n in self.priors
+                                               for b in graph.groups[n].depthwise},
+                        set(graph.flatten_reshapes), self.func)
+        runs = [self.runner(m) for m in (self.mod, plain)]
+        err = np.zeros(2)
+        for s in self.split[1]:
+            x = self.samples[s]
+            base = original(x)[OUTPUT]
+            for i, run in enumerate(runs):
+                err[i] += float(np.sum((run(x)[0] - base) ** 2)) / max(
+                    float(np.sum(base ** 2)), 1e-300)
+        n = len(self.split[1])
+        self.model_error = {"recovered": err[0] / n, "data_free": err[1] / n,
+                            "held_out_samples": n}
+        if err[0] > err[1]:
+            warnings.warn(f"recovery raised the held-out output error ({err[0] / n:.3g} vs "
+                          f"{err[1] / n:.3g} without it); keeping the result without data "
+                          "recovery", stacklevel=3)
+            self.mod, self.model_error["kept"] = plain, "data_free"
+        else:
+            self.model_error["kept"] = "recovered"

@@ -1,91 +1,55 @@
-"""Least-squares recovery: refit a consumer layer so the pruned network matches the original.
+"""Consumer least squares toward a prior weight, from Gram matrices (pure numpy).
 
-What it rewrites
+What it computes
 ----------------
-After a channel group is pruned (or merged), each layer that reads it — a conv2d or a
-matmul — gets new weights ``W'`` solving the ridge problem
+For one consumer with current input rows ``X`` (a ones column added when it has a bias)
+and the original network's outputs ``Y`` at the same places, the ridge problem
 
-    min_W'  || X_pruned W'^T - X_orig W^T M^T ||^2  +  lam ||W'||^2
+    min_V  ||X V − Y||²  +  λ ||V − V0||²,        λ = alpha * tr(XᵀX) / D
 
-where ``X_orig`` are the consumer's input rows in the *original* network, ``X_pruned`` the
-rows at the same samples and pixels in the network pruned so far (so errors made upstream
-are compensated, not piled up), ``W`` the original weight, and ``M`` maps the consumer's
-original output channels to its current ones (identity rows after a selection, averages
-after k-means merging). ``lam = alpha * trace(X^T X) / D`` scales the ridge to the data.
-The solution is closed form (normal equations, numpy); outputs are matched before the
-bias, which is left as it is.
+is solved in *residual form*, ``V = V0 + (XᵀX + λI)⁻¹ Xᵀ(Y − X V0)``: the ridge pulls toward
+the prior ``V0`` (the compensated weight), never toward zero, so the part of ``V0`` that the
+calibration rows do not see is kept, and when ``Y = X V0`` already the solution is ``V0``
+exactly. It is only used where the rows outnumber the unknowns by a safe factor
+(`well_posed`); `output_error` measures any candidate on held-out rows from their Gram.
 
-The idea is the reconstruction step of channel pruning by He et al. (ICCV 2017) and of
-ThiNet (Luo et al., ICCV 2017), taken layer by layer in the graph's order.
-
-Preconditions: those of `activations`; calibration inputs that resemble real inputs.
+The reconstruction step of channel pruning (He et al., ICCV 2017) and ThiNet (Luo et al.,
+ICCV 2017), regularised toward the compensated weights instead of toward zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from relay_passes.activations import ConsumerSpec, sample_rows, weight_matrix
 
+def ridge_toward(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, alpha: float,
+                 penalty: np.ndarray | None = None) -> np.ndarray:
+    """``argmin_B ||X B − Y||² + λ ||P (B − prior)||²`` from ``gram = XᵀX``, ``cross = XᵀY``.
 
-@dataclass
-class NormalEquations:
-    """Running ``X^T X`` and ``X^T Y`` of a least-squares problem."""
-
-    gram: np.ndarray | None = None
-    cross: np.ndarray | None = None
-    rows: int = 0
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        if self.gram is None:
-            self.gram, self.cross = x.T @ x, x.T @ y
-        else:
-            self.gram += x.T @ x
-            self.cross += x.T @ y
-        self.rows += len(x)
-
-
-def ridge_solve(gram: np.ndarray, cross: np.ndarray, alpha: float) -> np.ndarray:
-    """Solve ``(G + lam I) B = C`` with ``lam = alpha * trace(G) / D``; returns ``B``."""
+    ``λ = alpha`` times the mean diagonal of ``XᵀX`` over the shrunk unknowns; `penalty`
+    (0/1 per unknown, default all 1) chooses them. Returns ``prior`` plus the
+    residual-form correction."""
     d = gram.shape[0]
-    lam = alpha * float(np.trace(gram)) / max(d, 1)
-    system = gram + (lam + 1e-12) * np.eye(d)
+    penalty = np.ones(d) if penalty is None else np.asarray(penalty, np.float64)
+    diag = np.diag(gram)
+    scale = float(diag[penalty > 0].mean() if (penalty > 0).any() else diag.mean())
+    scale = max(scale, 1e-300)
+    system = gram + np.diag(alpha * scale * penalty + 1e-12 * scale * (1 - penalty))
+    rhs = cross - gram @ prior
     try:
-        return np.linalg.solve(system, cross)
+        delta = np.linalg.solve(system, rhs)
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(system, cross, rcond=None)[0]
+        delta = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    return prior + delta
 
 
-def refit_weight(equations: NormalEquations, alpha: float) -> np.ndarray:
-    """The ``(outputs, inputs)`` weight matrix that best maps rows to targets."""
-    return ridge_solve(equations.gram, equations.cross, alpha).T
+def output_error(xx: np.ndarray, xy: np.ndarray, yy: np.ndarray, v: np.ndarray) -> float:
+    """``||X V − Y||² / ||Y||²`` from the Gram blocks ``XᵀX``, ``XᵀY``, ``YᵀY``."""
+    total = float(np.trace(yy))
+    err = float(np.sum(v * (xx @ v)) - 2 * np.sum(v * xy)) + total
+    return max(err, 0.0) / max(total, 1e-300)
 
 
-@dataclass
-class OriginalTargets:
-    """Each consumer's output in the original network, at the sampled pixels.
-
-    ``targets[binding][sample]`` is ``(rows, outputs)``; ``out_maps[binding]`` is the
-    matrix ``M`` from original to current output channels (None: unchanged).
-    """
-
-    targets: dict[int, list[np.ndarray]] = field(default_factory=dict)
-    out_maps: dict[int, np.ndarray] = field(default_factory=dict)
-
-    def record(self, spec: ConsumerSpec, weight: np.ndarray, x: np.ndarray, sample: int,
-               positions: int, seed: int) -> None:
-        rows = sample_rows(spec, x, sample, positions, seed)
-        y = rows @ weight_matrix(spec, weight.astype(np.float64)).T
-        self.targets.setdefault(spec.binding, []).append(y.astype(np.float32))
-
-    def target(self, binding: int, sample: int) -> np.ndarray:
-        y = self.targets[binding][sample].astype(np.float64)
-        m = self.out_maps.get(binding)
-        return y if m is None else y @ m.T
-
-    def map_outputs(self, binding: int, matrix: np.ndarray) -> None:
-        """Record that `binding`'s output channels became ``matrix @ outputs``."""
-        old = self.out_maps.get(binding)
-        self.out_maps[binding] = matrix if old is None else matrix @ old
+def well_posed(rows: int, unknowns: int, kappa: float) -> bool:
+    """Least squares only where ``rows >= kappa * unknowns``."""
+    return rows >= kappa * unknowns

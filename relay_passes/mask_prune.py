@@ -1,31 +1,35 @@
-"""Mask-based channel pruning with least-squares recovery, committed into the graph.
+"""Mask-based channel pruning with data-driven recovery, committed into the graph.
 
 What it rewrites
 ----------------
 For every prunable group of coupled channels (`channel_graph.analyze`), in graph order:
 
 1. *update* — a keep-mask of ``k = round(C * (1 - ratio))`` channels is chosen by a
-   criterion of `channel_masks` (filter magnitude, calibration activations, or ThiNet's
-   greedy reconstruction), or taken from given masks;
+   criterion of `channel_masks` (filter magnitude, calibration activations, ThiNet's greedy
+   reconstruction, or ``redundancy``: the error left after compensation), or taken from
+   given masks; ``"auto"`` is ``redundancy`` with calibration data and ``l1`` without;
 2. *commit* — the masked channels are removed: selection rows on the producers and
-   per-channel parameters, selection columns on every consumer, so shapes really shrink
+   per-channel parameters, and on every consumer the weights `consumer_fit` chose on
+   held-out samples (plain removal, compensation from the kept channels, with an
+   intercept, or least squares toward the compensated weights), so shapes really shrink
    (conv filters, depthwise groups, dense rows after a flatten);
-3. *recover* (``recovery="ls"``) — each consumer is refitted by ridge least squares so that
-   on calibration inputs it reproduces the original network's outputs, with its inputs
-   taken from the network pruned so far (`ls_recovery`).
+3. a group whose mask keeps every channel is left exactly as it is.
 
 The masks are kept (``.masks``, savable) so a run can be reproduced; masks from a masked
 fine-tuning in PyTorch (`mdl_tvm.compiler.finetune`) are committed by passing them in.
 
 The method follows channel pruning (He et al., ICCV 2017) and ThiNet (Luo et al., ICCV
-2017): select, then reconstruct, layer by layer; the mask life cycle is that of
-``torch.ao.pruning`` (prepare -> update -> commit).
+2017) — select, then reconstruct, layer by layer — with the reconstruction made well
+posed by compensation (Neuron Merging, Kim et al., NeurIPS 2020) and a held-out gate; the
+mask life cycle is that of ``torch.ao.pruning`` (prepare -> update -> commit).
 
 Preconditions: those of `channel_graph` (one dataflow block, NCHW, constant weights) and,
 for recovery or data-driven criteria, calibration inputs of the model's input shape.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -36,6 +40,7 @@ from relay_passes.channel_masks import (
     greedy_keep,
     keep_top,
     magnitude_scores,
+    redundancy_keep,
     sampled_contributions,
 )
 from relay_passes.config import (
@@ -46,12 +51,7 @@ from relay_passes.config import (
     kept_channels,
 )
 from relay_passes.layerwise import Evidence, LayerwiseDriver, graph_order
-from relay_passes.reports import GroupReport, finish_reports, report_frozen
-
-
-def selection_matrix(mask: np.ndarray) -> np.ndarray:
-    """``(k, C)`` rows of the identity for the kept channels."""
-    return np.eye(len(mask))[np.flatnonzero(mask)]
+from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
 
 
 def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.ndarray:
@@ -67,6 +67,9 @@ def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.nda
             per_channel = np.array([x[:, c].mean() for c in cols])
             scores = scores + per_channel / max(per_channel.mean(), 1e-12)
         return keep_top(np.asarray(scores), k)
+    if criterion == "redundancy":
+        terms, posed = evidence.redundancy_terms()
+        return redundancy_keep(terms, k, compensated=posed)
     parts = []
     for binding, cols in evidence.columns.items():
         spec = evidence.specs[binding]
@@ -79,14 +82,19 @@ def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.nda
 def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
                    options: RecoveryConfig = DEFAULT_RECOVERY, calibration=None,
                    masks: ChannelMasks | None = None, func_name: str = "main", runner=None):
-    """Prune every prunable group; returns ``(new_mod, reports, masks)``."""
+    """Prune every prunable group; returns ``(new_mod, reports, masks, driver)``."""
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
     if masks is not None:
         masks.check(graph.groups)
+    criterion = options.criterion_for(calibration is not None)
     order = [g.name for g in graph_order(graph)
              if g.name not in config.skip and (masks is None or g.name in masks)]
     chosen_masks = ChannelMasks()
+    data_criterion = masks is None and criterion in ("activation", "greedy", "redundancy")
+    driver = LayerwiseDriver(mod, config, replace(options, criterion=criterion), calibration,
+                             func_name, runner,
+                             needs_data=options.recovery != "none" or data_criterion)
 
     def choose(evidence: Evidence):
         name = evidence.group.name
@@ -94,18 +102,17 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
             mask = masks[name]
         else:
             k = kept_channels(evidence.group.channels, config.ratio_for(name))
-            mask = choose_mask(evidence, k, options.criterion, config.seed)
+            mask = choose_mask(evidence, k, criterion, config.seed)
         chosen_masks[name] = mask
-        select = selection_matrix(mask)
-        return select, select, True
+        return mask, None, "given mask" if masks is not None else criterion
 
-    driver = LayerwiseDriver(mod, config, options, calibration, func_name, runner)
     new_mod, _ = driver.run(order, choose)
     reports = report_frozen(graph, config)
     reports += [GroupReport(name, graph.groups[name].channels, int(m.sum()),
-                            f"{options.criterion}, recovery {options.recovery}")
+                            recovery_note(driver.notes[name], driver.choices.get(name),
+                                          options.recovery))
                 for name, m in chosen_masks.items()]
-    return new_mod, finish_reports(reports, graph, mod, new_mod), chosen_masks
+    return new_mod, finish_reports(reports, graph, mod, new_mod), chosen_masks, driver
 
 
 class MaskPruning:
@@ -125,7 +132,11 @@ class MaskPruning:
         Builds probe graphs for this machine (`activations.Runner`); ``mdl_tvm.compile``
         passes its own host build.
 
-    After a call, ``.reports`` holds the per-group report and ``.masks`` the masks used.
+    After a call, ``.reports`` holds the per-group report, ``.masks`` the masks used,
+    ``.choices`` each consumer's recovery decision and held-out errors, and
+    ``.model_error`` the whole model's held-out output error with and without recovery,
+    ``.consume`` each consumer's consume matrices (``{group: {binding: [(k, C)]}}``, the
+    start of `mdl_tvm.compiler.finetune.masked_finetune`).
     """
 
     def __init__(self, config: CompressConfig = DEFAULT_CONFIG,
@@ -140,11 +151,16 @@ class MaskPruning:
         self.config, self.options, self.calibration = config, options, calibration
         self.runner = runner
         self.given_masks, self.masks, self.reports = masks, ChannelMasks(), []
+        self.choices, self.priors, self.model_error = {}, {}, None
+        self.consume = {}
 
     def __call__(self, mod):
-        new_mod, self.reports, self.masks = prune_channels(
+        new_mod, self.reports, self.masks, driver = prune_channels(
             mod, self.config, self.options, self.calibration, self.given_masks,
             runner=self.runner)
+        self.choices, self.priors = driver.choices, driver.priors
+        self.consume = driver.consume
+        self.model_error = driver.model_error
         return new_mod
 
     def as_tvm_pass(self):

@@ -56,3 +56,20 @@ def report_frozen(graph, config: CompressConfig) -> list[GroupReport]:
 def _layer_order(name: str):
     kind = name.rstrip("0123456789")
     return (kind != "conv", int(name[len(kind):] or 0))
+
+
+def recovery_note(criterion: str, choices: dict | None, recovery: str) -> str:
+    """``"redundancy; recovery ls: compensation x3, ls(0.001) x1 (held-out error 0.012)"``:
+    the criterion, what each consumer kept and the worst held-out error of the winners."""
+    if not choices:
+        return f"{criterion}, recovery {recovery}" if recovery == "none" else (
+            f"{criterion}, nothing removed")
+    counts: dict[str, int] = {}
+    worst = 0.0
+    for choice, errors in choices.values():
+        counts[choice] = counts.get(choice, 0) + 1
+        value = errors.get(choice, float("nan"))
+        worst = max(worst, value) if value == value else worst
+    kept = ", ".join(f"{c} x{n}" for c, n in counts.items())
+    tail = f" (held-out error <= {worst:.3g})" if recovery != "none" else ""
+    return f"{criterion}; recovery {recovery}: {kept}{tail}"

@@ -21,7 +21,7 @@ from mdl_tvm.core.numerics import relative_error
 from relay_passes import ChannelMasks, CompressConfig, MaskPruning, RecoveryConfig, analyze
 from relay_passes.activations import ConsumerSpec, sample_rows, weight_matrix
 from relay_passes.channel_masks import greedy_keep, keep_top
-from relay_passes.ls_recovery import ridge_solve
+from relay_passes.ls_recovery import ridge_toward
 
 
 def test_sample_rows_reproduce_the_convolution(rng):
@@ -37,10 +37,15 @@ def test_sample_rows_reproduce_the_convolution(rng):
     np.testing.assert_allclose(out, ref[0].reshape(5, -1).T, rtol=1e-4, atol=1e-4)
 
 
-def test_ridge_solve_recovers_a_linear_map(rng):
+def test_ridge_toward_a_prior_recovers_a_linear_map_and_keeps_an_exact_prior(rng):
+    """Residual form: well-posed data give the map whatever the prior; when the prior
+    already fits (Y = X prior), the answer is the prior, even with fewer rows than unknowns
+    (the ridge pulls toward the prior, not toward zero)."""
     x = rng.standard_normal((400, 12))
     b = rng.standard_normal((12, 3))
-    assert np.abs(ridge_solve(x.T @ x, x.T @ (x @ b), alpha=0.0) - b).max() < 1e-8
+    assert np.abs(ridge_toward(x.T @ x, x.T @ (x @ b), np.zeros((12, 3)), 1e-12) - b).max() < 1e-8
+    few = x[:5]  # 5 rows, 12 unknowns
+    assert np.abs(ridge_toward(few.T @ few, few.T @ (few @ b), b, 1e-3) - b).max() < 1e-12
 
 
 def test_keep_top_and_greedy_selection():
@@ -70,7 +75,7 @@ def test_least_squares_is_exact_when_pruned_channels_are_combinations_of_kept(rn
     calib = rng.standard_normal((40, 3, 10, 10)).astype(np.float32)
     masks = ChannelMasks(conv0=np.arange(8) < 4)
     x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
-    recovered = MaskPruning(options=RecoveryConfig(recovery="ls", alpha=0.0), masks=masks,
+    recovered = MaskPruning(options=RecoveryConfig(recovery="ls"), masks=masks,
                             calibration=calib)(mod)
     plain = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)(mod)
     assert conv_shapes(recovered) == [(4, 3, 3, 3), (5, 4, 3, 3)]

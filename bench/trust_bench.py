@@ -1,0 +1,350 @@
+"""Compression you can trust (#18): recovery curves, calibration count, fine-tuning baselines.
+
+    # 1. curve: k-means and mask x none / compensation / least squares, per ratio
+    python bench/trust_bench.py curve --models mobilenetv2s resnet20 --ratios 0.25 0.5 0.625 0.75
+    # 2. accuracy per calibration count (mask + least squares)
+    python bench/trust_bench.py calibration --models resnet20 --ratios 0.5 --counts 16 64 256 1000
+    # 3. fine-tuning at equal budget: ours (mask + recovery + masked fine-tuning), Torch-Pruning's
+    #    magnitude pruner at the same MACs (without and with the same fine-tuning), and the
+    #    uncompressed model fine-tuned for the same extra epochs
+    python bench/trust_bench.py finetune --models resnet20 --ratios 0.5 --epochs 1
+    python bench/trust_bench.py report        # rewrite md + png from the json
+
+Every run appends / replaces its points in ``bench/results/compression-trust.json`` (a point
+is keyed by part, model, method, ratio, calibration count and epochs) and rewrites
+``compression-trust.md`` and ``.png``, so the parts can run separately and partial results
+survive. Models: the shipped trained weights (`mdl_tvm.train.trained_model`). Data:
+Fashion-MNIST from the package (`mdl_tvm.data`); calibration = the first N *training*
+images, accuracy = top-1 on the test split (``--test-limit``, default all 10,000) run by the
+compiled host library, MACs = ``compiled.stats.macs`` for every method, Torch-Pruning
+included. Fine-tuning: SGD Nesterov, lr 0.01 cosine to 0, weight decay 5e-4, batch 128, the
+training recipe's augmentation, seed 0, 1 thread -- the same for all three arms. Torch-Pruning
+(``torch-pruning==1.6.1``, the ``bench`` extra) prunes each group by the same fraction
+(``global_pruning=False``), stepped until its MACs reach ours. Run on a shared machine with
+``TVM_NUM_THREADS=1 flock /tmp/mdl_heavy.lock ...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as `python bench/trust_bench.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+
+STEM = "compression-trust"
+RECOVERIES = ("none", "compensation", "ls")
+SHAPE = (1, 1, 28, 28)
+FT = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "augment": True, "threads": 1}
+
+
+def accuracy(compiled, images, labels) -> float:
+    hits = sum(int(compiled.run(img[None])[0].argmax() == lab)
+               for img, lab in zip(images, labels, strict=True))
+    return hits / len(labels)
+
+
+def compressor(method: str, recovery: str, ratio: float, calibration, masks=None):
+    """The pass object for `method` (``kmeans`` / ``mask``) with `recovery`."""
+    from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
+
+    config = CompressConfig(ratio=ratio)
+    if method == "kmeans":
+        if recovery == "none":  # the data-free merge (Neuron Merging's scale)
+            return KMeansChannelClustering(config)
+        return KMeansChannelClustering(config, calibration=calibration,
+                                       options=RecoveryConfig(recovery=recovery))
+    # mask: the same redundancy-aware selection for every recovery (it needs the data)
+    options = RecoveryConfig(criterion="redundancy", recovery=recovery)
+    return MaskPruning(config, options, calibration=calibration, masks=masks)
+
+
+class Bench:
+    """Loads data once; measures points and saves after each one."""
+
+    def __init__(self, args):
+        import torch
+
+        from mdl_tvm.data import load_fashion_mnist
+
+        torch.set_num_threads(1)
+        self.args, self.start = args, time.perf_counter()
+        self.x, self.y = load_fashion_mnist("test", limit=args.test_limit)
+        self.train_x, _ = load_fashion_mnist("train", limit=1000)
+        self.path = Path(args.out) / f"{STEM}.json"
+        self.data = (json.loads(self.path.read_text()) if self.path.exists()
+                     else {"meta": {}, "rows": []})
+        self.base = {}
+
+    def model(self, name):
+        from mdl_tvm.train import trained_model
+
+        return trained_model(name)
+
+    def measure(self, compiled, **row) -> dict:
+        t = time.perf_counter()
+        row.update(accuracy=accuracy(compiled, self.x, self.y), macs=int(compiled.stats.macs),
+                   weight_bytes=int(compiled.stats.weight_bytes),
+                   latency_ms=compiled.benchmark(self.x[:1], repeat=50, warmup=5)["median_ms"],
+                   test_images=len(self.y), eval_s=round(time.perf_counter() - t, 1))
+        print(json.dumps(row), flush=True)
+        self.save(row)
+        return row
+
+    def baseline(self, name, model):
+        import mdl_tvm
+
+        if name not in self.base:
+            compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE])
+            self.base[name] = self.measure(compiled, part="base", model=name, method="none",
+                                           recovery="none", ratio=0.0, calibration=0,
+                                           epochs=0)
+        return self.base[name]
+
+    def save(self, row) -> None:
+        key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs")
+        rows = [r for r in self.data["rows"] if any(r.get(k) != row.get(k) for k in key)]
+        self.data["rows"] = rows + [row]
+        self.data["meta"][self.args.part] = common.run_meta(self.args, self.start)
+        write(self.data, self.args.out)
+
+    def compressed(self, name, model, method, recovery, ratio, count, part, **extra):
+        import mdl_tvm
+
+        t = time.perf_counter()
+        pruner = compressor(method, recovery, ratio, self.train_x[:count])
+        compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
+        seconds = round(time.perf_counter() - t, 1)
+        held = getattr(pruner, "model_error", None)
+        row = self.measure(compiled, part=part, model=name, method=method, recovery=recovery,
+                           ratio=ratio, calibration=count if method == "mask"
+                           or recovery != "none" else 0, epochs=0, compress_s=seconds,
+                           held_out=held, **extra)
+        return row, pruner
+
+
+def run_curve(bench, args):
+    for name in args.models:
+        model = bench.model(name)
+        bench.baseline(name, model)
+        for ratio in args.ratios:
+            for method in args.methods:
+                for recovery in args.recoveries:
+                    bench.compressed(name, model, method, recovery, ratio, args.count, "curve")
+
+
+def run_calibration(bench, args):
+    for name in args.models:
+        model = bench.model(name)
+        bench.baseline(name, model)
+        for ratio in args.ratios:
+            for count in args.counts:
+                bench.compressed(name, model, "mask", "ls", ratio, count, "calibration")
+
+
+def finetune_config(epochs: float):
+    from mdl_tvm.compiler.finetune import FinetuneConfig
+
+    return FinetuneConfig(epochs=epochs, update_masks=False, **FT)
+
+
+def run_finetune(bench, args):
+    """Ours vs Torch-Pruning vs uncompressed, all with ``args.epochs`` of fine-tuning."""
+    import mdl_tvm
+    from mdl_tvm.compiler.finetune import masked_finetune, train_loop
+    from relay_passes import MaskPruning, RecoveryConfig
+
+    config = finetune_config(args.epochs)
+    quiet = (lambda s: None) if not args.verbose else print
+    for name in args.models:
+        model = bench.model(name)
+        bench.baseline(name, model)
+        if args.uncompressed:
+            tuned = train_loop(copy.deepcopy(model), config, quiet)
+            bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE]), part="finetune",
+                          model=name, method="uncompressed+ft", recovery="none", ratio=0.0,
+                          calibration=0, epochs=args.epochs)
+        for ratio in args.ratios:
+            ours, pruner = bench.compressed(name, model, "mask", args.recovery, ratio, args.count,
+                                            "finetune")
+            tuned, masks = masked_finetune(copy.deepcopy(model), config, quiet,
+                                           masks=pruner.masks, consume=pruner.consume)
+            commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)
+            bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE], compress=commit),
+                          part="finetune", model=name, method="mask+ft",
+                          recovery=args.recovery, ratio=ratio, calibration=args.count,
+                          epochs=args.epochs)
+            pruned = torch_pruning_at(model, ours["macs"])
+            tp_row = bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
+                                   part="finetune", model=name, method="torch-pruning",
+                                   recovery="none", ratio=ratio, calibration=0, epochs=0)
+            train_loop(pruned, config, quiet)
+            bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
+                          part="finetune", model=name, method="torch-pruning+ft",
+                          recovery="none", ratio=ratio, calibration=0, epochs=args.epochs,
+                          macs_target=ours["macs"], tp_macs=tp_row["macs"])
+
+
+def torch_pruning_at(model, macs_target: int):
+    """A copy of `model` pruned by Torch-Pruning's magnitude (L1) pruner, each group by the
+    same fraction, stepped until mdl_tvm's MAC count is at most `macs_target`."""
+    import torch
+    import torch_pruning as tp
+
+    import mdl_tvm
+
+    pruned = copy.deepcopy(model).eval()
+    example = torch.zeros(SHAPE)
+    classifier = [m for m in pruned.modules() if isinstance(m, torch.nn.Linear)][-1]
+    pruner = tp.pruner.BasePruner(pruned, example,
+                                  importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=0.9, iterative_steps=180, global_pruning=False,
+                                  ignored_layers=[classifier])
+    while pruner.current_step < pruner.iterative_steps:
+        pruner.step()
+        macs, _ = tp.utils.count_ops_and_params(pruned, example)
+        if macs <= 1.05 * macs_target and mdl_tvm.compile(
+                pruned, "host", input_shapes=[SHAPE]).stats.macs <= macs_target:
+            break
+    return pruned
+
+
+# -- report ----------------------------------------------------------------------------
+def write(data: dict, out) -> None:
+    common.write_results(STEM, data, markdown(data), plot(data["rows"]), out=out)
+
+
+def _label(r) -> str:
+    if r["part"] == "finetune" or r["method"] in ("none",):
+        return r["method"]
+    return f"{r['method']}+{r['recovery']}"
+
+
+def markdown(data: dict) -> str:
+    rows = data["rows"]
+    base = {r["model"]: r for r in rows if r["part"] == "base"}
+    lines = ["# Compression you can trust (#18): Fashion-MNIST test top-1", ""]
+    for part, meta in sorted(data["meta"].items()):
+        lines.append(f"- `{part}`: `{meta.get('command')}` ({meta.get('date')}, "
+                     f"{meta.get('wall_s')} s so far)")
+    lines += ["", "| part | model | method | removed | calib. | ft epochs | top-1 | points lost"
+              " | MACs | MACs reduction | weights (bytes) | host latency ratio |"
+              " held-out output error (recovered / data-free) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"base": 0, "curve": 1, "calibration": 2, "finetune": 3}
+    for r in sorted(rows, key=lambda r: (order[r["part"]], r["model"], r["ratio"], _label(r),
+                                          r["calibration"])):
+        b = base.get(r["model"], r)
+        held = r.get("held_out") or {}
+        held = (f"{held['recovered']:.3g} / {held['data_free']:.3g}" if "recovered" in held
+                else "")
+        lines.append(
+            f"| {r['part']} | {r['model']} | {_label(r)} | {r['ratio']:.1%} | "
+            f"{r['calibration'] or ''} | {r['epochs'] or ''} | {r['accuracy']:.4f} | "
+            f"{(b['accuracy'] - r['accuracy']) * 100:+.2f} | {r['macs']:,} | "
+            f"{b['macs'] / r['macs']:.2f}x | {r['weight_bytes']:,} | "
+            f"{r['latency_ms'] / b['latency_ms']:.2f} | {held} |")
+    lines += ["", "Points lost = base top-1 minus the point's top-1, in percentage points "
+              "(negative: better than the base). Phone instruction ratios: not measured in "
+              "this run."]
+    same = [(r["model"], r["method"], r["ratio"]) for r in rows if r["part"] == "curve"
+            and r["recovery"] == "ls" and any(
+                o["part"] == "curve" and o["recovery"] == "compensation"
+                and (o["model"], o["method"], o["ratio"]) == (r["model"], r["method"], r["ratio"])
+                and o["accuracy"] == r["accuracy"] for o in rows)]
+    if same:
+        lines.append(f"Least squares equalled compensation (same top-1) at {len(same)} curve "
+                     "point(s): no least-squares refit was kept there (row-count or held-out "
+                     "gate), so the two curves overlap in the plot.")
+    missing = [f"`{part}` ({', '.join(models)})" for part, models in (
+        ("curve", ("resnet20",)), ("calibration", ("resnet20",)),
+        ("finetune", ("resnet20",))) if not any(
+            r["part"] == part and r["model"] in models for r in rows)]
+    if missing:
+        lines.append("Not measured yet: " + "; ".join(missing) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows):
+    if (plt := common.pyplot()) is None or not rows:
+        return None
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8.5), squeeze=False)
+    for col, name in enumerate(models):
+        base = next((r for r in rows if r["model"] == name and r["part"] == "base"), None)
+        ax = axes[0][col]
+        curves = {}
+        for r in rows:
+            if r["model"] == name and r["part"] in ("curve", "finetune"):
+                curves.setdefault(_label(r), []).append((base["macs"] / r["macs"],
+                                                         r["accuracy"] * 100))
+        for label, pts in sorted(curves.items()):
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label,
+                    linestyle="--" if "torch" in label or "ft" in label else "-")
+        if base:
+            b = base["accuracy"] * 100
+            ax.axhline(b, color="k", lw=0.8, label="uncompressed")
+            ax.axhline(b - 1, color="k", lw=0.8, ls=":", label="1 point lost")
+            ax.scatter([3], [b - 1], marker="*", s=160, color="k", zorder=5,
+                       label="seed: 3x faster at ~1 % loss")
+        ax.set(title=f"{name}: top-1 vs MACs reduction", xlabel="MACs reduction (x)",
+               ylabel="Fashion-MNIST test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        ax = axes[1][col]
+        calib = {}
+        for r in rows:
+            if r["model"] == name and r["part"] == "calibration":
+                calib.setdefault(r["ratio"], {})[r["calibration"]] = r["accuracy"] * 100
+        for r in rows:  # the curve's mask + ls point counts too (same settings)
+            if (r["model"] == name and r["part"] == "curve" and r["method"] == "mask"
+                    and r["recovery"] == "ls" and r["ratio"] in calib):
+                calib[r["ratio"]].setdefault(r["calibration"], r["accuracy"] * 100)
+        calib = {ratio: list(points.items()) for ratio, points in calib.items()}
+        for ratio, pts in sorted(calib.items()):
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o",
+                    label=f"mask+ls, {ratio:.1%} removed")
+        ax.set(title=f"{name}: top-1 vs calibration images", xscale="log",
+               xlabel="calibration images", ylabel="top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = common.parser(__doc__, "python bench/trust_bench.py")
+    parser.add_argument("part", choices=("curve", "calibration", "finetune", "report"))
+    parser.add_argument("--models", nargs="+", default=["mobilenetv2s"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.625, 0.75])
+    parser.add_argument("--methods", nargs="+", default=["kmeans", "mask"],
+                        choices=("kmeans", "mask"))
+    parser.add_argument("--recoveries", nargs="+", default=list(RECOVERIES),
+                        choices=RECOVERIES)
+    parser.add_argument("--recovery", default="ls", choices=RECOVERIES,
+                        help="recovery before fine-tuning")
+    parser.add_argument("--count", type=int, default=256, help="calibration images")
+    parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--no-uncompressed", dest="uncompressed", action="store_false")
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--verbose", action="store_true")
+    args = common.parse_args(parser, argv)
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
+    if args.part == "report":
+        path = Path(args.out) / f"{STEM}.json"
+        write(json.loads(path.read_text()), args.out)
+        return 0
+    bench = Bench(args)
+    {"curve": run_curve, "calibration": run_calibration, "finetune": run_finetune}[args.part](
+        bench, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
