@@ -8,7 +8,9 @@ MobileDL (untuned, tuned, compressed), phone instruction counts, memory and accu
 Host: each engine's artifact is prepared first (`bench.engines.prepare`), then every engine
 runs alone in a fresh process (`bench.worker`) with the same thread count: warm-up runs,
 then the median of ``--repeat`` runs, and its peak RSS. Phone: instructions per inference
-(`bench.phone`). Accuracy: read from ``bench/results/compression.json`` (`bench.accuracy`).
+(`bench.phone`) and the phone table, every engine on every model (`bench.phone_peers`,
+``phone_peers.{json,md,png}``; ``--quick``: LeNet-5, ``phone_peers-quick.*``).
+Accuracy: read from ``bench/results/compression.json`` (`bench.accuracy`).
 
 Writes ``OUT/peers.json``, ``peers.md``, ``peers-latency.png`` and ``peers-compression.png``
 (``peers-quick.*`` with ``--quick``, so a quick run never overwrites the full results).
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import accuracy, common, engines, phone, report  # noqa: E402
+from bench import accuracy, common, engines, phone, phone_peers, report  # noqa: E402
 from bench.models import LABELS, MODELS, load_case  # noqa: E402
 from mdl_tvm.core.io import cache_root  # noqa: E402
 
@@ -174,6 +176,11 @@ def run(args) -> dict:
                             else None)
                 result["phone"][name] = phone.count_case(load_case(name), Path(tmp) / name,
                                                          runs, variants)
+            table = phone_peers.table(["lenet5"] if args.quick else names, args.quick,
+                                      args.out, args.command)
+            result["phone_peers"] = {"cpu": table["cpu"], "cells": table["cells"]}
+            notes.append("Every engine on the phone (ORT, NCNN, MNN, LiteRT beside MobileDL, "
+                         f"{table['cpu']}): `phone_peers{'-quick' if args.quick else ''}.md`.")
     notes += _summary_notes(result, args)
     acc = accuracy.from_compression_json()
     if args.quick:

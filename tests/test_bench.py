@@ -40,6 +40,10 @@ def test_quick_writes_its_own_files(quick):
     for name in ("peers-quick.json", "peers-quick.md", "peers-quick-latency.png"):
         assert (out / name).stat().st_size > 0
     assert not (out / "peers.json").exists()  # never the full run's files
+    table = json.loads((out / "phone_peers-quick.json").read_text())["cells"]["lenet5"]
+    assert set(table) >= {"mobiledl", "mobiledl-fp16", "ort", "ncnn", "ncnn-fp16", "mnn",
+                          "mnn-fp16", "litert"}  # every engine on the same phone
+    assert all(_positive(c["instructions"]) and c["rel_error"] < 2e-2 for c in table.values())
 
 
 @pytest.mark.phone
