@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.device import DeviceEnv, setup
+from deploy.native.build import ensure_build
 
 RUNNER = Path(__file__).with_name("device_runner.py")
 MODES = ("plain", "copy-io", "zero-copy")  # device_runner.MODES
@@ -91,7 +92,6 @@ def guest_runner(so_path, runner: str = "python", mode: str | None = None,
     if runner == "python":
         return GuestRunner(runner, str(env.guest_python),
                            {"runner.py": RUNNER, "model.so": Path(so_path)}, mode)
-    from deploy.native.build import ensure_build
 
     return GuestRunner(runner, str(ensure_build("aarch64", env).runner),
                        {"model.so": Path(so_path)}, mode)

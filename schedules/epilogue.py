@@ -22,7 +22,7 @@ import tvm.ir.expr as ir_expr
 from tvm import s_tir, tirx
 from tvm.ir.prim import expr as prim
 
-from schedules.common import is_spatial, root_blocks
+from schedules.common import annotated_block, is_spatial, root_blocks
 
 
 class UnsupportedEpilogue(Exception):
@@ -113,8 +113,6 @@ def extract_epilogue(func: tirx.PrimFunc, anchor_rule: str) -> Epilogue:
         No such anchor, a non-element-wise block after it, a block that cannot be inlined,
         or a final store that is not ``out[iter_vars] = f(anchor[iter_vars], ...)``.
     """
-    from schedules.common import annotated_block
-
     sch = s_tir.Schedule(func)
     found = annotated_block(sch, anchor_rule)
     if found is None:

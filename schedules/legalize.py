@@ -43,6 +43,10 @@ from schedules.config import (
 )
 from schedules.depthwise_rows import depthwise_nchw
 from schedules.gemm import conv2d_gemm
+from schedules.pool_rule import max_pool_reference
+from schedules.wino_input_rule import input_transform_reference
+from schedules.wino_math import transform_weight
+from schedules.winograd import winograd_conv2d
 
 _FLOAT_DTYPES = ("float32", "float16")
 # Grouped convolutions with at most this many groups run as that many ordinary convs.
@@ -152,10 +156,6 @@ def _winograd(cfg: MachineConfig, bb, data, weight, algo: ConvAlgo, padding, out
     """Input transform call + GEMM / output transform call with numpy-transformed weights."""
     from tvm import relax
 
-    from schedules.wino_input_rule import input_transform_reference
-    from schedules.wino_math import transform_weight
-    from schedules.winograd import winograd_conv2d
-
     n, in_c = static_shape(data)[:2]
     wvalue = weight.value.numpy()
     m, lanes = algo.tile_size, cfg.lanes(out_dtype)
@@ -192,8 +192,6 @@ def _matmul(cfg: MachineConfig, bb, call):
 
 def _max_pool2d(cfg: MachineConfig, bb, call):
     from tvm import relax
-
-    from schedules.pool_rule import max_pool_reference
 
     attrs, data = call.attrs, call.args[0]
     shape, out_shape = static_shape(data), static_shape(call)

@@ -28,6 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.device import setup
 from mdl_tvm.core.errors import ToolchainError
 from mdl_tvm.core.io import atomic_write, cache_root
 
@@ -142,7 +143,6 @@ def wheel_paths(arch: str, env=None) -> tuple[Path, tuple[Path, Path], dict]:
         versions = {w: importlib.metadata.version(w) for w in WHEELS}
     else:
         if env is None:
-            from deploy.device import setup
 
             env = setup()
         ffi, tvm = env.site / "tvm_ffi", env.site / "tvm"
@@ -249,7 +249,6 @@ def ensure_build(arch: str = "host", env=None, force: bool = False, log=None) ->
     """
     _check_arch(arch)
     if arch == "aarch64" and env is None:
-        from deploy.device import setup
 
         env = setup()
     include, libs, _ = wheel_paths(arch, env)

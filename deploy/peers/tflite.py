@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.peers.errors import EngineRefused
+from mdl_tvm.core.io import atomic_write
 
 FLOAT32, INT32, INT64 = 0, 2, 4  # schema TensorType
 _ACT = {"relu": 1, "relu6": 3}  # ActivationFunctionType
@@ -352,7 +353,6 @@ def onnx_to_tflite(onnx_path, out_path, schema_path: Path) -> Path:
     """
     import onnx
 
-    from mdl_tvm.core.io import atomic_write
 
     data = _Writer(_schema(schema_path), onnx.load(str(onnx_path))).convert()
     return atomic_write(out_path, data)
