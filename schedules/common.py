@@ -208,3 +208,26 @@ def schedule_pad(sch: s_tir.Schedule, block, cfg, lanes: int, parallel: bool = T
             _, vec = sch.split(inner, [None, lanes])
             sch.vectorize(vec)
     return True
+
+
+# -- small builders shared by the hand-written kernels (IRBuilder) ---------------------------
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive integers."""
+    return -(-a // b)
+
+
+def ramp(base, lanes: int):
+    """The `lanes` consecutive indices from `base` (a vector index)."""
+    return tirx.Ramp(base, 1, lanes)
+
+
+def scalar_dtype(expr) -> str:
+    """Element dtype of a (vector) expression."""
+    return str(expr.ty.dtype).split("x")[0]
+
+
+def cast_to(expr, dtype: str, lanes: int):
+    """`expr` as `dtype` (a `lanes`-wide vector when lanes > 1); unchanged when it already is."""
+    if scalar_dtype(expr) == dtype:
+        return expr
+    return tirx.Cast(f"{dtype}x{lanes}" if lanes > 1 else dtype, expr)

@@ -26,17 +26,10 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.common import cast_to as _cast
+from schedules.common import ramp as _vec
+
 OPAQUE = 8  # Relax op pattern "opaque"
-
-
-def _vec(base, lanes: int):
-    return tirx.Ramp(base, 1, lanes)
-
-
-def _cast(expr, dtype: str, lanes: int):
-    if str(expr.ty.dtype).split("x")[0] == dtype:
-        return expr
-    return tirx.Cast(f"{dtype}x{lanes}" if lanes > 1 else dtype, expr)
 
 
 def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:

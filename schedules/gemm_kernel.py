@@ -23,21 +23,12 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.common import ceil_div as _ceil_div
+from schedules.common import ramp as _vec
+from schedules.common import scalar_dtype as _scalar_dtype
+
 OPAQUE = 8  # Relax op pattern "opaque"
 _REDUCE_UNROLL = 4
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _scalar_dtype(expr) -> str:
-    """Element dtype of a (vector) expression."""
-    return str(expr.ty.dtype).split("x")[0]
-
-
-def _vec(base, lanes: int):
-    return tirx.Ramp(base, 1, lanes)
 
 
 def _flat(var, size: int, dtype: str):

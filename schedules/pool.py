@@ -19,13 +19,11 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.common import ceil_div as _ceil_div
+
 # Relax op pattern kind "opaque": FuseOps fuses nothing into a hand-scheduled kernel (its
 # loops are not blocks FuseTIR could merge).
 OPAQUE = 8
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def vector_range(in_width: int, out_width: int, kernel: int, stride: int, pad_left: int,

@@ -29,15 +29,12 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.common import ceil_div as _ceil_div
 from schedules.wino_math import matrices, transform_rows
 
 # Relax op pattern kind "opaque": FuseOps fuses nothing into a hand-scheduled kernel (its
 # loops are not blocks FuseTIR could merge).
 OPAQUE = 8
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _transpose(rows: list, lanes: int) -> list:

@@ -20,24 +20,12 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.common import cast_to as _cast
+from schedules.common import ramp as _vec
 from schedules.wino_math import matrices, transform_rows
 
 OPAQUE = 8  # Relax op pattern "opaque"
 _REDUCE_UNROLL = 4
-
-
-def _vec(base, lanes: int):
-    return tirx.Ramp(base, 1, lanes)
-
-
-def _scalar_dtype(expr) -> str:
-    return str(expr.ty.dtype).split("x")[0]
-
-
-def _cast(expr, dtype: str, lanes: int):
-    if _scalar_dtype(expr) == dtype:
-        return expr
-    return tirx.Cast(f"{dtype}x{lanes}" if lanes > 1 else dtype, expr)
 
 
 def winograd_output_func(func, v, u, geometry: dict, epilogue, lanes: int,
