@@ -169,6 +169,23 @@ def run_worker(script, *argv, threads: int | None = None, **kw) -> dict:
 
 
 @contextlib.contextmanager
+def qemu_lock(path):
+    """Hold an exclusive ``flock(path)`` for the block, shared with the other QEMU jobs
+    (``/tmp/mdl_qemu.lock``: one emulated-phone job at a time); nothing when `path` is None."""
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def quiet(log: Path | None):
     """Send this process's stdout and stderr (file descriptors, so child tools too) to
     `log`; with None, change nothing."""

@@ -51,15 +51,18 @@ def task_rules(net, target: str, shape, options: dict) -> dict:
 def profile_build(net, target: str, x, options: dict, path: Path, db=None) -> dict:
     """Compile (with tuning database `db`), export and profile on the phone."""
     import mdl_tvm
+    from deploy.emulator import run_on_emulator
     from deploy.kernel_profile import profile_instructions
     from mdl_tvm.core.targets import get_profile
 
     start = time.monotonic()
     model = mdl_tvm.compile(net, target, input_shapes=[x.shape], tuning_db=db, **options)
     model.export(str(path))
-    prof = profile_instructions(str(path), [x], runs=2, cpu=get_profile(target).qemu_cpu)
+    cpu = get_profile(target).qemu_cpu
+    prof = profile_instructions(str(path), [x], runs=2, cpu=cpu)
+    (out,) = run_on_emulator(str(path), [x], cpu=cpu)
     return {"instructions": int(prof.total), "kernels": dict(prof.kernels),
-            "tuned_functions": list(model.tuned_functions),
+            "tuned_functions": list(model.tuned_functions), "output": out,
             "seconds": round(time.monotonic() - start, 1)}
 
 
@@ -71,27 +74,30 @@ def share(kernels: dict, name: str, total: int) -> float:
 def run_config(name: str, precision: str, args, work: Path) -> dict:
     """Tune one model at one precision and count default and tuned builds."""
     import numpy as np
+    import torch
 
     from deploy.kernel_profile import RUNTIME
     from mdl_tvm import zoo
+    from mdl_tvm.core.numerics import relative_error
     from schedules.tuning.driver import TuningConfig, tune
     from schedules.tuning.measure import INSN_MEASURE
 
     target, options = TARGETS[precision]
     net, shape = zoo.build(name), zoo.INPUT_SHAPES[name]
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    reference = net(torch.from_numpy(x)).detach().numpy()
     db = work / f"{name}-{precision}{''.join('-' + r for r in args.rules or ())}-db"
     start = time.monotonic()
     rules = task_rules(net, target, shape, options)
     config = TuningConfig(trials_per_iter=args.trials_per_iter, min_trials=args.min_trials,
                           search_threads=args.search_threads, measure=INSN_MEASURE)
     only = set(args.rules or ())
-    with common_lock(args.lock), only_rules(rules, only):
+    with common.qemu_lock(args.lock), only_rules(rules, only):
         report = tune(net, target, trials=args.trials, db=db, model_name=name, progress=True,
                       config=config, input_shapes=[shape], **options)
-    with common_lock(args.lock):
+    with common.qemu_lock(args.lock):
         default = profile_build(net, target, x, options, work / f"{name}-{precision}-def.so")
-    with common_lock(args.lock):
+    with common.qemu_lock(args.lock):
         tuned = profile_build(net, target, x, options, work / f"{name}-{precision}-tun.so", db)
     out = report.to_json()
     total = default["instructions"]
@@ -114,6 +120,8 @@ def run_config(name: str, precision: str, args, work: Path) -> dict:
                           and t["best_insns"] < t["default_insns"]),
         "kept": out["verified"].get("kept", []), "verified": out["verified"],
         "default_insns": total, "tuned_insns": tuned["instructions"],
+        "rel_error_default_vs_pytorch": relative_error(default["output"], reference),
+        "rel_error_tuned_vs_default": relative_error(tuned["output"], default["output"]),
         "tuned_functions": tuned["tuned_functions"],
         "share_tuned_tasks": round(sum(t["share"] for t in tuned_tasks), 4),
         "share_hand_written": round(sum(t["share"] for t in tasks
@@ -151,25 +159,6 @@ def only_rules(rules: dict, only: set):
         driver.plan_budgets = plan
 
 
-class common_lock:  # noqa: N801 - used like a function
-    """Hold an exclusive ``flock`` on `path` (shared with other QEMU jobs); no-op for None."""
-
-    def __init__(self, path):
-        self.path, self.fd = path, None
-
-    def __enter__(self):
-        if self.path:
-            import fcntl
-
-            self.fd = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            self.fd.close()
-
-
 def _k(value) -> str:
     return "-" if not value else f"{value / 1e3:,.0f}"
 
@@ -177,6 +166,10 @@ def _k(value) -> str:
 def _trials(row: dict) -> str:
     resumed = row.get("trials_resumed")
     return f"{row['trials']} + {resumed} resumed" if resumed else str(row["trials"])
+
+
+def _err(value) -> str:
+    return "not checked" if value is None else f"{value:.1e}"
 
 
 def _only(row: dict) -> str:
@@ -197,17 +190,19 @@ def markdown(result: dict) -> str:
         "",
         "| model | prec | tasks extracted | tuned | kernel won | kept | trials (failed) "
         "| trials/min | tuning wall | default Minsn | tuned Minsn | tuned / default "
-        "| share of tuned tasks |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| share of tuned tasks | rel. error tuned vs default |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows.values():
         lines.append(
             f"| {r['model']} | {r['precision']}{_only(r)} | {r['tasks_extracted']} "
             f"| {r['tasks_tuned']} "
             f"| {r['kernel_won']} | {len(r['kept'])} | {_trials(r)} ({r['failed']}) "
-            f"| {r['trials_per_minute']} | {r['tuning_seconds'] / 60:.1f} min "
-            f"| {r['default_insns'] / 1e6:,.1f} | {r['tuned_insns'] / 1e6:,.1f} "
-            f"| {r['tuned_insns'] / r['default_insns']:.3f} | {r['share_tuned_tasks']:.1%} |")
+            f"| {r['trials_per_minute'] if r['trials'] else '- (resumed)'} "
+            f"| {r['tuning_seconds'] / 60:.1f} min "
+            f"| {r['default_insns'] / 1e6:,.2f} | {r['tuned_insns'] / 1e6:,.2f} "
+            f"| {r['tuned_insns'] / r['default_insns']:.4f} | {r['share_tuned_tasks']:.1%} "
+            f"| {_err(r.get('rel_error_tuned_vs_default'))} |")
     for r in rows.values():
         lines += [
             "", f"## {r['model']} {r['precision']}{_only(r)}: tasks with trials", "",

@@ -135,6 +135,8 @@ def test_rerun_resumes_and_skips_finished_tasks(tuned, phone):
                  input_shapes=[(1, 48)], progress=False, config=TuningConfig(per_task=4, **SMALL))
     assert again.trials == 0
     assert all(t.status.startswith("done") for t in again.tasks)
+    assert again.verified == report.verified  # the stored decision, not an empty one
+    assert [t.use for t in again.tasks] == [t.use for t in report.tasks]
     assert [t.trials_before for t in again.tasks] == [
         t.trials_before + t.trials_new for t in report.tasks]
     assert len(dbmod.open_database(db).get_all_tuning_records()) == before
@@ -274,3 +276,21 @@ def test_cli_tune_registered_and_errors_clearly(capsys, tmp_path):
                  "--key", "phone", *db]) == 2
     assert f"no RPC tracker at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "db").exists()
+
+
+def test_seed_commits_only_default_schedules_whose_trace_replays():
+    """A rule that schedules the reference compute (dense) leaves a trace MetaSchedule can
+    replay; a hand-written kernel (the packed 1x1 GEMM) replaces the function, its trace is
+    empty, and committing it would make the reference loops look like the default."""
+    from mdl_tvm.core.targets import get_profile
+    from schedules.tuning.seed import default_schedule, replays
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 6 * 6, 10)).eval()
+    found = {}
+    for task in tasks_mod.extract(net, "arm64", input_shapes=[(1, 8, 6, 6)]):
+        sch, rule = default_schedule(task.mod, get_profile("arm64"))
+        if sch is not None:
+            found[rule] = replays(sch, task.mod)
+    assert found.get("dense") is True
+    assert found.get("gemm_conv") is False

@@ -232,7 +232,12 @@ def tune(model, target="arm64", *, trials: int = 64, db=None, tracker=None, key=
                 select_tasks(state, database, report, manifest, profile, farm,
                              rounds=config.verify_rounds, progress=shown.show,
                              cost=measure.cost)
-            elif not config.verify:
+            elif config.verify:  # nothing new since the last check: report its decision
+                report.verified = manifest["verified"]
+                for task in report.tasks:
+                    use = manifest["tasks"].get(task.key, {}).get("use") if task.key else None
+                    task.use = use or task.use
+            else:
                 for task in report.tasks:  # trust the kernel timings
                     if task.key and task.best_us and task.best_us < (task.default_us or 1e30):
                         manifest["tasks"][task.key]["use"] = task.use = "tuned"
@@ -292,14 +297,17 @@ class _Session:
         if not entry.get("seeded"):
             self.progress.task(self.index, report)
             builder, runner, _ = self.tools()
-            secs, how = seed(self.db, task, self.profile, self.target, builder, runner)
+            secs, how, committed = seed(self.db, task, self.profile, self.target, builder,
+                                        runner)
             if secs is None and self.farm is not None and self.farm.devices() == 0:
                 report.status = "device lost"
                 raise DeviceLostError(f"no device left under key {self.farm.key!r}")
-            entry.update(seeded=secs is not None, default_us=secs and secs * 1e6, rule=how)
+            entry.update(seeded=secs is not None, default_us=secs and secs * 1e6, rule=how,
+                         seed_record=committed)
             dbmod.write_manifest(self.path, self.manifest)
         report.default_us = entry.get("default_us")
-        report.trials_before = len(records_of(self.db, workload)) - int(bool(entry["seeded"]))
+        seed_record = entry.get("seed_record", entry["seeded"])  # older manifests: committed
+        report.trials_before = len(records_of(self.db, workload)) - int(bool(seed_record))
         best = best_seconds(self.db, workload)
         report.best_us = best * 1e6 if best is not None else None
         remaining = budget - report.trials_before

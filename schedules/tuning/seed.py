@@ -80,7 +80,26 @@ def measure_schedule(sch, target, builder, runner) -> tuple[list[float] | None, 
     return [float(s) for s in result.run_secs], None
 
 
-def seed(db, task, profile, target, builder, runner) -> tuple[float | None, str]:
+def replays(sch, mod) -> bool:
+    """True when ``sch.trace`` applied to `mod` rebuilds ``sch.mod``.
+
+    False for the rules that replace the function by a hand-written kernel (``gemm_conv``,
+    ``winograd``, ``depthwise_rows``, ``max_pool``): their schedule has an empty trace, and
+    replaying it gives the unscheduled reference compute, not the kernel.
+    """
+    import tvm
+    from tvm import s_tir
+
+    replay = s_tir.Schedule(mod)
+    sch.trace.apply_to_schedule(replay, remove_postproc=False)
+    try:
+        tvm.ir.assert_structural_equal(replay.mod["main"], sch.mod["main"])
+    except ValueError:
+        return False
+    return True
+
+
+def seed(db, task, profile, target, builder, runner) -> tuple[float | None, str, bool]:
     """Measure `task`'s default schedule and commit it to `db` as a tuning record.
 
     Parameters
@@ -93,25 +112,30 @@ def seed(db, task, profile, target, builder, runner) -> tuple[float | None, str]
 
     Returns
     -------
-    (float or None, str)
-        Mean seconds of the default schedule (None when not seeded) and the rule's name
-        or the reason it was not seeded.
+    (float or None, str, bool)
+        Mean seconds of the default schedule (None when not seeded), the rule's name or
+        the reason it was not seeded, and whether a record was committed: a default
+        schedule whose trace does not replay it (`replays`) is measured but not committed
+        -- its record would apply the unscheduled reference -- and the driver compares the
+        candidates with the manifest's ``default_us`` instead.
     """
     from tvm.s_tir import meta_schedule as ms
 
     sch, rule = default_schedule(task.mod, profile)
     if sch is None:
-        return None, "no default rule applies"
+        return None, "no default rule applies", False
     secs, error = measure_schedule(sch, target, builder, runner)
     if secs is None:
         log.warning("default schedule of %s not seeded: %s", task.name, error)
-        return None, error
+        return None, error, False
+    if not replays(sch, task.mod):
+        return sum(secs) / len(secs), rule, False
     workload = db.commit_workload(task.mod)
     args = ms.arg_info.ArgInfo.from_entry_func(task.mod, remove_preproc=True)
     run_secs = [_float_imm(s) for s in secs]
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run_secs, target,
                                                      args))
-    return sum(secs) / len(secs), rule
+    return sum(secs) / len(secs), rule, True
 
 
 def _float_imm(value: float):

@@ -9,7 +9,8 @@ beats its default schedule, heaviest predicted saving first:
    ``build`` stages, with a database restricted to those tasks);
 2. time it against the current build, alternating rounds, on the same machine the
    candidates were measured on (``host``: here; otherwise a device under the tracker key);
-3. keep the task if the median improves by more than `tolerance`.
+3. keep the task if the median improves by more than `tolerance` (1 % for timings; 0 for
+   instruction counts, which are deterministic, so any saving is real).
 
 The start is the default build, so the result is never slower than it as measured. The
 decision goes into the manifest (``"use": "tuned" | "default"``), which
@@ -210,14 +211,15 @@ def select_tasks(state, db, report, manifest, profile, farm=None, *, rounds: int
     if candidates:
         inputs = example_inputs(state)
         try:
-            if cost == "instructions":
-                timer, rounds = InsnTimer(profile, inputs), 1
+            tolerance = 0.01  # timings are noisy: a saving must exceed 1 %
+            if cost == "instructions":  # deterministic counts: any saving is real
+                timer, rounds, tolerance = InsnTimer(profile, inputs), 1, 0.0
             else:
                 timer = (HostTimer(inputs) if farm is None
                          else DeviceTimer(farm, profile, inputs))
             try:
                 result.update(check(state, db, candidates, timer, rounds=rounds,
-                                    progress=progress))
+                                    tolerance=tolerance, progress=progress))
             finally:
                 timer.close()
         except DeviceError as err:
