@@ -22,8 +22,6 @@ between cells. Writes ``OUT/phone_peers.{json,md,png}`` (``phone_peers-quick.*``
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import sys
 import time
@@ -43,6 +41,7 @@ FP16 = {"mobiledl-fp16", "ncnn-fp16", "mnn-fp16", "kmeans-fp16", "mask-fp16"}
 # compressed MobileDL builds: column -> (count_model engine, compress spec)
 COMPRESSED = {"kmeans": ("mobiledl", "kmeans:0.5"), "kmeans-fp16": ("mobiledl-fp16", "kmeans:0.5"),
               "mask": ("mobiledl", "mask:0.5"), "mask-fp16": ("mobiledl-fp16", "mask:0.5")}
+RECOVERIES = (("ls", "with least-squares recovery"), ("ft", "with masked fine-tuning"))
 BUILDS = {"mobiledl": ("arm64", "cortex-a72"), "mobiledl-fp16": ("arm64-fp16", "cortex-a76")}
 VERIFY_PEERS = ("resnet18", "mobilenetv2")
 BIG = ("resnet18", "mobilenetv2", "style")
@@ -55,20 +54,6 @@ HEADS = {"mobiledl": "MobileDL fp32", "mobiledl-fp16": "MobileDL fp16", "ort": "
 def columns(quick: bool = False) -> tuple[str, ...]:
     """The table's columns in order: ours, the peers, then the compressed builds."""
     return (*OURS, *PEERS) if quick else (*OURS, *PEERS, *COMPRESSED)
-
-
-@contextlib.contextmanager
-def qemu_lock(path):
-    """``flock(path)`` for the block (nothing when `path` is None)."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _compiler(compress: str | None):
@@ -101,7 +86,7 @@ def count_cell(case, column: str, runs: int, verify: bool, lock=None) -> dict:
         model = (case.name, case.module, case.inputs)
     start = time.perf_counter()
     try:
-        with qemu_lock(lock), recording() as records:
+        with common.qemu_lock(lock), recording() as records:
             r = count_model(model, engine, cpu=CPU, runs=runs, verify=verify,
                             compile_model=_compiler(compress))
     except EngineRefused as err:
@@ -152,6 +137,11 @@ def accuracy_text(model: str, column: str, acc: dict) -> str:
     text = (f"{entry['accuracy'] * 100:.2f} % top-1 (uncompressed "
             f"{entry['base_accuracy'] * 100:.2f} %, {entry['points_lost']:.2f} points lost; "
             "host fp32 build)")
+    recovered = [(how, acc[(model, f"{method}+{key}")]) for key, how in RECOVERIES
+                 if (model, f"{method}+{key}") in acc]
+    if recovered:  # recovery changes weights, not shapes: the same instruction count
+        text += "; same shapes and count " + ", ".join(
+            f"{how} {e['accuracy'] * 100:.2f} %" for how, e in recovered)
     return text + ("; fp16 build's accuracy not measured" if column in FP16 else "")
 
 
@@ -276,6 +266,11 @@ def _summaries(result: dict) -> None:
 def write(result: dict, out: Path) -> dict:
     """Write ``phone_peers[-quick].{json,md,png}``; returns their paths."""
     add_ratios(result["cells"])
+    acc = accuracy_rows()
+    for name, row in result["cells"].items():
+        for c, v in row.items():
+            if c in COMPRESSED and "instructions" in v:
+                v["accuracy"] = accuracy_text(name, c, acc)
     _summaries(result)
     stem = "phone_peers-quick" if result["meta"].get("quick") else "phone_peers"
     paths = common.write_results(stem, result, markdown(result), out=out)
@@ -327,7 +322,9 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
         "transfer trained (the shipped photo at 256x256), poem step trained; ResNet-18 / "
         "MobileNetV2 seeded random weights at 1x3x224x224.",
         "Instructions are not cycles: memory traffic and issue width are invisible to the "
-        "count (host wall-clock figures are in `peers.md`)."],
+        "count (host wall-clock figures are in `peers.md`).",
+        "Poem LSTM step compressed = uncompressed: its gate projections flow into the split "
+        "of the four LSTM gates, which the channel analysis leaves untouched (compile warns)."],
         "build_targets": {e: {"profile": p, "profile_cpu": c} for e, (p, c) in BUILDS.items()}}
     result["meta"] = meta()
     result["cells"] = {name: {} for name in names}
@@ -335,7 +332,7 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
     for name, c in plan(names, cols, {m for m, _ in acc}):
         row = result["cells"][name]
         prev = old.get(name, {}).get(c)
-        if prev and "error" not in prev:
+        if prev and "instructions" in prev:  # failed or refused cells are tried again
             row[c] = prev
             continue
         if deadline is not None and time.time() > deadline:
@@ -344,8 +341,6 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
         verify = not quick and (c in OURS or c in COMPRESSED or name in VERIFY_PEERS)
         runs = 1 if name in BIG else 2 if quick else 5
         row[c] = count_cell(case, c, runs, verify, lock)
-        if c in COMPRESSED and "instructions" in row[c]:
-            row[c]["accuracy"] = accuracy_text(name, c, acc)
         print(f"[phone_peers] {name} {c}: {json.dumps(row[c])[:300]}", flush=True)
         result["meta"] = meta()
         write(result, out)

@@ -101,3 +101,46 @@ def test_peer_runs_on_the_phone_with_its_output_checked(small, engine):
     assert first.cpu == "cortex-a76"
     assert 10_000 < first.instructions < 5_000_000
     assert count_model(small, engine, runs=2).instructions == first.instructions
+
+
+class NormUp(torch.nn.Module):
+    """Instance norm (ONNX: ReduceMean, Sub, Sqrt, Div) and nearest upsampling (Resize),
+    as in the style-transfer net."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.gamma = torch.nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+        self.up = torch.nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        y = self.conv(x)
+        centred = y - y.mean(dim=(2, 3), keepdim=True)
+        var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+        return self.up(torch.relu(centred / torch.sqrt(var + 1e-5) * self.gamma))
+
+
+class Embed(torch.nn.Module):
+    """An int64 token input (the poem step's lookup)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 4)
+
+    def forward(self, tokens):
+        return self.fc(self.emb(tokens))
+
+
+@pytest.mark.phone
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, case", [("litert", "normup"), ("mnn", "embed")])
+def test_peers_take_instance_norm_upsampling_and_integer_inputs(engine, case):
+    """LiteRT (our writer: SUB, DIV, SQRT, RESIZE_NEAREST_NEIGHBOR) runs the style net's
+    instance norm and upsampling; MNN takes an int64 token input (as int32)."""
+    rng = np.random.default_rng(0)
+    if case == "normup":
+        model = ("normup", seeded(NormUp), (rng.standard_normal((1, 3, 8, 8)).astype("float32"),))
+    else:
+        model = ("embed", seeded(Embed), (rng.integers(0, 20, (1, 3)).astype("int64"),))
+    result = count_model(model, engine, runs=1)
+    assert result.rel_error < 1e-5, result

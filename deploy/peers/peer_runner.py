@@ -87,7 +87,12 @@ def _mnn(spec, fp16: bool):
 
     def run(arrays):
         for tensor, arr in zip(inputs, arrays, strict=True):
-            tensor.copyFrom(MNN.Tensor(arr.shape, MNN.Halide_Type_Float, arr, caffe))
+            if arr.dtype.kind in "iu":  # MNN's converter stores int64 inputs as int32
+                host = MNN.Tensor(arr.shape, MNN.Halide_Type_Int, arr.astype(np.int32), caffe)
+            else:
+                host = MNN.Tensor(arr.shape, MNN.Halide_Type_Float, arr.astype(np.float32),
+                                  caffe)
+            tensor.copyFrom(host)
         interp.runSession(session)
         outs = []
         for tensor in outputs:

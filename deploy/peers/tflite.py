@@ -248,6 +248,22 @@ class _Writer:
     def unary(self, node, code):
         self.op(code, [self.index[node.input[0]]], [self.out(node.output[0])])
 
+    def resize_nearest(self, node):
+        """ONNX Resize, nearest / asymmetric / floor (PyTorch's ``Upsample(mode="nearest")``):
+        TFLite's ``RESIZE_NEAREST_NEIGHBOR`` without align-corners or half-pixel centres."""
+        a, s = _attrs(node), self.s
+        how = (a.get("mode", b"nearest"), a.get("coordinate_transformation_mode", b"half_pixel"),
+               a.get("nearest_mode", b"round_prefer_floor"))
+        if how != (b"nearest", b"asymmetric", b"floor"):
+            raise EngineRefused(f"LiteRT writer: Resize {node.name} "
+                                f"({', '.join(v.decode() for v in how)})")
+        size = np.array(self.shapes[node.output[0]][2:], np.int32)
+        opts = s.ResizeNearestNeighborOptionsT()
+        opts.alignCorners, opts.halfPixelCenters = False, False
+        self.op(s.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR,
+                [self.index[node.input[0]], self.const(f"{node.name}_size", size)],
+                [self.out(node.output[0])], s.BuiltinOptions.ResizeNearestNeighborOptions, opts)
+
     def concat(self, node):
         s, axis = self.s, _attrs(node)["axis"]
         rank = len(self.shapes[node.output[0]])
@@ -295,6 +311,16 @@ class _Writer:
             elif kind == "Mul":
                 self.binary(node, consumers, s.BuiltinOperator.MUL, s.BuiltinOptions.MulOptions,
                             s.MulOptionsT())
+            elif kind == "Sub":
+                self.binary(node, consumers, s.BuiltinOperator.SUB, s.BuiltinOptions.SubOptions,
+                            s.SubOptionsT())
+            elif kind == "Div":
+                self.binary(node, consumers, s.BuiltinOperator.DIV, s.BuiltinOptions.DivOptions,
+                            s.DivOptionsT())
+            elif kind == "Sqrt":
+                self.unary(node, s.BuiltinOperator.SQRT)
+            elif kind == "Resize":
+                self.resize_nearest(node)
             elif kind == "Relu":
                 self.unary(node, s.BuiltinOperator.RELU)
             elif kind == "Clip" and self.clip_bounds(node) == (0.0, 6.0):
