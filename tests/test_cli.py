@@ -73,7 +73,7 @@ def test_cli_errors_are_one_clear_line(args, message, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_demo_table_without_phone_or_training(monkeypatch):
+def test_demo_table_without_phone_or_training(monkeypatch, capfd):
     """The demo's flow and table on an untrained LeNet-5 and 200 test images, in-process:
     MobileDL on the host classifies exactly as PyTorch does (the fast-subset version of the
     demo test below)."""
@@ -90,6 +90,15 @@ def test_demo_table_without_phone_or_training(monkeypatch):
     assert rows[("PyTorch", "eager")][3] == rows[("MobileDL", "host")][2]  # same accuracy
     assert "phone: skipped (--no-phone)" in lines
     assert any(f"{LENET_MACS:,} MACs" in line for line in lines)
+    # the headline: uncompressed vs compressed with recovery, fp32 and fp16
+    heads = {line.split("  ")[0]: line.split() for line in lines
+             if line.startswith(("uncompressed", "mask:0.5"))}
+    assert list(heads) == ["uncompressed, fp32", "mask:0.5 + least squares, fp32",
+                           "mask:0.5 + least squares, fp16"]
+    macs = [int(row[-3].replace(",", "")) for row in heads.values()]
+    assert macs[0] == LENET_MACS and macs[1] == macs[2] < LENET_MACS / 2
+    assert any(line.startswith("-> ") and "fewer MACs" in line for line in lines)
+    assert "Warning" not in capfd.readouterr().err  # no stray TVM warnings (stderr too)
 
 
 @pytest.mark.phone
