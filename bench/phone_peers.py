@@ -41,6 +41,18 @@ FP16 = {"mobiledl-fp16", "ncnn-fp16", "mnn-fp16", "kmeans-fp16", "mask-fp16"}
 # compressed MobileDL builds: column -> (count_model engine, compress spec)
 COMPRESSED = {"kmeans": ("mobiledl", "kmeans:0.5"), "kmeans-fp16": ("mobiledl-fp16", "kmeans:0.5"),
               "mask": ("mobiledl", "mask:0.5"), "mask-fp16": ("mobiledl-fp16", "mask:0.5")}
+NOTES = ("Poem LSTM step on NCNN: the equivalent form `bench.models.NcnnLSTMStep` (nn.Embedding "
+        "for the lookup, state laid out (1, layers, hidden)); its error is against that form's "
+        "PyTorch output.",
+        "Weights: LeNet-5 / AlexNet-style trained on Fashion-MNIST (a real test image), style "
+        "transfer trained (the shipped photo at 256x256), poem step trained; ResNet-18 / "
+        "MobileNetV2 seeded random weights at 1x3x224x224 (no accuracy to report for their "
+        "compressed builds: the trained residual and depthwise nets' curves are in "
+        "`compression-trust.md`).",
+        "Instructions are not cycles: memory traffic and issue width are invisible to the "
+        "count (host wall-clock figures are in `peers.md`).",
+        "Poem LSTM step compressed = uncompressed: its gate projections flow into the split "
+        "of the four LSTM gates, which the channel analysis leaves untouched (compile warns).")
 RECOVERIES = (("ls", "with least-squares recovery"), ("ft", "with masked fine-tuning"))
 BUILDS = {"mobiledl": ("arm64", "cortex-a72"), "mobiledl-fp16": ("arm64-fp16", "cortex-a76")}
 VERIFY_PEERS = ("resnet18", "mobilenetv2")
@@ -314,17 +326,7 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
         return common.run_meta(argparse_ns(command), start, quick=quick, earlier_runs=earlier)
 
     acc = accuracy_rows()
-    result = {"cpu": CPU, "columns": list(cols), "cells": {}, "notes": [
-        "Poem LSTM step on NCNN: the equivalent form `bench.models.NcnnLSTMStep` (nn.Embedding "
-        "for the lookup, state laid out (1, layers, hidden)); its error is against that form's "
-        "PyTorch output.",
-        "Weights: LeNet-5 / AlexNet-style trained on Fashion-MNIST (a real test image), style "
-        "transfer trained (the shipped photo at 256x256), poem step trained; ResNet-18 / "
-        "MobileNetV2 seeded random weights at 1x3x224x224.",
-        "Instructions are not cycles: memory traffic and issue width are invisible to the "
-        "count (host wall-clock figures are in `peers.md`).",
-        "Poem LSTM step compressed = uncompressed: its gate projections flow into the split "
-        "of the four LSTM gates, which the channel analysis leaves untouched (compile warns)."],
+    result = {"cpu": CPU, "columns": list(cols), "cells": {}, "notes": list(NOTES),
         "build_targets": {e: {"profile": p, "profile_cpu": c} for e, (p, c) in BUILDS.items()}}
     result["meta"] = meta()
     result["cells"] = {name: {} for name in names}
@@ -379,6 +381,7 @@ def main(argv=None) -> int:
     if args.render:  # rewrite the markdown and the plot from the JSON, counting nothing
         stem = "phone_peers-quick" if args.quick else "phone_peers"
         result = json.loads((Path(args.out) / f"{stem}.json").read_text())
+        result["notes"] = list(NOTES)
         write(result, Path(args.out))
         print(markdown(result))
         return 0
