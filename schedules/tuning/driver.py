@@ -234,9 +234,11 @@ def tune(model, target="arm64", *, trials: int = 64, db=None, tracker=None, key=
                              cost=measure.cost)
             elif config.verify:  # nothing new since the last check: report its decision
                 report.verified = manifest["verified"]
-                for task in report.tasks:
-                    use = manifest["tasks"].get(task.key, {}).get("use") if task.key else None
-                    task.use = use or task.use
+                for task in report.tasks:  # as `select_tasks` set them
+                    entry = manifest["tasks"].get(task.key) if task.key else None
+                    if entry is not None:
+                        task.use = ("tuned" if entry.get("use") == "tuned" else
+                                    "default" if task.best_us is not None else "")
             else:
                 for task in report.tasks:  # trust the kernel timings
                     if task.key and task.best_us and task.best_us < (task.default_us or 1e30):
