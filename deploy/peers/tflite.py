@@ -26,6 +26,9 @@ from mdl_tvm.core.io import atomic_write
 
 FLOAT32, INT32, INT64 = 0, 2, 4  # schema TensorType
 _ACT = {"relu": 1, "relu6": 3}  # ActivationFunctionType
+BINARY = ("Add", "Mul", "Sub", "Div")  # ONNX name = TFLite's ADD ... with <Name>Options
+UNARY = {"Sqrt": "SQRT", "Relu": "RELU", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH",
+         "Tanh": "TANH"}  # ONNX -> BuiltinOperator
 
 
 def _schema(path: Path):
@@ -305,32 +308,16 @@ class _Writer:
                 self.flatten(node)
             elif kind in ("Gemm", "MatMul") and node.input[1] in self.consts:
                 self.dense(node, consumers)
-            elif kind == "Add":
-                self.binary(node, consumers, s.BuiltinOperator.ADD, s.BuiltinOptions.AddOptions,
-                            s.AddOptionsT())
-            elif kind == "Mul":
-                self.binary(node, consumers, s.BuiltinOperator.MUL, s.BuiltinOptions.MulOptions,
-                            s.MulOptionsT())
-            elif kind == "Sub":
-                self.binary(node, consumers, s.BuiltinOperator.SUB, s.BuiltinOptions.SubOptions,
-                            s.SubOptionsT())
-            elif kind == "Div":
-                self.binary(node, consumers, s.BuiltinOperator.DIV, s.BuiltinOptions.DivOptions,
-                            s.DivOptionsT())
-            elif kind == "Sqrt":
-                self.unary(node, s.BuiltinOperator.SQRT)
+            elif kind in BINARY:
+                self.binary(node, consumers, getattr(s.BuiltinOperator, kind.upper()),
+                            getattr(s.BuiltinOptions, f"{kind}Options"),
+                            getattr(s, f"{kind}OptionsT")())
+            elif kind in UNARY:
+                self.unary(node, getattr(s.BuiltinOperator, UNARY[kind]))
             elif kind == "Resize":
                 self.resize_nearest(node)
-            elif kind == "Relu":
-                self.unary(node, s.BuiltinOperator.RELU)
             elif kind == "Clip" and self.clip_bounds(node) == (0.0, 6.0):
                 self.unary(node, s.BuiltinOperator.RELU6)
-            elif kind == "Sigmoid":
-                self.unary(node, s.BuiltinOperator.LOGISTIC)
-            elif kind == "HardSwish":
-                self.unary(node, s.BuiltinOperator.HARD_SWISH)
-            elif kind == "Tanh":
-                self.unary(node, s.BuiltinOperator.TANH)
             elif kind == "Concat":
                 self.concat(node)
             elif kind == "Softmax":
