@@ -31,7 +31,7 @@ from pathlib import Path
 if not __package__:  # run as `python bench/phone_peers.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
-from bench.models import LABELS, MODELS  # noqa: E402
+from bench.models import LABELS, MODELS, load_case  # noqa: E402
 
 CPU = "cortex-a76"
 ORDER = ("lenet5", "mobilenetv2", "resnet18", "alexnet", "poem_step", "style")
@@ -309,8 +309,6 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
           deadline: float | None = None) -> dict:
     """Count every cell of `names` (``--quick``: LeNet-5, no compressed builds, no repeat
     counts), writing the results after each cell; returns the result dict."""
-    from bench.models import load_case
-
     start = time.perf_counter()
     cols = columns(quick)
     stem = "phone_peers-quick" if quick else "phone_peers"
