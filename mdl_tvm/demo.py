@@ -143,18 +143,19 @@ def run_demo(phone: bool = True, epochs: int = 2, log=print) -> int:
 
     insns = result.insns if result is not None else {}
     hits = (result.top1 if result is not None else {}).get(paths["mask-arm64-fp16"])
-    same = _tvm_accuracy(host_c, images, labels)
-    half_top1 = (f"{hits[0] / hits[1]:.4f} ({hits[1]} imgs; fp32 {same:.4f})" if hits
-                 else "not run (no phone)")
-    stats = {"weights": host.stats.weight_bytes, "macs": host.stats.macs}
-    comp_stats = {"weights": host_c.stats.weight_bytes, "macs": host_c.stats.macs}
-    headline({"top1": f"{acc_tvm:.4f}", "acc": acc_tvm, **stats,
-              "insns": insns.get(paths["arm64"])},
-             {"top1": f"{acc_comp:.4f}", "acc": acc_comp, **comp_stats,
-              "insns": insns.get(paths["mask-arm64"])},
-             {"top1": half_top1, "acc": None, **comp_stats,
-              "weights": arm_h.stats.weight_bytes,
-              "insns": insns.get(paths["mask-arm64-fp16"])}, log)
+    if hits:
+        same = _tvm_accuracy(host_c, images, labels)
+        half_top1 = f"{hits[0] / hits[1]:.4f} ({hits[1]} imgs; fp32 {same:.4f})"
+    else:
+        half_top1 = "not run (no phone)"
+
+    def row(lib, top1, acc, name):
+        return {"top1": top1, "acc": acc, "weights": lib.stats.weight_bytes,
+                "macs": lib.stats.macs, "insns": insns.get(paths[name])}
+
+    headline(row(host, f"{acc_tvm:.4f}", acc_tvm, "arm64"),
+             row(host_c, f"{acc_comp:.4f}", acc_comp, "mask-arm64"),
+             row(arm_h, half_top1, None, "mask-arm64-fp16"), log)
     log(f"artifacts in {out_dir}")
     agree = abs(acc_tvm - acc_torch) <= 1e-3
     return 0 if agree else 1
