@@ -66,6 +66,9 @@ class ConvAlgo:
         Output rows per segment of the GEMM convolution.
     cost : float
         Estimated instructions per inference.
+    k_groups : int
+        Parallel tasks per segment of the GEMM convolution, each with its share of the
+        output-channel chunks (and its own im2col copy of the segment).
     """
 
     kind: str
@@ -74,6 +77,7 @@ class ConvAlgo:
     tile_vectors: int = 0
     rows: int = 0
     cost: float = 0.0
+    k_groups: int = 1
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -176,30 +180,47 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                   and not geo.pad_left and geo.in_width == ow)
     best = ConvAlgo("gemm", cost=float("inf"))
     for kb, nv in gemm_tiles(cfg, lanes):
-        block = nv * lanes
-        for rows in _row_choices(cfg, out_rows, ow, block, red * elem if im2col else 0, batch):
+        block, chunks = nv * lanes, _ceil_div(k, kb)
+        for groups, rows in _task_choices(cfg, out_rows, ow, block, red * elem if im2col else 0,
+                                          batch, chunks):
             seg = rows * ow
             segs = batch * _ceil_div(out_rows, rows)
-            blocks = segs * _ceil_div(seg, block) * _ceil_div(k, kb)
+            blocks = segs * _ceil_div(seg, block) * chunks
             cost = blocks * (red * gemm_step_cost(cfg, lanes, kb, nv)
                              + kb * nv * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
-            if im2col:
-                cost += segs * red * (seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
-                                      + rows * _IM2COL_PER_ROW)
+            if im2col:  # each task copies its segment
+                cost += groups * segs * red * (
+                    seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
+                    + rows * _IM2COL_PER_ROW)
             if cost < best.cost:
-                best = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost)
+                best = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
     return best
 
 
+def _task_choices(cfg: MachineConfig, out_rows: int, ow: int, block: int, col_bytes: int,
+                  batch: int, chunks: int) -> list[tuple[int, int]]:
+    """``(k_groups, rows)`` pairs: a direct GEMM (no im2col, `col_bytes` 0) splits its
+    tasks by every output-channel chunk; with im2col, by a divisor of the chunks (each
+    group copies the segment again) so that small maps need not be cut into short
+    segments whose last pixel block is mostly waste."""
+    if not col_bytes:
+        return [(chunks, r) for r in _row_choices(cfg, out_rows, ow, block, 0, batch * chunks)]
+    wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
+    pairs = [(g, r) for g in range(1, min(chunks, wanted) + 1) if chunks % g == 0
+             for r in _row_choices(cfg, out_rows, ow, block, col_bytes, batch * g)]
+    enough = [(g, r) for g, r in pairs if batch * g * _ceil_div(out_rows, r) >= wanted]
+    return enough or pairs[:1]
+
+
 def _row_choices(cfg: MachineConfig, out_rows: int, ow: int, block: int, col_bytes: int,
-                 batch: int) -> list[int]:
+                 tasks_per_segment: int) -> list[int]:
     """Segment heights: at least one pixel block, the im2col buffer within budget, enough
-    parallel tasks when there are several cores."""
+    parallel tasks (`tasks_per_segment` per segment height) when there are several cores."""
     fits = [r for r in range(1, out_rows + 1) if r * ow >= block
             and (r == 1 or r * ow * col_bytes <= _IM2COL_BYTES)]
     if cfg.num_cores > 1:
         tasks = [r for r in fits
-                 if batch * _ceil_div(out_rows, r) >= _TASKS_PER_CORE * cfg.num_cores]
+                 if tasks_per_segment * _ceil_div(out_rows, r) >= _TASKS_PER_CORE * cfg.num_cores]
         fits = tasks or fits[:1]
     return fits
 

@@ -30,7 +30,7 @@ CONV_KEY = "mdl.conv"
 
 
 def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilation,
-                tile_vectors: int, rows: int, out_dtype: str = "float32"):
+                tile_vectors: int, rows: int, out_dtype: str = "float32", k_groups: int = 1):
     """NCHW convolution over packed weights, annotated for `GemmConv`.
 
     Parameters
@@ -48,6 +48,9 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
     rows : int
         Output rows per segment (the kernel's parallel and im2col unit).
     out_dtype : str
+    k_groups : int
+        Parallel tasks per segment, each with ``1 / k_groups`` of the output-channel chunks
+        (a divisor of them).
 
     Returns
     -------
@@ -73,7 +76,7 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
                       axis=[rc, ry, rx])
 
     attrs = {RULE_KEY: "gemm_conv", TILE_KEY: kb, VECTOR_KEY: tile_vectors,
-             CONV_KEY: [sh, sw, top, left, bottom, right, dh, dw, rows]}
+             CONV_KEY: [sh, sw, top, left, bottom, right, dh, dw, rows, k_groups]}
     return te.compute((n, out_channels, oh, ow), _value, name="mdl_gemm_conv", attrs=attrs)
 
 
@@ -89,7 +92,8 @@ class GemmConv(Rule):
             return None
         block = sch.get(found[0])
         ann = block.annotations
-        sh, sw, top, left, bottom, right, dh, dw, rows = (int(v) for v in ann[CONV_KEY])
+        sh, sw, top, left, bottom, right, dh, dw, rows, k_groups = (
+            int(v) for v in ann[CONV_KEY])
         reads = {len(r.source.ty.shape): r.source for r in block.reads}
         data, weight = reads.get(4), reads.get(5)
         if data is None or weight is None or not all(
@@ -103,7 +107,8 @@ class GemmConv(Rule):
         dtype = str(block.writes[0].source.ty.dtype)
         geometry = {"strides": (sh, sw), "padding": (top, left, bottom, right),
                     "dilation": (dh, dw), "out_shape": out_shape,
-                    "vectors": int(ann[VECTOR_KEY]), "rows": rows, "dtype": dtype}
+                    "vectors": int(ann[VECTOR_KEY]), "rows": rows, "dtype": dtype,
+                    "k_groups": k_groups}
         new = gemm_conv_func(func, data, weight, geometry, epilogue, cfg.lanes(dtype),
                              parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")

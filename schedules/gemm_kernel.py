@@ -3,18 +3,19 @@
 An NCHW convolution (groups = 1) is ``Y[k, p] = sum_r W[k, r] * X[r, p]`` over output
 pixels ``p = y * OW + x`` and ``r = (c, ky, kx)``. `gemm_conv_func` builds it as:
 
-``parallel(n, segment)``: a segment is ``rows`` output rows (``S = rows * OW`` pixels; the
+``parallel(n, segment, k_group)`` (a group: ``1 / k_groups`` of the output-channel chunks):
+a segment is ``rows`` output rows (``S = rows * OW`` pixels; the
 last segment is shifted up to end at the last row, recomputing a few rows). Unless the
 convolution is 1 x 1, stride 1, unpadded (then ``X`` is the input itself), the segment's
 ``X[R, S]`` is copied once (im2col: each input row segment as vectors, stride 2 by
 de-interleaving shuffles, zeros where the window leaves the image).
 
 ``k_chunks`` → pixel blocks of ``nv * L`` (the last one shifted left to end at the
-segment's end) → ``R`` (unrolled by 4) → a ``kb x nv`` tile of vector accumulators: per
-step ``nv`` pixel vectors and one ``kb``-wide weight vector whose lanes feed the FMAs
-(``fmla v.4s, v.4s, v.s[i]``). Then the fused epilogue (`schedules.epilogue`) writes each
-accumulator vector to the output with bias, residual and activation applied; shifted
-blocks write some pixels twice with the same values.
+segment's end) → ``R``: a ``kb x nv`` tile of vector accumulators
+(`schedules.register_tile`: per step ``nv`` pixel vectors and one ``kb``-wide weight vector
+whose lanes feed the FMAs, ``fmla v.4s, v.4s, v.s[i]``). Then the fused epilogue
+(`schedules.epilogue`) writes each accumulator vector to the output with bias, residual
+and activation applied; shifted blocks write some pixels twice with the same values.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from tvm.script.ir_builder import tirx as T
 from schedules.common import ceil_div as _ceil_div
 from schedules.common import ramp as _vec
 from schedules.common import scalar_dtype as _scalar_dtype
+from schedules.register_tile import reduce_tile
 
 OPAQUE = 8  # Relax op pattern "opaque"
-_REDUCE_UNROLL = 4
 
 
 def _flat(var, size: int, dtype: str):
@@ -50,7 +51,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
     geometry : dict
         ``strides``, ``padding`` (top, left, bottom, right), ``dilation``, ``out_shape``
         (N, K, OH, OW), ``vectors`` (nv), ``rows`` (output rows per segment), ``dtype``
-        (accumulation dtype).
+        (accumulation dtype), ``k_groups`` (parallel tasks per segment, a divisor of the
+        output-channel chunks; default 1).
     epilogue : schedules.epilogue.Epilogue
     lanes : int
     parallel : bool
@@ -71,6 +73,9 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
     direct = kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
     n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
+    if chunks % geometry.get("k_groups", 1):
+        raise ValueError(f"k_groups={geometry['k_groups']} does not divide the {chunks} "
+                         "output-channel chunks")
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -83,8 +88,12 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 wflat = _flat(weight, chunks * red * kb, weight.ty.dtype)
                 dflat = _flat(data, n * c * h * w, data.ty.dtype)
                 loop = T.parallel if parallel else T.serial
-                with loop(0, n * n_seg) as task:
-                    img, y0 = task // n_seg, T.bind(tirx.min(task % n_seg * rows, oh - rows))
+                # tasks also split by output-channel chunks, so small maps need not be cut
+                # into short segments (each task copies its own im2col segment)
+                k_tasks = geometry.get("k_groups", 1)
+                with loop(0, n * n_seg * k_tasks) as task:
+                    where = task // k_tasks
+                    img, y0 = where // n_seg, T.bind(tirx.min(where % n_seg * rows, oh - rows))
                     if direct:
                         src, src_base, stride = dflat, T.bind(img * c * h * w + y0 * ow), h * w
                     else:
@@ -92,54 +101,16 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                         _im2col(src, dflat, img, y0, geometry, (n, c, h, w), (kh, kw), lanes,
                                 dtype)
                         src_base, stride = 0, seg
-                    with T.serial(0, chunks) as kc:
+                    with T.serial(0, chunks // k_tasks) as kc_inner:
+                        kc = task % k_tasks * (chunks // k_tasks) + kc_inner
                         with T.serial(0, n_blk) as blk:
                             q0 = T.bind(tirx.min(blk * tp, seg - tp))
                             acc = T.alloc_buffer((kb * tp,), dtype)
-                            zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
-                            for i in range(kb * nv):
-                                T.buffer_store(acc, zero, [_vec(i * lanes, lanes)])
-                            _reduce(acc, src, wflat, src_base + q0, stride, kc * red * kb, red,
-                                    kb, nv, lanes, dtype)
+                            reduce_tile(acc, src, src_base + q0, stride, wflat, kc * red * kb,
+                                        red, (kb, nv, lanes), dtype)
                             _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, nv, lanes),
                                    (k_out, ow), kb * chunks != k_out)
     return ib.get()
-
-
-def _reduce(acc, src, wflat, x_base, x_stride, w_base, red, kb, nv, lanes, dtype):
-    """``acc[kk, v] += W[r, kk] * X[r, v]`` over ``r < red``, unrolled by 4."""
-
-    by_lane = kb >= lanes  # one vector load, FMAs by lane (indexed FMA on AArch64)
-
-    def _weight(r, kk, wv):
-        if by_lane:
-            return tirx.Shuffle([wv], [kk] * lanes)
-        scalar = wflat[w_base + r * kb + kk]
-        if _scalar_dtype(scalar) != dtype:
-            scalar = tirx.Cast(dtype, scalar)
-        return tirx.Broadcast(scalar, lanes)
-
-    def _step(r):
-        wv = wflat[_vec(w_base + r * kb, kb)] if by_lane else None
-        if by_lane and _scalar_dtype(wv) != dtype:
-            wv = tirx.Cast(f"{dtype}x{kb}", wv)
-        xs = []
-        for v in range(nv):
-            xv = src[_vec(x_base + r * x_stride + v * lanes, lanes)]
-            xs.append(xv if _scalar_dtype(xv) == dtype
-                      else tirx.Cast(f"{dtype}x{lanes}", xv))
-        for kk in range(kb):
-            wk = _weight(r, kk, wv)
-            for v in range(nv):
-                slot = _vec((kk * nv + v) * lanes, lanes)
-                T.buffer_store(acc, acc[slot] + wk * xs[v], [slot])
-
-    if red >= _REDUCE_UNROLL:
-        with T.serial(0, red // _REDUCE_UNROLL) as ro:
-            for ri in range(_REDUCE_UNROLL):
-                _step(ro * _REDUCE_UNROLL + ri)
-    for r in range(red - red % _REDUCE_UNROLL, red):
-        _step(r)
 
 
 def _store(epilogue, acc, img, k0, p0, tile, out_hw, guard: bool):

@@ -20,12 +20,11 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from schedules.common import cast_to as _cast
 from schedules.common import ramp as _vec
+from schedules.register_tile import reduce_tile
 from schedules.wino_math import matrices, transform_rows
 
 OPAQUE = 8  # Relax op pattern "opaque"
-_REDUCE_UNROLL = 4
 
 
 def winograd_output_func(func, v, u, geometry: dict, epilogue, lanes: int,
@@ -82,33 +81,8 @@ def _gemm_tile(mbuf, vflat, uflat, e, kc, t0, dims, dtype):
     c, tiles_padded, chunks, kb, nv, lanes = dims
     tp = nv * lanes
     acc = T.alloc_buffer((kb * tp,), dtype)
-    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
-    for i in range(kb * nv):
-        T.buffer_store(acc, zero, [_vec(i * lanes, lanes)])
-    v_base = e * c * tiles_padded + t0
-    u_base = (e * chunks + kc) * c * kb
-    by_lane = kb >= lanes
-
-    def _step(ch):
-        if by_lane:
-            wv = _cast(uflat[_vec(u_base + ch * kb, kb)], dtype, kb)
-        xs = [_cast(vflat[_vec(v_base + ch * tiles_padded + i * lanes, lanes)], dtype, lanes)
-              for i in range(nv)]
-        for kk in range(kb):
-            if by_lane:
-                wk = tirx.Shuffle([wv], [kk] * lanes)
-            else:
-                wk = tirx.Broadcast(_cast(uflat[u_base + ch * kb + kk], dtype, 1), lanes)
-            for i in range(nv):
-                slot = _vec((kk * nv + i) * lanes, lanes)
-                T.buffer_store(acc, acc[slot] + wk * xs[i], [slot])
-
-    if c >= _REDUCE_UNROLL:
-        with T.serial(0, c // _REDUCE_UNROLL) as co:
-            for ci in range(_REDUCE_UNROLL):
-                _step(co * _REDUCE_UNROLL + ci)
-    for ch in range(c - c % _REDUCE_UNROLL, c):
-        _step(ch)
+    reduce_tile(acc, vflat, e * c * tiles_padded + t0, tiles_padded, uflat,
+                (e * chunks + kc) * c * kb, c, (kb, nv, lanes), dtype)
     for i in range(kb * nv):
         T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
                        [_vec(e * kb * tp + i * lanes, lanes)])

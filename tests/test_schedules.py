@@ -9,7 +9,7 @@ from tvm import relax, te, tirx, topi
 
 import schedules
 from mdl_tvm.core.targets import get_profile
-from schedules import compute
+from schedules import algo, compute
 from schedules.config import ConvGeometry, MachineConfig, choose_conv_tile, choose_dense_tile
 from schedules.conv2d import Conv2DPacked
 from schedules.dense import DensePacked
@@ -288,3 +288,33 @@ def test_conv_whose_output_is_also_returned(rng):
     x = rng.standard_normal((1, 4, 11, 11)).astype("float32")
     used = _check_against_unscheduled(relax_module(x.shape, body), x)
     assert all(used.values())
+
+
+@pytest.mark.parametrize("batch, in_c, out_c, size, kernel", [
+    (2, 13, 37, 7, 1), (1, 24, 96, 14, 1), (1, 16, 64, 14, 3), (2, 5, 24, 17, 3)])
+def test_gemm_tasks_split_by_output_channels_on_small_maps(rng, batch, in_c, out_c, size,
+                                                           kernel):
+    """On a small map the GEMM conv's parallel tasks are output-channel groups rather than
+    short segments whose last pixel block is mostly waste: a 1x1 conv keeps whole images, a
+    3x3 stride-2 one (each group copies its im2col segment) splits the channels too;
+    numerics hold with remainder chunks and a batch."""
+    w = rng.standard_normal((out_c, in_c, kernel, kernel)).astype("float32")
+
+    def body(bb, x):
+        return relax.op.nn.conv2d(x, relax.const(w), strides=kernel // 2 + 1,
+                                  padding=kernel // 2)
+
+    x = rng.standard_normal((batch, in_c, size, size)).astype("float32")
+    assert "gemm_conv" in _check_against_unscheduled(relax_module(x.shape, body), x).values()
+    phone = MachineConfig.from_profile(get_profile("cortex-a76"))
+    stride, out = kernel // 2 + 1, (size - 1) // (kernel // 2 + 1) + 1
+    geo = ConvGeometry(in_c, size, size, out_c, out, kernel=(kernel, kernel),
+                       stride=(stride, stride), pad_top=kernel // 2, pad_left=kernel // 2)
+    chosen = algo.gemm_cost(phone, "float32", geo, out, batch)
+    chunks = -(-out_c // chosen.k_block)
+    assert chunks % chosen.k_groups == 0
+    assert batch * -(-out // chosen.rows) * chosen.k_groups >= 2 * phone.num_cores
+    if kernel == 1:
+        assert (chosen.rows, chosen.k_groups) == (out, chunks)
+    elif batch == 1:
+        assert chosen.k_groups > 1

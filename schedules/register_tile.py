@@ -1,0 +1,74 @@
+"""The register-tiled reduction shared by the packed GEMM and the Winograd GEMM kernels.
+
+``acc[kk, v] = sum_r W[r, kk] * X[r, v]`` for a ``kb x nv`` tile of ``L``-lane vector
+accumulators (``kk < kb`` output channels, ``v < nv`` vectors of pixels or tiles):
+
+* ``W`` is packed ``kb`` weights per reduction step (``w[w_base + r * kb + kk]``); with
+  ``kb >= L`` they are loaded as one vector and used by lane (``fmla v.4s, v.4s, v.s[i]``
+  on AArch64), otherwise broadcast one by one;
+* ``X`` row ``r`` starts at ``x_base + r * x_stride`` and its ``nv`` vectors are adjacent;
+* the first steps run before the loop, the very first writing the products (``fmul``), so
+  the accumulators need no zero-fill; the rest is unrolled by `REDUCE_UNROLL` (NCNN's and
+  MNN's micro-kernels unroll the same way: one weight vector and ``nv`` data vectors per
+  step, ``kb * nv`` FMAs).
+
+Mixed dtypes (fp16 storage with fp32 accumulation) widen the loaded vectors to ``dtype``.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.common import cast_to as _cast
+from schedules.common import ramp as _vec
+
+REDUCE_UNROLL = 4
+
+
+def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype: str):
+    """Emit the reduction of one register tile into `acc` (``kb * nv * L`` elements).
+
+    Parameters
+    ----------
+    acc : tirx.Buffer
+        The accumulators, ``acc[(kk * nv + v) * L + lane]``; overwritten (no zero-fill).
+    xbuf, wbuf : tirx.Buffer
+        Flat data and packed-weight buffers.
+    x_base, x_stride, w_base : PrimExpr or int
+        Offsets of ``X[0, 0]`` and ``W[0, 0]``, and the distance between rows of ``X``.
+    red : int
+        Reduction length (at least 1).
+    tile : tuple of int
+        ``(kb, nv, L)``.
+    dtype : str
+        Accumulation dtype.
+    """
+    if red < 1:
+        raise ValueError(f"a register tile needs a reduction of at least 1, not {red}")
+    kb, nv, lanes = tile
+    by_lane = kb >= lanes
+
+    def _step(r, first: bool):
+        wv = _cast(wbuf[_vec(w_base + r * kb, kb)], dtype, kb) if by_lane else None
+        xs = [_cast(xbuf[_vec(x_base + r * x_stride + v * lanes, lanes)], dtype, lanes)
+              for v in range(nv)]
+        for kk in range(kb):
+            if by_lane:
+                wk = tirx.Shuffle([wv], [kk] * lanes)
+            else:
+                wk = tirx.Broadcast(_cast(wbuf[w_base + r * kb + kk], dtype, 1), lanes)
+            for v in range(nv):
+                slot = _vec((kk * nv + v) * lanes, lanes)
+                value = wk * xs[v] if first else acc[slot] + wk * xs[v]
+                T.buffer_store(acc, value, [slot])
+
+    # straight-line head (the odd steps, or one unroll's worth), then whole unrolled steps:
+    # no tail after the loop, whose accumulators LLVM would copy between registers
+    head = red % REDUCE_UNROLL or min(red, REDUCE_UNROLL)
+    for r in range(head):
+        _step(r, first=r == 0)
+    if red > head:
+        with T.serial(0, (red - head) // REDUCE_UNROLL) as ro:
+            for ri in range(REDUCE_UNROLL):
+                _step(head + ro * REDUCE_UNROLL + ri, first=False)
