@@ -327,7 +327,9 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
     result = {"cpu": CPU, "columns": list(cols), "cells": {}, "notes": list(NOTES),
         "build_targets": {e: {"profile": p, "profile_cpu": c} for e, (p, c) in BUILDS.items()}}
     result["meta"] = meta()
-    result["cells"] = {name: {} for name in names}
+    # a resumed run keeps the counted cells it has not reached yet in every write
+    result["cells"] = {name: {c: v for c, v in old.get(name, {}).items() if "instructions" in v}
+                       for name in names}
     cases: dict = {}
     for name, c in plan(names, cols, {m for m, _ in acc}):
         row = result["cells"][name]

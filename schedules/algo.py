@@ -165,12 +165,18 @@ _GEMM_EPILOGUE_PER_VECTOR = 4.0
 _IM2COL_BYTES = 256 * 1024
 # Parallel tasks per core the segments should give.
 _TASKS_PER_CORE = 2
+# Estimated instructions under which a GEMM convolution is not split for parallelism.
+PARALLEL_MIN_COST = 250_000
 
 
 def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
               batch: int = 1) -> ConvAlgo:
-    """The GEMM convolution's best register tile and segment, with its estimated cost;
-    ``cost`` is infinite when no block fits (fewer pixels than one vector)."""
+    """The GEMM convolution's best register tile, segment and task split, with its
+    estimated cost; ``cost`` is infinite when no block fits (fewer pixels than one vector).
+
+    With several cores the choice gives ``_TASKS_PER_CORE`` parallel tasks per core where
+    it can, unless the convolution is small (`PARALLEL_MIN_COST`: the thread pool's wake-up
+    costs about what the split saves) -- then it is the cheapest on one core."""
     lanes = cfg.lanes(dtype)
     elem = 2 if str(dtype) == "float16" else 4
     kh, kw = geo.kernel
@@ -178,11 +184,12 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
     ow, k = geo.out_width, geo.out_channels
     im2col = not (geo.kernel == (1, 1) and geo.stride == (1, 1) and not geo.pad_top
                   and not geo.pad_left and geo.in_width == ow)
-    best = ConvAlgo("gemm", cost=float("inf"))
+    wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
+    serial = parallel = ConvAlgo("gemm", cost=float("inf"))
     for kb, nv in gemm_tiles(cfg, lanes):
         block, chunks = nv * lanes, _ceil_div(k, kb)
-        for groups, rows in _task_choices(cfg, out_rows, ow, block, red * elem if im2col else 0,
-                                          batch, chunks):
+        for groups, rows in _task_choices(out_rows, ow, block, red * elem if im2col else 0,
+                                          chunks, wanted):
             seg = rows * ow
             segs = batch * _ceil_div(out_rows, rows)
             blocks = segs * _ceil_div(seg, block) * chunks
@@ -192,37 +199,27 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                 cost += groups * segs * red * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
                     + rows * _IM2COL_PER_ROW)
-            if cost < best.cost:
-                best = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
-    return best
+            algo = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
+            if cost < serial.cost:
+                serial = algo
+            if segs * groups >= wanted and cost < parallel.cost:
+                parallel = algo
+    return serial if serial.cost < PARALLEL_MIN_COST or parallel.cost == float("inf") \
+        else parallel
 
 
-def _task_choices(cfg: MachineConfig, out_rows: int, ow: int, block: int, col_bytes: int,
-                  batch: int, chunks: int) -> list[tuple[int, int]]:
-    """``(k_groups, rows)`` pairs: a direct GEMM (no im2col, `col_bytes` 0) splits its
-    tasks by every output-channel chunk; with im2col, by a divisor of the chunks (each
-    group copies the segment again) so that small maps need not be cut into short
+def _task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: int,
+                  wanted: int) -> list[tuple[int, int]]:
+    """``(k_groups, rows)`` pairs: segments of at least one pixel block with the im2col
+    buffer within budget; a direct GEMM (`col_bytes` 0) splits its tasks by every
+    output-channel chunk, an im2col one by a divisor of the chunks up to `wanted` (each
+    group copies the segment again), so that small maps need not be cut into short
     segments whose last pixel block is mostly waste."""
-    if not col_bytes:
-        return [(chunks, r) for r in _row_choices(cfg, out_rows, ow, block, 0, batch * chunks)]
-    wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
-    pairs = [(g, r) for g in range(1, min(chunks, wanted) + 1) if chunks % g == 0
-             for r in _row_choices(cfg, out_rows, ow, block, col_bytes, batch * g)]
-    enough = [(g, r) for g, r in pairs if batch * g * _ceil_div(out_rows, r) >= wanted]
-    return enough or pairs[:1]
-
-
-def _row_choices(cfg: MachineConfig, out_rows: int, ow: int, block: int, col_bytes: int,
-                 tasks_per_segment: int) -> list[int]:
-    """Segment heights: at least one pixel block, the im2col buffer within budget, enough
-    parallel tasks (`tasks_per_segment` per segment height) when there are several cores."""
     fits = [r for r in range(1, out_rows + 1) if r * ow >= block
             and (r == 1 or r * ow * col_bytes <= _IM2COL_BYTES)]
-    if cfg.num_cores > 1:
-        tasks = [r for r in fits
-                 if tasks_per_segment * _ceil_div(out_rows, r) >= _TASKS_PER_CORE * cfg.num_cores]
-        fits = tasks or fits[:1]
-    return fits
+    groups = [chunks] if not col_bytes else [
+        g for g in range(1, min(chunks, wanted) + 1) if chunks % g == 0]
+    return [(g, r) for g in groups for r in fits]
 
 
 def winograd_eligible(geo: ConvGeometry) -> bool:

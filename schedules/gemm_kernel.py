@@ -24,9 +24,9 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.common import cast_to as _cast
 from schedules.common import ceil_div as _ceil_div
 from schedules.common import ramp as _vec
-from schedules.common import scalar_dtype as _scalar_dtype
 from schedules.register_tile import reduce_tile
 
 OPAQUE = 8  # Relax op pattern "opaque"
@@ -97,10 +97,13 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     if direct:
                         src, src_base, stride = dflat, T.bind(img * c * h * w + y0 * ow), h * w
                     else:
-                        src = T.alloc_buffer((red * seg,), dtype)
-                        _im2col(src, dflat, img, y0, geometry, (n, c, h, w), (kh, kw), lanes,
-                                dtype)
-                        src_base, stride = 0, seg
+                        # rows a whole number of vectors apart: every load of the tile
+                        # is at an offset `ldp q` / `ldr q` can encode
+                        stride = _ceil_div(seg, lanes) * lanes
+                        src = T.alloc_buffer((red * stride,), dtype)
+                        _im2col(src, dflat, img, y0, geometry, (n, c, h, w), (kh, kw, stride),
+                                lanes, dtype)
+                        src_base = 0
                     with T.serial(0, chunks // k_tasks) as kc_inner:
                         kc = task % k_tasks * (chunks // k_tasks) + kc_inner
                         with T.serial(0, n_blk) as blk:
@@ -137,14 +140,14 @@ def _store(epilogue, acc, img, k0, p0, tile, out_hw, guard: bool):
 
 
 def _im2col(col, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
-    """``col[(c, ky, kx), j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh - top,
-    x * sw + kx * dw - left]`` (zero outside the image), row by row."""
+    """``col[(c, ky, kx) * stride + j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh - top,
+    x * sw + kx * dw - left]`` (zero outside the image), row by row; `kernel` is
+    ``(kh, kw, stride)``."""
     n, c, h, w = shape
-    kh, kw = kernel
+    kh, kw, col_stride = kernel
     (sh, sw), (dh, dw) = geometry["strides"], geometry["dilation"]
     top, left = geometry["padding"][:2]
     ow, rows = geometry["out_shape"][3], geometry["rows"]
-    seg = rows * ow
     zero = tirx.const(0, dtype)
     with T.serial(0, c) as ch:
         for ky in range(kh):
@@ -160,7 +163,7 @@ def _im2col(col, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
                     nvec += 1
                 with T.serial(0, rows) as j:
                     iy = (y0 + j) * sh + ky * dh - top
-                    dst = r * seg + j * ow
+                    dst = r * col_stride + j * ow
                     row = T.bind(((img * c + ch) * h + tirx.max(tirx.min(iy, h - 1), 0)) * w)
                     with T.If(tirx.all(iy >= 0, iy < h)):
                         with T.Then():
@@ -174,11 +177,6 @@ def _im2col(col, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
 def _copy_row(col, dflat, dst, row, off, span, sw, ow, lanes, dtype):
     lo, hi, nvec = span
     zero = tirx.const(0, dtype)
-
-    def _cast(v, width):
-        return v if _scalar_dtype(v) == dtype else tirx.Cast(
-            f"{dtype}x{width}" if width > 1 else dtype, v)
-
     for a, b in ((0, lo), (hi, ow)):
         if b > a:
             with T.serial(a, b) as x:
@@ -192,7 +190,7 @@ def _copy_row(col, dflat, dst, row, off, span, sw, ow, lanes, dtype):
             else:
                 loads = [dflat[_vec(src + i * lanes, lanes)] for i in range(sw)]
                 val = tirx.Shuffle(loads, [i * sw for i in range(lanes)])
-            T.buffer_store(col, _cast(val, lanes), [_vec(dst + x0, lanes)])
+            T.buffer_store(col, _cast(val, dtype, lanes), [_vec(dst + x0, lanes)])
     if lo + nvec * lanes < hi:
         with T.serial(lo + nvec * lanes, hi) as x:
-            T.buffer_store(col, _cast(dflat[row + x * sw + off], 1), [dst + x])
+            T.buffer_store(col, _cast(dflat[row + x * sw + off], dtype, 1), [dst + x])

@@ -292,12 +292,10 @@ def test_conv_whose_output_is_also_returned(rng):
 
 @pytest.mark.parametrize("batch, in_c, out_c, size, kernel", [
     (2, 13, 37, 7, 1), (1, 24, 96, 14, 1), (1, 16, 64, 14, 3), (2, 5, 24, 17, 3)])
-def test_gemm_tasks_split_by_output_channels_on_small_maps(rng, batch, in_c, out_c, size,
-                                                           kernel):
-    """On a small map the GEMM conv's parallel tasks are output-channel groups rather than
-    short segments whose last pixel block is mostly waste: a 1x1 conv keeps whole images, a
-    3x3 stride-2 one (each group copies its im2col segment) splits the channels too;
-    numerics hold with remainder chunks and a batch."""
+def test_gemm_split_by_output_channel_groups_matches_reference(rng, batch, in_c, out_c,
+                                                               size, kernel):
+    """Every task split (k_groups, forced for the 3x3 stride-2 convs) with remainder chunks
+    and a batch computes what the unscheduled conv computes."""
     w = rng.standard_normal((out_c, in_c, kernel, kernel)).astype("float32")
 
     def body(bb, x):
@@ -305,16 +303,33 @@ def test_gemm_tasks_split_by_output_channels_on_small_maps(rng, batch, in_c, out
                                   padding=kernel // 2)
 
     x = rng.standard_normal((batch, in_c, size, size)).astype("float32")
-    assert "gemm_conv" in _check_against_unscheduled(relax_module(x.shape, body), x).values()
+    mod = relax_module(x.shape, body)
+    assert "gemm_conv" in _check_against_unscheduled(mod, x).values()
+    if kernel == 3:  # small convs are not split: force a split of every chunk pair
+        import unittest.mock
+
+        with unittest.mock.patch.object(algo, "PARALLEL_MIN_COST", 0):
+            assert "gemm_conv" in _check_against_unscheduled(mod, x).values()
+
+
+def test_gemm_tasks_split_by_output_channels_on_small_maps(monkeypatch):
+    """On a small map a big GEMM conv's parallel tasks are output-channel groups, not short
+    segments whose last pixel block is mostly waste (a 1x1 keeps whole images, a 3x3
+    stride-2 one copies its im2col segment per group); a small conv is not split at all."""
     phone = MachineConfig.from_profile(get_profile("cortex-a76"))
-    stride, out = kernel // 2 + 1, (size - 1) // (kernel // 2 + 1) + 1
-    geo = ConvGeometry(in_c, size, size, out_c, out, kernel=(kernel, kernel),
-                       stride=(stride, stride), pad_top=kernel // 2, pad_left=kernel // 2)
-    chosen = algo.gemm_cost(phone, "float32", geo, out, batch)
-    chunks = -(-out_c // chosen.k_block)
-    assert chunks % chosen.k_groups == 0
-    assert batch * -(-out // chosen.rows) * chosen.k_groups >= 2 * phone.num_cores
-    if kernel == 1:
-        assert (chosen.rows, chosen.k_groups) == (out, chunks)
-    elif batch == 1:
-        assert chosen.k_groups > 1
+    wanted = 2 * phone.num_cores
+
+    def tasks(a, out):
+        return -(-out // a.rows) * a.k_groups
+
+    pointwise = algo.gemm_cost(phone, "float32", ConvGeometry(96, 14, 14, 576, 14), 14)
+    assert (pointwise.rows, pointwise.k_groups) == (14, 576 // pointwise.k_block)
+    down = algo.gemm_cost(phone, "float32", ConvGeometry(
+        256, 14, 14, 512, 7, kernel=(3, 3), stride=(2, 2), pad_top=1, pad_left=1), 7)
+    assert down.k_groups > 1 and tasks(down, 7) >= wanted
+    small_geo = ConvGeometry(6, 14, 14, 16, 10, kernel=(5, 5))  # LeNet-5's second conv
+    small = algo.gemm_cost(phone, "float32", small_geo, 10)
+    assert small.cost < algo.PARALLEL_MIN_COST and tasks(small, 10) < wanted
+    monkeypatch.setattr(algo, "PARALLEL_MIN_COST", 0)
+    split = algo.gemm_cost(phone, "float32", small_geo, 10)
+    assert tasks(split, 10) >= wanted and split.cost > small.cost
