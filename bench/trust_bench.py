@@ -321,7 +321,8 @@ def main(argv=None) -> int:
     parser = common.parser(__doc__, "python bench/trust_bench.py")
     parser.add_argument("part", choices=("curve", "calibration", "finetune", "report"))
     parser.add_argument("--models", nargs="+", default=["mobilenetv2s"])
-    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.625, 0.75])
+    parser.add_argument("--ratios", nargs="*", type=float, default=[0.25, 0.5, 0.625, 0.75],
+                        help="none: only the baselines (finetune: the uncompressed arm)")
     parser.add_argument("--methods", nargs="+", default=["kmeans", "mask"],
                         choices=("kmeans", "mask"))
     parser.add_argument("--recoveries", nargs="+", default=list(RECOVERIES),
