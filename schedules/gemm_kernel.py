@@ -73,9 +73,11 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
     direct = kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
     n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
-    if chunks % geometry.get("k_groups", 1):
-        raise ValueError(f"k_groups={geometry['k_groups']} does not divide the {chunks} "
+    k_groups = geometry.get("k_groups", 1)
+    if chunks % k_groups:
+        raise ValueError(f"k_groups={k_groups} does not divide the {chunks} "
                          "output-channel chunks")
+    per_group = chunks // k_groups
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -90,9 +92,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 loop = T.parallel if parallel else T.serial
                 # tasks also split by output-channel chunks, so small maps need not be cut
                 # into short segments (each task copies its own im2col segment)
-                k_tasks = geometry.get("k_groups", 1)
-                with loop(0, n * n_seg * k_tasks) as task:
-                    where = task // k_tasks
+                with loop(0, n * n_seg * k_groups) as task:
+                    where = task // k_groups
                     img, y0 = where // n_seg, T.bind(tirx.min(where % n_seg * rows, oh - rows))
                     if direct:
                         src, src_base, stride = dflat, T.bind(img * c * h * w + y0 * ow), h * w
@@ -101,11 +102,11 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                         # is at an offset `ldp q` / `ldr q` can encode
                         stride = _ceil_div(seg, lanes) * lanes
                         src = T.alloc_buffer((red * stride,), dtype)
-                        _im2col(src, dflat, img, y0, geometry, (n, c, h, w), (kh, kw, stride),
-                                lanes, dtype)
+                        _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
+                                (kh, kw), lanes, dtype)
                         src_base = 0
-                    with T.serial(0, chunks // k_tasks) as kc_inner:
-                        kc = task % k_tasks * (chunks // k_tasks) + kc_inner
+                    with T.serial(0, per_group) as kc_inner:
+                        kc = task % k_groups * per_group + kc_inner
                         with T.serial(0, n_blk) as blk:
                             q0 = T.bind(tirx.min(blk * tp, seg - tp))
                             acc = T.alloc_buffer((kb * tp,), dtype)
@@ -139,12 +140,11 @@ def _store(epilogue, acc, img, k0, p0, tile, out_hw, guard: bool):
             _body()
 
 
-def _im2col(col, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
-    """``col[(c, ky, kx) * stride + j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh - top,
-    x * sw + kx * dw - left]`` (zero outside the image), row by row; `kernel` is
-    ``(kh, kw, stride)``."""
+def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
+    """``col[(c, ky, kx) * col_stride + j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh
+    - top, x * sw + kx * dw - left]`` (zero outside the image), row by row."""
     n, c, h, w = shape
-    kh, kw, col_stride = kernel
+    kh, kw = kernel
     (sh, sw), (dh, dw) = geometry["strides"], geometry["dilation"]
     top, left = geometry["padding"][:2]
     ow, rows = geometry["out_shape"][3], geometry["rows"]
