@@ -20,7 +20,8 @@ compiled host library, MACs = ``compiled.stats.macs`` for every method, Torch-Pr
 included. Fine-tuning: SGD Nesterov, lr 0.01 cosine to 0, weight decay 5e-4, batch 128, the
 training recipe's augmentation, seed 0, 1 thread -- the same for all three arms. Torch-Pruning
 (``torch-pruning==1.6.1``, the ``bench`` extra) prunes each group by the same fraction
-(``global_pruning=False``), stepped until its MACs reach ours. Run on a shared machine with
+importance) keeps exactly the channel counts of ours per coupled group: same MACs, same
+architecture (``--arms`` picks which of the three arms run). Run on a shared machine with
 ``TVM_NUM_THREADS=1 flock /tmp/mdl_heavy.lock ...``.
 """
 
@@ -39,6 +40,7 @@ from bench import common  # noqa: E402
 
 STEM = "compression-trust"
 RECOVERIES = ("none", "compensation", "ls")
+ARMS = ("uncompressed", "mask", "torch-pruning")
 SHAPE = (1, 1, 28, 28)
 FT = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "augment": True, "threads": 1}
 
@@ -164,53 +166,53 @@ def run_finetune(bench, args):
     for name in args.models:
         model = bench.model(name)
         bench.baseline(name, model)
-        if args.uncompressed:
+        if "uncompressed" in args.arms:
             tuned = train_loop(copy.deepcopy(model), config, quiet)
             bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE]), part="finetune",
                           model=name, method="uncompressed+ft", recovery="none", ratio=0.0,
                           calibration=0, epochs=args.epochs)
         for ratio in args.ratios:
-            ours, pruner = bench.compressed(name, model, "mask", args.recovery, ratio, args.count,
-                                            "finetune")
-            tuned, masks = masked_finetune(copy.deepcopy(model), config, quiet,
-                                           masks=pruner.masks, consume=pruner.consume)
-            commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)
-            bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE], compress=commit),
-                          part="finetune", model=name, method="mask+ft",
-                          recovery=args.recovery, ratio=ratio, calibration=args.count,
-                          epochs=args.epochs)
-            pruned = torch_pruning_at(model, ours["macs"])
-            tp_row = bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
-                                   part="finetune", model=name, method="torch-pruning",
-                                   recovery="none", ratio=ratio, calibration=0, epochs=0)
-            train_loop(pruned, config, quiet)
-            bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
-                          part="finetune", model=name, method="torch-pruning+ft",
-                          recovery="none", ratio=ratio, calibration=0, epochs=args.epochs,
-                          macs_target=ours["macs"], tp_macs=tp_row["macs"])
+            if "mask" in args.arms:
+                _, pruner = bench.compressed(name, model, "mask", args.recovery, ratio,
+                                             args.count, "finetune")
+                tuned, masks = masked_finetune(copy.deepcopy(model), config, quiet,
+                                               masks=pruner.masks, consume=pruner.consume)
+                commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)
+                bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE],
+                                              compress=commit),
+                              part="finetune", model=name, method="mask+ft",
+                              recovery=args.recovery, ratio=ratio, calibration=args.count,
+                              epochs=args.epochs)
+            if "torch-pruning" in args.arms:
+                pruned = torch_pruning_at(model, ratio)
+                bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
+                              part="finetune", model=name, method="torch-pruning",
+                              recovery="none", ratio=ratio, calibration=0, epochs=0)
+                train_loop(pruned, config, quiet)
+                bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
+                              part="finetune", model=name, method="torch-pruning+ft",
+                              recovery="none", ratio=ratio, calibration=0, epochs=args.epochs)
 
 
-def torch_pruning_at(model, macs_target: int):
-    """A copy of `model` pruned by Torch-Pruning's magnitude (L1) pruner, each group by the
-    same fraction, stepped until mdl_tvm's MAC count is at most `macs_target`."""
+def torch_pruning_at(model, ratio: float):
+    """A copy of `model` pruned by Torch-Pruning's magnitude (L1) importance with exactly the
+    channel counts MobileDL's ``mask:<ratio>`` keeps: ``round(C * (1 - ratio))`` per coupled
+    group (Torch-Pruning's dependency graph finds the same groups), so both arms have the same
+    architecture and MACs and differ only in which channels go and how they are recovered."""
     import torch
     import torch_pruning as tp
-
-    import mdl_tvm
 
     pruned = copy.deepcopy(model).eval()
     example = torch.zeros(SHAPE)
     classifier = [m for m in pruned.modules() if isinstance(m, torch.nn.Linear)][-1]
-    pruner = tp.pruner.BasePruner(pruned, example,
-                                  importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=0.9, iterative_steps=180, global_pruning=False,
-                                  ignored_layers=[classifier])
-    while pruner.current_step < pruner.iterative_steps:
-        pruner.step()
-        macs, _ = tp.utils.count_ops_and_params(pruned, example)
-        if macs <= 1.05 * macs_target and mdl_tvm.compile(
-                pruned, "host", input_shapes=[SHAPE]).stats.macs <= macs_target:
-            break
+    graph = tp.DependencyGraph().build_dependency(pruned, example)
+    importance = tp.importance.MagnitudeImportance(p=1)
+    for group in list(graph.get_all_groups(ignored_layers=[classifier], root_module_types=[
+            torch.nn.Conv2d, torch.nn.Linear])):
+        channels = len(group[0].idxs)
+        drop = torch.argsort(importance(group))[:channels - round(channels * (1 - ratio))]
+        graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler,
+                                idxs=drop.tolist()).prune()
     return pruned
 
 
@@ -332,7 +334,11 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=256, help="calibration images")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--no-uncompressed", dest="uncompressed", action="store_false")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
+                        help="finetune: which arms run (ours is `mask`)")
+    parser.add_argument("--no-uncompressed", dest="arms", action="store_const",
+                        const=["mask", "torch-pruning"], help="finetune: same as --arms mask "
+                        "torch-pruning")
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--verbose", action="store_true")
     args = common.parse_args(parser, argv)

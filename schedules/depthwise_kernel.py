@@ -4,8 +4,9 @@ epilogue.
 `depthwise_rows_func` replaces the fused function of an NCHW depthwise convolution (the TE
 reference `schedules.depthwise_rows.depthwise_nchw` plus FuseOps' element-wise blocks):
 
-``parallel(n * c)`` → groups of ``G`` output rows (4 at stride 1, 2 at stride 2; the last
-group shifted up to end at the last row) → vectors of ``L`` output pixels (the last one
+``parallel(n * c)`` → groups of ``G`` output rows (`row_group`: the count that computes the
+fewest rows and loads, e.g. 7 for 14- and 7-row maps; the last group shifted up to end at
+the last row) → vectors of ``L`` output pixels (the last one
 shifted left to end at the row's end) → the ``G * s + 2`` input rows the group reads are
 loaded once per vector and shared by its output rows:
 
@@ -30,6 +31,10 @@ from schedules.common import cast_to as _cast
 from schedules.common import ramp as _vec
 
 OPAQUE = 8  # Relax op pattern "opaque"
+# Instructions per output vector and input row of a row group: 9 FMAs per output row, the
+# three windows of an input row (stride 1: 3 loads; stride 2: 4 loads and 3 shuffles).
+_FMAS, _ROW_LOADS = 9, {1: 3, 2: 7}
+_MAX_GROUP = {1: 8, 2: 2}  # accumulators beside 9 weights and the windows in 32 registers
 
 
 def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:
@@ -69,7 +74,7 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
     n, c, h, w = (int(v) for v in data.ty.shape)
     s, dtype = geometry["stride"], geometry["dtype"]
     _, _, oh, ow = geometry["out_shape"]
-    group = min(oh, 4 if s == 1 else 2)
+    group = row_group(oh, s)
     starts = sorted({*range(0, ow - lanes + 1, lanes), ow - lanes})
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -97,6 +102,16 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
                         else:
                             _row_group(ctx, y0, starts, y0)
     return ib.get()
+
+
+def row_group(oh: int, s: int) -> int:
+    """Output rows per group: the fewest estimated instructions for the whole map, where a
+    group of ``G`` rows computes ``ceil(oh / G) * G`` rows (the last group overlaps) and loads
+    its ``G * s + 2`` input rows once (ties: the smaller group, less code)."""
+    def _cost(g):
+        return -(-oh // g) * (g * _FMAS + (g * s + 2) * _ROW_LOADS[s])
+
+    return min(range(1, min(oh, _MAX_GROUP[s]) + 1), key=lambda g: (_cost(g), g))
 
 
 def _groups(oh: int, h: int, s: int, group: int):

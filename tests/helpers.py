@@ -232,6 +232,15 @@ def rules_used(mod) -> dict:
             for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
+def neon_config():
+    """A phone-like `schedules.MachineConfig` (128-bit vectors, 32 registers, indexed FMAs,
+    fp16 arithmetic, 2 cores) whose kernels build and run on the host."""
+    from schedules.config import MachineConfig
+
+    return MachineConfig(vector_bits=128, num_regs=32, num_cores=2, fp16_arith=True,
+                         indexed_fma=True)
+
+
 def lower_and_run(mod, inputs, cfg, rules=None):
     """Lower `mod` with `schedules.lowering_pipeline(cfg, rules)` (all default rules when
     None), build it for this machine and run ``main`` on `inputs`.

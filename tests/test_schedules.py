@@ -4,7 +4,7 @@ unscheduled, the generic rules on Relax operators, and the machine configuration
 import numpy as np
 import pytest
 import tvm
-from helpers import relax_module, rules_used
+from helpers import lower_and_run, neon_config, relax_module, rules_used
 from tvm import relax, te, tirx, topi
 
 import schedules
@@ -95,16 +95,48 @@ def test_depthwise_rule(rng, channels, mult, size, stride):
     _assert_rule_preserves_numerics(func, DepthwiseConv2D(), rng)
 
 
-@pytest.mark.parametrize("rows, k, cols", [(1, 37, 10), (4, 64, 70)])
-def test_dense_rule(rng, rows, k, cols):
+@pytest.mark.parametrize("hw, stride, dtype", [
+    ((14, 14), 1, "float32"), ((7, 7), 1, "float32"), ((13, 9), 1, "float32"),  # 7/7/7-row groups
+    ((5, 6), 1, "float32"), ((56, 11), 1, "float32"),  # 5-row group, 8-row groups
+    ((14, 14), 2, "float32"), ((16, 18), 2, "float32"), ((16, 20), 1, "float16")])
+def test_depthwise_rows_kernel_matches_unscheduled(rng, hw, stride, dtype):
+    """The row kernel (groups of `row_group` rows, the last overlapping) on odd maps, with
+    bias + ReLU6 fused, against the unscheduled function on phone lanes."""
+    channels = 6
+    w = rng.standard_normal((channels, 1, 3, 3)).astype(dtype)
+    bias = rng.standard_normal((1, channels, 1, 1)).astype(dtype)
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=1,
+                                       groups=channels, out_dtype=dtype))
+        y = bb.emit(relax.op.add(y, relax.const(bias)))
+        return relax.op.clip(y, 0.0, 6.0)
+
+    x = rng.standard_normal((1, channels, *hw)).astype(dtype)
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
+    lowered, actual = lower_and_run(mod, [x], neon_config())
+    assert "depthwise_rows" in rules_used(lowered).values()
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("rows, k, cols, dtype", [
+    (1, 37, 10, "float32"), (4, 64, 70, "float32"),
+    # batch-1 GEMVs: K a multiple of 4, 2 and 1 vectors (x read as vectors), odd N
+    (1, 64, 10, "float32"), (1, 48, 33, "float32"), (1, 24, 20, "float32"),
+    (1, 64, 19, "float16")])
+def test_dense_rule(rng, rows, k, cols, dtype):
     n_block, m_tile = choose_dense_tile(CFG, "float32", rows, cols)
-    data = te.placeholder((rows, k), name="data")
-    weight = te.placeholder((k, cols), name="weight")
+    data = te.placeholder((rows, k), name="data", dtype=dtype)
+    weight = te.placeholder((k, cols), name="weight", dtype=dtype)
     out = compute.dense_packed(data, compute.pack_dense_weight(weight, n_block), cols, m_tile)
     bias = te.placeholder((cols,), name="bias")
     relu = te.compute(out.shape, lambda m, n: tirx.max(out[m, n] + bias[n], 0.0), name="relu")
     func = te.create_prim_func([data, weight, bias, relu])
-    _assert_rule_preserves_numerics(func, DensePacked(), rng)
+    sch = _assert_rule_preserves_numerics(func, DensePacked(), rng)
+    vector_x = rows == 1 and k % CFG.lanes("float32") == 0
+    assert ("data_global" in sch.mod.script()) == vector_x  # the x tile block
 
 
 def _lower_build_run(mod, x, rules):

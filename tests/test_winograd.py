@@ -5,7 +5,7 @@ model's choice between Winograd tiles and the GEMM convolution."""
 import numpy as np
 import pytest
 import torch
-from helpers import lower_and_run, relax_module, rules_used
+from helpers import lower_and_run, neon_config, relax_module, rules_used
 from tvm import relax
 
 import schedules.legalize as legalize
@@ -13,8 +13,7 @@ from mdl_tvm.core.targets import get_profile
 from schedules import algo, wino_math
 from schedules.config import ConvGeometry, MachineConfig
 
-NEON = MachineConfig(vector_bits=128, num_regs=32, num_cores=2, fp16_arith=True,
-                     indexed_fma=True)
+NEON = neon_config()
 HOST = MachineConfig.from_profile(get_profile("host"))
 ARM32 = MachineConfig.from_profile(get_profile("arm64"))
 ARM16 = MachineConfig.from_profile(get_profile("arm64-fp16"))
