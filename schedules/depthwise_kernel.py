@@ -11,8 +11,9 @@ shifted left to end at the row's end) → the ``G * s + 2`` input rows the group
 loaded once per vector and shared by its output rows:
 
 * stride 1: the three windows of a row are unaligned vector loads at ``x - 1, x, x + 1``;
-* stride 2: two vectors at ``2x`` de-interleaved into the even (``2x``) and odd (``2x + 1``)
-  taps (``uzp1`` / ``uzp2``), two at ``2x - 1`` give the left taps;
+* stride 2: ``2L`` pixels at ``2x - 1`` de-interleaved by one ``ld2`` into the left
+  (``2x - 1``) and middle (``2x``) taps; the right taps are the left ones shifted by a
+  lane (``ext``) with pixel ``2x + 2L - 1`` appended;
 
 each tap is one FMA of a window by a broadcast weight. At the image border the window
 outside the image is built from zeros by a shuffle (``ext``) and rows outside the image
@@ -33,8 +34,8 @@ from schedules.common import ramp as _vec
 OPAQUE = 8  # Relax op pattern "opaque"
 # Instructions per output vector and input row of a row group: 9 FMAs per output row, the
 # three windows of an input row (stride 1: 3 loads; stride 2: 4 loads and 3 shuffles).
-_FMAS, _ROW_LOADS = 9, {1: 3, 2: 7}
-_MAX_GROUP = {1: 8, 2: 2}  # accumulators beside 9 weights and the windows in 32 registers
+_FMAS, _ROW_LOADS = 9, {1: 3, 2: 4}
+_MAX_GROUP = {1: 8, 2: 4}  # accumulators beside 9 weights and the windows in 32 registers
 
 
 def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:
@@ -199,12 +200,20 @@ def _windows(dflat, row, x0, s, lanes, dtype, left_edge, right_edge):
         right = (tirx.Shuffle([mid, zero], list(range(1, lanes + 1)))
                  if right_edge else _ld(x0 + 1))
         return [left, mid, right]
-    a, b = _ld(2 * x0), _ld(2 * x0 + lanes)
-    even = tirx.Shuffle([a, b], [2 * i for i in range(lanes)])
-    odd = tirx.Shuffle([a, b], [2 * i + 1 for i in range(lanes)])
+    # stride 2: one 2L-lane load split into its even and odd lanes is one de-interleaving
+    # load (``ld2`` on NEON, LLVM's interleaved-access lowering; both halves must be used,
+    # the casts come after the split): at 2x - 1 it gives the left and middle taps, and the
+    # right taps are the left ones shifted by one lane with the next pixel appended
+    def _taps(col):
+        pair = dflat[_vec(row + col, 2 * lanes)]
+        return [_cast(tirx.Shuffle([pair], [2 * i + p for i in range(lanes)]), dtype, lanes)
+                for p in (0, 1)]
+
     if left_edge:
-        left = tirx.Shuffle([zero, odd], list(range(lanes - 1, 2 * lanes - 1)))
+        mid, right = _taps(2 * x0)
+        left = tirx.Shuffle([zero, right], list(range(lanes - 1, 2 * lanes - 1)))
     else:
-        c, d = _ld(2 * x0 - 1), _ld(2 * x0 - 1 + lanes)
-        left = tirx.Shuffle([c, d], [2 * i for i in range(lanes)])
-    return [left, even, odd]
+        left, mid = _taps(2 * x0 - 1)
+        after = tirx.Broadcast(_cast(dflat[row + 2 * x0 + 2 * lanes - 1], dtype, 1), lanes)
+        right = tirx.Shuffle([left, after], list(range(1, lanes + 1)))
+    return [left, mid, right]
