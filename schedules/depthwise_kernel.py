@@ -160,11 +160,9 @@ def _vector(ctx, y0, x0, static_y0):
     """One vector of ``L`` output pixels at column `x0` in each row of the group."""
     lanes, dtype, s, h, w = (ctx[k] for k in ("lanes", "dtype", "s", "h", "w"))
     group, acc, dflat, base = ctx["group"], ctx["acc"], ctx["dflat"], ctx["base"]
-    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
     left_edge = isinstance(x0, int) and x0 == 0
     right_edge = s == 1 and isinstance(x0, int) and x0 + lanes == w
-    for j in range(group):
-        T.buffer_store(acc, zero, [_vec(j * lanes, lanes)])
+    started = set()  # accumulators written: the first tap of each is a product, no zero-fill
     for r in range(group * s + 2):  # input rows y0 * s - 1 + r
         if static_y0 is not None and not 0 <= static_y0 * s - 1 + r < h:
             continue
@@ -175,10 +173,14 @@ def _vector(ctx, y0, x0, static_y0):
             if not 0 <= ky < 3:
                 continue
             slot = _vec(j * lanes, lanes)
-            val = acc[slot]
+            val = acc[slot] if j in started else None
             for kx in range(3):
-                val = val + wins[kx] * ctx["wts"][ky * 3 + kx]
+                term = wins[kx] * ctx["wts"][ky * 3 + kx]
+                val = term if val is None else val + term
+            started.add(j)
             T.buffer_store(acc, val, [slot])
+    for j in set(range(group)) - started:  # no input row inside the image (not reached)
+        T.buffer_store(acc, tirx.Broadcast(tirx.const(0, dtype), lanes), [_vec(j * lanes, lanes)])
     for j in range(group):
         with T.vectorized(0, lanes) as lane:
             stmt = ctx["epilogue"].store([ctx["img"], ctx["ch"], y0 + j, x0 + lane],
