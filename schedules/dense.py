@@ -11,11 +11,12 @@ Schedule
     ``parallel(n_chunk * m_outer)`` → ``k`` (unrolled by 4, 2 or 1, whichever divides it)
     → ``m_tile`` (unrolled) → ``n_block`` (vectorised): an ``m_tile x n_block`` register
     block, one broadcast of ``x`` times one weight vector per FMA, the panel streamed once.
-    One row (a batch-1 GEMV, the LSTM step) unrolls ``k`` by up to ``4 L`` and first copies
-    those ``x`` values into a small array by vector loads, which LLVM keeps in registers and
-    uses lane by lane (``fmla v.4s, w.4s, x.s[i]``: NCNN's and MNN's GEMV): per ``4 L`` steps
-    ``x`` costs one or two loads instead of one per step (poem step 1.21 M → 1.04 M
-    instructions on the phone).
+    One row (a batch-1 GEMV, the LSTM step) on a core with indexed FMAs (AArch64) unrolls
+    ``k`` by up to ``4 L`` and first copies those ``x`` values into a small array by vector
+    loads, which LLVM keeps in registers and uses lane by lane (``fmla v.4s, w.4s, x.s[i]``,
+    as NCNN's and MNN's GEMVs do): ``x`` costs one or two loads per ``4 L`` steps instead of
+    one per step (poem step 1.21 M → 1.04 M instructions on the phone). x86 keeps the
+    broadcast from memory, which its FMA takes as an operand.
     Unpack + epilogue are inlined into one block computed per tile, so bias and activation
     are applied while the tile is in registers.
 """
@@ -63,7 +64,7 @@ class DensePacked(Rule):
         m_outer, m_inner = sch.split(m, [None, m_tile])
         depth = extent(sch, rk) or 1
         lanes = cfg.lanes(block_dtype(sch, dense))
-        gemv = rows == 1
+        gemv = rows == 1 and cfg.indexed_fma  # x86 broadcasts x from memory instead
         unrolls = (4 * lanes, 2 * lanes, lanes, 2, 1) if gemv else (_K_UNROLL, 2, 1)
         k_unroll = next(u for u in unrolls if depth % u == 0)
         rk, rk_inner = sch.split(rk, [None, k_unroll])

@@ -35,8 +35,8 @@ def _run_prim_func(func, arrays):
     return args[-1].numpy()
 
 
-def _assert_rule_preserves_numerics(func, rule, rng):
-    sch = rule.apply(func, CFG)
+def _assert_rule_preserves_numerics(func, rule, rng, cfg=CFG):
+    sch = rule.apply(func, cfg)
     assert sch is not None, f"rule {rule.name} did not match"
     arrays = _random_args(func, rng)
     expected = _run_prim_func(func, [a.copy() for a in arrays])
@@ -128,16 +128,19 @@ def test_depthwise_rows_kernel_matches_unscheduled(rng, hw, stride, dtype):
     (1, 64, 10, "float32"), (1, 48, 33, "float32"), (1, 24, 20, "float32"),
     (1, 64, 19, "float16")])
 def test_dense_rule(rng, rows, k, cols, dtype):
-    n_block, m_tile = choose_dense_tile(CFG, "float32", rows, cols)
+    cfg = neon_config()
+    n_block, m_tile = choose_dense_tile(cfg, "float32", rows, cols)
     data = te.placeholder((rows, k), name="data", dtype=dtype)
     weight = te.placeholder((k, cols), name="weight", dtype=dtype)
     out = compute.dense_packed(data, compute.pack_dense_weight(weight, n_block), cols, m_tile)
     bias = te.placeholder((cols,), name="bias")
     relu = te.compute(out.shape, lambda m, n: tirx.max(out[m, n] + bias[n], 0.0), name="relu")
     func = te.create_prim_func([data, weight, bias, relu])
-    sch = _assert_rule_preserves_numerics(func, DensePacked(), rng)
-    vector_x = rows == 1 and k % CFG.lanes("float32") == 0
+    sch = _assert_rule_preserves_numerics(func, DensePacked(), rng, cfg)
+    vector_x = rows == 1 and k % cfg.lanes("float32") == 0
     assert ("data_global" in sch.mod.script()) == vector_x  # the x tile block
+    host = _assert_rule_preserves_numerics(func, DensePacked(), rng)  # x86: no indexed FMA
+    assert "data_global" not in host.mod.script()  # x broadcast from memory
 
 
 def _lower_build_run(mod, x, rules):
