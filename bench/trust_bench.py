@@ -109,8 +109,9 @@ class Bench:
         return self.base[name]
 
     def save(self, row) -> None:
-        key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs")
-        rows = [r for r in self.data["rows"] if any(r.get(k) != row.get(k) for k in key)]
+        key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs", "seed")
+        rows = [r for r in self.data["rows"]
+                if any(r.get(k, 0) != row.get(k, 0) for k in key)]  # seed 0 when absent
         self.data["rows"] = rows + [row]
         self.data["meta"][self.args.part] = common.run_meta(self.args, self.start)
         write(self.data, self.args.out)
@@ -149,10 +150,10 @@ def run_calibration(bench, args):
                 bench.compressed(name, model, "mask", "ls", ratio, count, "calibration")
 
 
-def finetune_config(epochs: float):
+def finetune_config(epochs: float, seed: int = 0):
     from mdl_tvm.compiler.finetune import FinetuneConfig
 
-    return FinetuneConfig(epochs=epochs, update_masks=False, **FT)
+    return FinetuneConfig(epochs=epochs, update_masks=False, seed=seed, **FT)
 
 
 def run_finetune(bench, args):
@@ -161,7 +162,8 @@ def run_finetune(bench, args):
     from mdl_tvm.compiler.finetune import masked_finetune, train_loop
     from relay_passes import MaskPruning, RecoveryConfig
 
-    config = finetune_config(args.epochs)
+    config = finetune_config(args.epochs, args.seed)
+    seeded = {"seed": args.seed} if args.seed else {}
     quiet = (lambda s: None) if not args.verbose else print
     for name in args.models:
         model = bench.model(name)
@@ -170,7 +172,7 @@ def run_finetune(bench, args):
             tuned = train_loop(copy.deepcopy(model), config, quiet)
             bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE]), part="finetune",
                           model=name, method="uncompressed+ft", recovery="none", ratio=0.0,
-                          calibration=0, epochs=args.epochs)
+                          calibration=0, epochs=args.epochs, **seeded)
         for ratio in args.ratios:
             if "mask" in args.arms:
                 _, pruner = bench.compressed(name, model, "mask", args.recovery, ratio,
@@ -182,7 +184,7 @@ def run_finetune(bench, args):
                                               compress=commit),
                               part="finetune", model=name, method="mask+ft",
                               recovery=args.recovery, ratio=ratio, calibration=args.count,
-                              epochs=args.epochs)
+                              epochs=args.epochs, **seeded)
             if "torch-pruning" in args.arms:
                 pruned = torch_pruning_at(model, ratio)
                 bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
@@ -191,7 +193,8 @@ def run_finetune(bench, args):
                 train_loop(pruned, config, quiet)
                 bench.measure(mdl_tvm.compile(pruned, "host", input_shapes=[SHAPE]),
                               part="finetune", model=name, method="torch-pruning+ft",
-                              recovery="none", ratio=ratio, calibration=0, epochs=args.epochs)
+                              recovery="none", ratio=ratio, calibration=0, epochs=args.epochs,
+                              **seeded)
 
 
 def torch_pruning_at(model, ratio: float):
@@ -223,7 +226,7 @@ def write(data: dict, out) -> None:
 
 def _label(r) -> str:
     if r["part"] == "finetune" or r["method"] in ("none",):
-        return r["method"]
+        return r["method"] + (f" (seed {r['seed']})" if r.get("seed") else "")
     return f"{r['method']}+{r['recovery']}"
 
 
@@ -334,6 +337,8 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=256, help="calibration images")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="finetune: seed of the fine-tuning (batches, augmentation)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
                         help="finetune: which arms run (ours is `mask`)")
     parser.add_argument("--no-uncompressed", dest="arms", action="store_const",
