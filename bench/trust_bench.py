@@ -18,8 +18,8 @@ Fashion-MNIST from the package (`mdl_tvm.data`); calibration = the first N *trai
 images, accuracy = top-1 on the test split (``--test-limit``, default all 10,000) run by the
 compiled host library, MACs = ``compiled.stats.macs`` for every method, Torch-Pruning
 included. Fine-tuning: SGD Nesterov, lr 0.01 cosine to 0, weight decay 5e-4, batch 128, the
-training recipe's augmentation, seed 0, 1 thread -- the same for all three arms. Torch-Pruning
-(``torch-pruning==1.6.1``, the ``bench`` extra) prunes each group by the same fraction
+training recipe's augmentation, seed 0 (``--seed``), 1 thread -- the same for all three arms.
+Torch-Pruning (``torch-pruning==1.6.1``, the ``bench`` extra; its dependency graph and L1
 importance) keeps exactly the channel counts of ours per coupled group: same MACs, same
 architecture (``--arms`` picks which of the three arms run). Run on a shared machine with
 ``TVM_NUM_THREADS=1 flock /tmp/mdl_heavy.lock ...``.

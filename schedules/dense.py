@@ -86,5 +86,5 @@ class DensePacked(Rule):
         sch.unroll(rk_inner)
         init = sch.decompose_reduction(dense, rk)
         vectorize_init(sch, init)
-        schedule_others(sch, dense, cfg, cfg.lanes(block_dtype(sch, dense)))
+        schedule_others(sch, dense, cfg, lanes)
         return sch

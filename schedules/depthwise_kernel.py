@@ -33,7 +33,8 @@ from schedules.common import ramp as _vec
 
 OPAQUE = 8  # Relax op pattern "opaque"
 # Instructions per output vector and input row of a row group: 9 FMAs per output row, the
-# three windows of an input row (stride 1: 3 loads; stride 2: 4 loads and 3 shuffles).
+# three windows of an input row (stride 1: 3 loads; stride 2: an ``ld2``, a pixel load, an
+# ``ext`` and address arithmetic).
 _FMAS, _ROW_LOADS = 9, {1: 3, 2: 4}
 _MAX_GROUP = {1: 8, 2: 4}  # accumulators beside 9 weights and the windows in 32 registers
 
@@ -179,8 +180,8 @@ def _vector(ctx, y0, x0, static_y0):
                 val = term if val is None else val + term
             started.add(j)
             T.buffer_store(acc, val, [slot])
-    for j in set(range(group)) - started:  # no input row inside the image (not reached)
-        T.buffer_store(acc, tirx.Broadcast(tirx.const(0, dtype), lanes), [_vec(j * lanes, lanes)])
+    if len(started) != group:  # every output row's middle input row is inside the image
+        raise ValueError(f"row group at {static_y0} has output rows without input rows")
     for j in range(group):
         with T.vectorized(0, lanes) as lane:
             stmt = ctx["epilogue"].store([ctx["img"], ctx["ch"], y0 + j, x0 + lane],
