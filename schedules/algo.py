@@ -11,7 +11,9 @@ keeps the cheapest (Winograd must win by `WINOGRAD_MARGIN`):
   transform per channel and vector of tiles, the output transform per output channel and
   vector of tiles (`TRANSFORM_COST`, measured on the phone) and the gathering epilogue.
   Tiles are padded to the GEMM's block and output channels to its ``kb``: small maps
-  (few tiles) and few channels make Winograd lose.
+  (few tiles) and few channels make Winograd lose -- unless all tiles fit one vector and
+  the core has indexed FMAs: then the GEMM may run with output channels as the vector
+  (`schedules.winograd_channels`, ``by_channels``), e.g. F(4,3) on a 7 x 7 map in fp16.
 
 Rules on top of the model: Winograd only for 3 x 3, stride 1, dilation 1, constant weights;
 fp16 never uses F(6,3) (its transform error is ~1e-1 in fp16, `schedules.wino_math`);
@@ -69,6 +71,9 @@ class ConvAlgo:
     k_groups : int
         Parallel tasks per segment of the GEMM convolution, each with its share of the
         output-channel chunks (and its own im2col copy of the segment).
+    by_channels : bool
+        Winograd with output channels as the vector (`schedules.winograd_channels`; all
+        tiles in one vector, ``tile_vectors`` 1, ``k_block`` a multiple of the lanes).
     """
 
     kind: str
@@ -78,6 +83,7 @@ class ConvAlgo:
     rows: int = 0
     cost: float = 0.0
     k_groups: int = 1
+    by_channels: bool = False
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -118,8 +124,10 @@ def gemm_tiles(cfg: MachineConfig, lanes: int, spare: int = 1) -> list[tuple[int
 
 
 def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int, m: int,
-                  batch: int = 1) -> ConvAlgo:
-    """Estimated instructions of Winograd F(m, 3) with its best GEMM register tile."""
+                  batch: int = 1, by_channels: bool | None = None) -> ConvAlgo:
+    """Estimated instructions of Winograd F(m, 3) with its best GEMM register tile, vectors
+    over tiles or (all tiles in one vector) over output channels; `by_channels` True or
+    False keeps only that orientation (infinite cost when it does not apply)."""
     lanes = cfg.lanes(dtype)
     alpha = m + 2
     c, k = geo.in_channels, geo.out_channels
@@ -127,7 +135,8 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
     tiles = batch * _ceil_div(out_rows, m) * n_w
     best = ConvAlgo("winograd", m, cost=float("inf"))
     # 24 fp32 accumulators spill in the Winograd GEMM (its loop keeps more addresses live)
-    for kb, nv in gemm_tiles(cfg, lanes, spare=4 if lanes == 4 else 1):
+    candidates = [] if by_channels else gemm_tiles(cfg, lanes, spare=4 if lanes == 4 else 1)
+    for kb, nv in candidates:
         block = nv * lanes
         padded = _ceil_div(tiles, block) * block
         k_chunks = _ceil_div(k, kb)
@@ -139,6 +148,35 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
         cost += batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL
         if cost < best.cost:
             best = ConvAlgo("winograd", m, kb, nv, cost=cost)
+    # channel vectors only with indexed FMAs: on x86 (16 registers, a broadcast per tile)
+    # the 512-channel 7 x 7 conv measured 1.61 ms against F(2,3) by tiles' 1.33 ms
+    if tiles <= lanes and cfg.indexed_fma and by_channels is not False:
+        channels = _channels_cost(cfg, lanes, alpha, c, k, tiles, m,
+                                  batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL)
+        if channels.cost < best.cost:
+            best = channels
+    return best
+
+
+def _channels_cost(cfg: MachineConfig, lanes: int, alpha: int, c: int, k: int, tiles: int,
+                   m: int, epilogue: float) -> ConvAlgo:
+    """Winograd with output channels as the vector (all `tiles` by lane of one vector, which
+    needs indexed FMAs): the best ``tiles x nv`` register tile (``kb = nv * L`` channels)."""
+    best = ConvAlgo("winograd", m, cost=float("inf"), by_channels=True)
+    for nv in range(1, 7):
+        if tiles * nv + nv + 1 + 4 > cfg.num_regs or tiles * nv < 4:
+            continue
+        kb = nv * lanes
+        chunks = _ceil_div(k, kb)
+        step = tiles * nv + (nv + 1) * _LOADS_PER_VECTOR + _LOOP_PER_STEP
+        gemm = alpha * alpha * chunks * (c * step + 2 * tiles * nv + _BLOCK_OVERHEAD)
+        # input transform of one vector of tiles per channel; output transform per tile and
+        # vector of channels
+        table = TRANSFORM_COST[m]
+        cost = (gemm + c * table["gather"] + tiles * chunks * nv * table["output"]
+                + epilogue)
+        if cost < best.cost:
+            best = ConvAlgo("winograd", m, kb, 1, cost=cost, by_channels=True)
     return best
 
 

@@ -170,7 +170,7 @@ def _winograd(cfg: MachineConfig, bb, data, weight, algo: ConvAlgo, padding, out
     v = bb.emit(relax.call_tir(gvar, [data], relax.TensorType(((m + 2) ** 2, in_c, padded),
                                                               out_dtype)))
     return bb.call_te(winograd_conv2d, v, relax.const(u), (n, wvalue.shape[0], oh, ow),
-                      tiles_hw, m, algo.tile_vectors, out_dtype,
+                      tiles_hw, m, algo.tile_vectors, out_dtype, algo.by_channels,
                       primfunc_name_hint="mdl_conv2d_winograd")
 
 

@@ -26,7 +26,8 @@ from schedules.common import ramp as _vec
 REDUCE_UNROLL = 4
 
 
-def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype: str):
+def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype: str,
+                w_stride: int | None = None, w_lanes: int | None = None):
     """Emit the reduction of one register tile into `acc` (``kb * nv * L`` elements).
 
     Parameters
@@ -43,21 +44,33 @@ def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype
         ``(kb, nv, L)``.
     dtype : str
         Accumulation dtype.
+    w_stride : int, optional
+        Distance between the reduction steps of ``W`` (default ``kb``: packed).
+    w_lanes : int, optional
+        Load ``W``'s step as one vector of this many lanes (at least ``kb``; may read past
+        the ``kb`` used weights, within the step's `w_stride`) and use it by lane; 0
+        broadcasts each weight. Default: ``kb`` lanes when ``kb >= L``, else 0.
     """
     if red < 1:
         raise ValueError(f"a register tile needs a reduction of at least 1, not {red}")
     kb, nv, lanes = tile
-    by_lane = kb >= lanes
+    w_stride = kb if w_stride is None else w_stride
+    w_lanes = (kb if kb >= lanes else 0) if w_lanes is None else w_lanes
+    if w_lanes and not kb <= w_lanes <= max(w_stride, kb):
+        raise ValueError(f"w_lanes {w_lanes} must cover the {kb} weights of a step and stay "
+                         f"within its stride {w_stride}")
+    by_lane = w_lanes > 0
 
     def _step(r, first: bool):
-        wv = _cast(wbuf[_vec(w_base + r * kb, kb)], dtype, kb) if by_lane else None
+        wv = (_cast(wbuf[_vec(w_base + r * w_stride, w_lanes)], dtype, w_lanes)
+              if by_lane else None)
         xs = [_cast(xbuf[_vec(x_base + r * x_stride + v * lanes, lanes)], dtype, lanes)
               for v in range(nv)]
         for kk in range(kb):
             if by_lane:
                 wk = tirx.Shuffle([wv], [kk] * lanes)
             else:
-                wk = tirx.Broadcast(_cast(wbuf[w_base + r * kb + kk], dtype, 1), lanes)
+                wk = tirx.Broadcast(_cast(wbuf[w_base + r * w_stride + kk], dtype, 1), lanes)
             for v in range(nv):
                 slot = _vec((kk * nv + v) * lanes, lanes)
                 value = wk * xs[v] if first else acc[slot] + wk * xs[v]

@@ -16,15 +16,17 @@ The TE definition is the reference the tests compare with; the rule replaces it.
 
 Recognises
     a PrimFunc with a root block annotated ``mdl.rule = "winograd"`` (the GEMM, with the
-    register tile and ``mdl.winograd = [m, nH, nW]``), the output transform, the unpack
-    (``mdl.rule = "winograd_out"``) and any element-wise blocks FuseOps appended (bias,
-    residual add, ReLU).
+    register tile and ``mdl.winograd = [m, nH, nW, by_channels]``), the output transform,
+    the unpack (``mdl.rule = "winograd_out"``) and any element-wise blocks FuseOps appended
+    (bias, residual add, ReLU).
 
 Schedule
     replaces the function by `schedules.winograd_kernel.winograd_output_func` (same
     parameters): per ``kb`` output channels and block of ``nv * L`` tiles, the GEMM of every
     Winograd coordinate into a scratch block, then the output transform and the epilogue
-    written tile row by tile row.
+    written tile row by tile row; or, when the algorithm choice put the vectors over output
+    channels (few tiles, `schedules.algo`), by
+    `schedules.winograd_channels.winograd_channels_func`.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ from schedules.common import Rule, annotated_block
 from schedules.compute import RULE_KEY, TILE_KEY, VECTOR_KEY
 from schedules.epilogue import UnsupportedEpilogue, extract_epilogue
 from schedules.wino_math import matrices, pick, transform_rows
+from schedules.winograd_channels import winograd_channels_func
 from schedules.winograd_kernel import winograd_output_func
 
 WINOGRAD_KEY = "mdl.winograd"
 
 
 def winograd_conv2d(v, u, out_shape, tiles_hw, m: int, tile_vectors: int,
-                    out_dtype: str = "float32"):
+                    out_dtype: str = "float32", by_channels: bool = False):
     """GEMM + output transform + NCHW unpack of a Winograd F(m, 3) convolution.
 
     Parameters
@@ -59,6 +62,9 @@ def winograd_conv2d(v, u, out_shape, tiles_hw, m: int, tile_vectors: int,
     tile_vectors : int
         Vectors of tiles per GEMM register tile (recorded for the rule).
     out_dtype : str
+    by_channels : bool
+        Recorded for the rule: vectors over output channels
+        (`schedules.winograd_channels`) rather than over tiles.
 
     Returns
     -------
@@ -78,7 +84,7 @@ def winograd_conv2d(v, u, out_shape, tiles_hw, m: int, tile_vectors: int,
                                * v[e, c, t].astype(out_dtype), axis=c),
         name="mdl_winograd_gemm",
         attrs={RULE_KEY: "winograd", TILE_KEY: kb, VECTOR_KEY: tile_vectors,
-               WINOGRAD_KEY: [m, n_h, n_w]})
+               WINOGRAD_KEY: [m, n_h, n_w, int(by_channels)]})
     cols = te.compute(
         (k_out, m, alpha, tiles_padded),
         lambda k, i, e2, t: pick(i, transform_rows(
@@ -107,7 +113,7 @@ class WinogradConv(Rule):
             return None
         gemm = sch.get(found[0])
         ann = gemm.annotations
-        m, n_h, n_w = (int(x) for x in ann[WINOGRAD_KEY])
+        m, n_h, n_w, by_channels = (int(x) for x in ann[WINOGRAD_KEY])
         reads = {len(r.source.ty.shape): r.source for r in gemm.reads}
         v, u = reads.get(3), reads.get(4)
         if v is None or u is None or not all(
@@ -122,7 +128,11 @@ class WinogradConv(Rule):
         out_shape = tuple(int(x) for x in sch.get(out[0]).writes[0].source.ty.shape)
         geometry = {"m": m, "vectors": int(ann[VECTOR_KEY]), "tiles_hw": (n_h, n_w),
                     "out_shape": out_shape, "dtype": dtype}
-        new = winograd_output_func(func, v, u, geometry, epilogue, cfg.lanes(dtype),
-                                   parallel=cfg.num_cores > 1)
+        if by_channels:
+            new = winograd_channels_func(func, v, u, geometry, epilogue, cfg.lanes(dtype),
+                                         parallel=cfg.num_cores > 1)
+        else:
+            new = winograd_output_func(func, v, u, geometry, epilogue, cfg.lanes(dtype),
+                                       parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")
         return s_tir.Schedule(new.with_attrs(dict(func.attrs)) if func.attrs else new)

@@ -107,19 +107,30 @@ def _output_tiles(mbuf, epilogue, kc, t0, at, geometry, tile, dtype):
                     def _m(e, kk=kk, vi=vi):
                         return mbuf[_vec(e * kb * tp + kk * tp + vi * lanes, lanes)]
 
-                    with T.serial(0, alpha) as e2:
-                        col = transform_rows(at, [_m(e1 * alpha + e2) for e1 in range(alpha)],
-                                             dtype)
-                        for i in range(m):
-                            T.buffer_store(cols, col[i], [_vec((i * alpha + e2) * lanes, lanes)])
-                    with T.serial(0, m) as i:
-                        row = transform_rows(
-                            at, [cols[_vec((i * alpha + e2) * lanes, lanes)]
-                                 for e2 in range(alpha)], dtype)
+                    def _row(i, row, k=k, vi=vi):
                         for lane in range(lanes):
                             t = t0 + vi * lanes + lane
                             _tile_row(epilogue, seg, row, lane, t, i, k,
                                       (tiles, n_h, n_w, m, oh, ow, lanes))
+
+                    output_transform(_m, cols, at, (m, lanes), dtype, _row)
+
+
+def output_transform(read, cols, at, dims, dtype, emit_row):
+    """``A^T M A`` of one vector of Winograd-domain values, as two passes.
+
+    ``read(e)`` is the vector at Winograd coordinate ``e < alpha^2``; the column pass writes
+    `cols` (``m * alpha * L`` elements), then a serial loop over output rows ``i`` calls
+    ``emit_row(i, row)`` with the ``m`` vectors of that row (one per output column)."""
+    m, lanes = dims
+    alpha = m + 2
+    with T.serial(0, alpha) as e2:
+        col = transform_rows(at, [read(e1 * alpha + e2) for e1 in range(alpha)], dtype)
+        for i in range(m):
+            T.buffer_store(cols, col[i], [_vec((i * alpha + e2) * lanes, lanes)])
+    with T.serial(0, m) as i:
+        emit_row(i, transform_rows(
+            at, [cols[_vec((i * alpha + e2) * lanes, lanes)] for e2 in range(alpha)], dtype))
 
 
 def _tile_row(epilogue, seg, row, lane, t, i, k, dims):

@@ -12,6 +12,7 @@ import schedules.legalize as legalize
 from mdl_tvm.core.targets import get_profile
 from schedules import algo, wino_math
 from schedules.config import ConvGeometry, MachineConfig
+from schedules.winograd_channels import VECTOR_AXIS_ATTR
 
 NEON = neon_config()
 HOST = MachineConfig.from_profile(get_profile("host"))
@@ -53,9 +54,9 @@ def test_weight_transform_is_packed_by_output_channel_blocks(rng):
     assert wino_math.transform_weight(w, 4, 8, "float32", "float16").dtype == np.float16
 
 
-def _force(monkeypatch, m):
+def _force(monkeypatch, m, by_channels=False):
     def _choose(cfg, dtype, geo, out_rows, batch=1, winograd=True):
-        return algo.winograd_cost(cfg, dtype, geo, out_rows, m, batch)
+        return algo.winograd_cost(cfg, dtype, geo, out_rows, m, batch, by_channels)
 
     monkeypatch.setattr(legalize, "choose_conv_algo", _choose)
 
@@ -73,21 +74,29 @@ def _conv_net(shape, w, bias, padding, residual, dtype):
 
 
 @pytest.mark.parametrize(
-    "cfg, n, c, k, hw, padding, m, dtype",
+    "cfg, n, c, k, hw, padding, m, dtype, by_channels",
     [
-        (NEON, 1, 13, 37, (9, 11), (1, 1, 1, 1), 4, "float32"),  # odd channels, gathered tiles
-        (NEON, 1, 12, 12, (12, 20), (1, 1, 1, 1), 2, "float32"),  # rows of tiles, residual
-        (NEON, 2, 6, 10, (8, 8), (1, 1, 1, 1), 4, "float32"),  # batch 2
-        (NEON, 1, 16, 16, (3, 3), (1, 1, 1, 1), 6, "float32"),  # map smaller than a tile
-        (NEON, 1, 8, 8, (1, 1), (1, 1, 1, 1), 2, "float32"),  # one pixel
-        (HOST, 1, 5, 9, (17, 23), (0, 1, 2, 1), 6, "float32"),  # asymmetric padding, 8 lanes
-        (NEON, 1, 12, 20, (10, 14), (1, 1, 1, 1), 4, "float16"),
-        (NEON, 1, 16, 16, (7, 20), (1, 1, 1, 1), 2, "float16"),  # rows of 8 fp16 tiles
+        (NEON, 1, 13, 37, (9, 11), (1, 1, 1, 1), 4, "float32", False),  # odd channels, gathered
+        (NEON, 1, 12, 12, (12, 20), (1, 1, 1, 1), 2, "float32", False),  # rows of tiles, residual
+        (NEON, 2, 6, 10, (8, 8), (1, 1, 1, 1), 4, "float32", False),  # batch 2
+        (NEON, 1, 16, 16, (3, 3), (1, 1, 1, 1), 6, "float32", False),  # map smaller than a tile
+        (NEON, 1, 8, 8, (1, 1), (1, 1, 1, 1), 2, "float32", False),  # one pixel
+        (HOST, 1, 5, 9, (17, 23), (0, 1, 2, 1), 6, "float32", False),  # asymmetric padding, 8 lanes
+        (NEON, 1, 12, 20, (10, 14), (1, 1, 1, 1), 4, "float16", False),
+        (NEON, 1, 16, 16, (7, 20), (1, 1, 1, 1), 2, "float16", False),  # rows of 8 fp16 tiles
+        # output channels as the vector (all tiles in one vector): 7 x 7 as in ResNet layer4,
+        # channels not a multiple of the block, one tile, batch 2, fp32
+        (NEON, 1, 24, 40, (7, 7), (1, 1, 1, 1), 4, "float16", True),
+        (NEON, 1, 13, 19, (7, 5), (1, 1, 1, 1), 4, "float16", True),
+        (NEON, 1, 16, 16, (3, 3), (1, 1, 1, 1), 4, "float16", True),
+        (NEON, 2, 8, 12, (4, 4), (1, 1, 1, 1), 4, "float32", True),
+        (NEON, 1, 20, 20, (6, 7), (1, 1, 1, 1), 4, "float32", True),
+        (NEON, 1, 9, 21, (7, 7), (0, 1, 2, 1), 4, "float32", True),  # asymmetric padding
     ],
 )
 def test_winograd_conv_matches_unscheduled_reference(monkeypatch, rng, cfg, n, c, k, hw, padding,
-                                                     m, dtype):
-    _force(monkeypatch, m)
+                                                     m, dtype, by_channels):
+    _force(monkeypatch, m, by_channels)
     x = rng.standard_normal((n, c, *hw)).astype(dtype)
     w = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype("float32")
     bias = rng.standard_normal((1, k, 1, 1)).astype("float32")
@@ -98,6 +107,8 @@ def test_winograd_conv_matches_unscheduled_reference(monkeypatch, rng, cfg, n, c
     rules = set(rules_used(lowered).values())
     assert {"winograd", "winograd_input"} <= rules, rules
     assert not any(rules_used(plain).values())
+    axes = {f.attrs.get(VECTOR_AXIS_ATTR) for _, f in lowered.functions_items() if f.attrs}
+    assert ("channels" in axes) == by_channels
     exact = np.maximum(_direct(x, w, padding) + bias + (x if residual else 0), 0)
     scale = np.abs(exact).max()
     tol = 1e-4 if dtype == "float32" else 3e-2
@@ -148,6 +159,24 @@ def test_cost_model_rules_tile_sizes_by_precision_channels_and_weights():
     for cfg, dtype in ((ARM32, "float32"), (ARM16, "float16")):
         for kb, nv in algo.gemm_tiles(cfg, cfg.lanes(dtype)):
             assert kb * nv + nv + max(1, kb // cfg.lanes(dtype)) + 1 <= cfg.num_regs
+
+
+def test_cost_model_turns_the_gemm_to_channel_vectors_on_few_tiles():
+    """ResNet-18's 7 x 7 layer in fp16: F(4,3)'s 4 tiles fill half a vector of tiles, so the
+    channel-vector GEMM (measured 6.0 M instructions per conv on the phone, F(2,3) by tiles
+    9.8 M) must win; 14 x 14 (16 tiles) stays by tiles; x86 (no indexed FMA) never turns."""
+    geo, out = _geo(512, 512, 7)
+    chosen = algo.choose_conv_algo(ARM16, "float16", geo, out)
+    assert (chosen.kind, chosen.tile_size, chosen.by_channels) == ("winograd", 4, True)
+    assert chosen.k_block % ARM16.lanes("float16") == 0 and chosen.tile_vectors == 1
+    by_tiles = min(algo.winograd_cost(ARM16, "float16", geo, out, m, by_channels=False).cost
+                   for m in (2, 4))
+    assert chosen.cost < 0.75 * by_tiles
+    geo14, out14 = _geo(256, 256, 14)
+    assert not algo.choose_conv_algo(ARM16, "float16", geo14, out14).by_channels
+    assert algo.winograd_cost(ARM16, "float16", geo14, out14, 4, by_channels=True).cost == \
+        float("inf")  # 16 tiles do not fit one vector
+    assert not algo.choose_conv_algo(HOST, "float32", geo, out).by_channels
 
 
 def test_input_transform_scratch_is_private_to_each_thread():
