@@ -233,8 +233,8 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
             blocks = segs * _ceil_div(seg, block) * chunks
             cost = blocks * (red * gemm_step_cost(cfg, lanes, kb, nv)
                              + kb * nv * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
-            if im2col:  # each task copies its segment
-                cost += groups * segs * red * (
+            if im2col:  # one copy per segment, shared by its k-groups
+                cost += segs * red * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
                     + rows * _IM2COL_PER_ROW)
             algo = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
@@ -250,8 +250,8 @@ def _task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: in
                   wanted: int) -> list[tuple[int, int]]:
     """``(k_groups, rows)`` pairs: segments of at least one pixel block with the im2col
     buffer within budget; a direct GEMM (`col_bytes` 0) splits its tasks by every
-    output-channel chunk, an im2col one by a divisor of the chunks up to `wanted` (each
-    group copies the segment again), so that small maps need not be cut into short
+    output-channel chunk, an im2col one by a divisor of the chunks up to `wanted` (the
+    groups share one copy of the segment), so that small maps need not be cut into short
     segments whose last pixel block is mostly waste."""
     fits = [r for r in range(1, out_rows + 1) if r * ow >= block
             and (r == 1 or r * ow * col_bytes <= _IM2COL_BYTES)]

@@ -8,7 +8,9 @@ a segment is ``rows`` output rows (``S = rows * OW`` pixels; the
 last segment is shifted up to end at the last row, recomputing a few rows). Unless the
 convolution is 1 x 1, stride 1, unpadded (then ``X`` is the input itself), the segment's
 ``X[R, S]`` is copied once (im2col: each input row segment as vectors, stride 2 by
-de-interleaving shuffles, zeros where the window leaves the image).
+de-interleaving shuffles, zeros where the window leaves the image) -- by each segment's
+task, or, when tasks split a segment's output channels (``k_groups > 1``, small maps),
+once per segment by a loop parallel over input channels before the groups' parallel loop.
 
 ``k_chunks`` → pixel blocks of ``nv * L`` (the last one shifted left to end at the
 segment's end) → ``R``: a ``kb x nv`` tile of vector accumulators
@@ -90,21 +92,11 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 wflat = _flat(weight, chunks * red * kb, weight.ty.dtype)
                 dflat = _flat(data, n * c * h * w, data.ty.dtype)
                 loop = T.parallel if parallel else T.serial
-                # tasks also split by output-channel chunks, so small maps need not be cut
-                # into short segments (each task copies its own im2col segment)
-                with loop(0, n * n_seg * k_groups) as task:
-                    where = task // k_groups
-                    img, y0 = where // n_seg, T.bind(tirx.min(where % n_seg * rows, oh - rows))
-                    if direct:
-                        src, src_base, stride = dflat, T.bind(img * c * h * w + y0 * ow), h * w
-                    else:
-                        # rows a whole number of vectors apart: every load of the tile
-                        # is at an offset `ldp q` / `ldr q` can encode
-                        stride = _ceil_div(seg, lanes) * lanes
-                        src = T.alloc_buffer((red * stride,), dtype)
-                        _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
-                                (kh, kw), lanes, dtype)
-                        src_base = 0
+                # rows of the im2col copy a whole number of vectors apart: every load of
+                # the tile is at an offset `ldp q` / `ldr q` can encode
+                stride = _ceil_div(seg, lanes) * lanes
+
+                def _gemm(task, img, y0, src, src_base, stride):
                     with T.serial(0, per_group) as kc_inner:
                         kc = task % k_groups * per_group + kc_inner
                         with T.serial(0, n_blk) as blk:
@@ -114,6 +106,31 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                                         red, (kb, nv, lanes), dtype)
                             _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, nv, lanes),
                                    (k_out, ow), kb * chunks != k_out)
+
+                def _segment(where):
+                    return where // n_seg, T.bind(tirx.min(where % n_seg * rows, oh - rows))
+
+                if k_groups > 1 and not direct:
+                    # tasks split by output-channel chunks share one im2col copy of the
+                    # segment, made first by a loop parallel over input channels
+                    with T.serial(0, n * n_seg) as where:
+                        img, y0 = _segment(where)
+                        src = T.alloc_buffer((red * stride,), dtype)
+                        _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
+                                (kh, kw), lanes, dtype, loop)
+                        with loop(0, k_groups) as task:
+                            _gemm(task, img, y0, src, 0, stride)
+                else:
+                    with loop(0, n * n_seg * k_groups) as task:
+                        img, y0 = _segment(task // k_groups)
+                        if direct:
+                            _gemm(task, img, y0, dflat, T.bind(img * c * h * w + y0 * ow),
+                                  h * w)
+                        else:  # one task per segment, with its own im2col copy
+                            src = T.alloc_buffer((red * stride,), dtype)
+                            _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
+                                    (kh, kw), lanes, dtype)
+                            _gemm(task, img, y0, src, 0, stride)
     return ib.get()
 
 
@@ -140,16 +157,18 @@ def _store(epilogue, acc, img, k0, p0, tile, out_hw, guard: bool):
             _body()
 
 
-def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dtype):
+def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dtype,
+            loop=T.serial):
     """``col[(c, ky, kx) * col_stride + j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh
-    - top, x * sw + kx * dw - left]`` (zero outside the image), row by row."""
+    - top, x * sw + kx * dw - left]`` (zero outside the image), row by row; `loop` runs
+    over the input channels."""
     n, c, h, w = shape
     kh, kw = kernel
     (sh, sw), (dh, dw) = geometry["strides"], geometry["dilation"]
     top, left = geometry["padding"][:2]
     ow, rows = geometry["out_shape"][3], geometry["rows"]
     zero = tirx.const(0, dtype)
-    with T.serial(0, c) as ch:
+    with loop(0, c) as ch:
         for ky in range(kh):
             for kx in range(kw):
                 r = (ch * kh + ky) * kw + kx
