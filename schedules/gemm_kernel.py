@@ -54,7 +54,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         ``strides``, ``padding`` (top, left, bottom, right), ``dilation``, ``out_shape``
         (N, K, OH, OW), ``vectors`` (nv), ``rows`` (output rows per segment), ``dtype``
         (accumulation dtype), ``k_groups`` (parallel tasks per segment, a divisor of the
-        output-channel chunks; default 1).
+        output-channel chunks; default 1), ``by_lane`` (the core has indexed FMAs: a
+        ``kb`` smaller than the lanes is still loaded as one vector and used by lane).
     epilogue : schedules.epilogue.Epilogue
     lanes : int
     parallel : bool
@@ -80,6 +81,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         raise ValueError(f"k_groups={k_groups} does not divide the {chunks} "
                          "output-channel chunks")
     per_group = chunks // k_groups
+    # fewer weights per step than lanes: one short vector used by lane (indexed FMAs)
+    half_block = kb if kb < lanes and geometry.get("by_lane") else None
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -103,7 +106,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                             q0 = T.bind(tirx.min(blk * tp, seg - tp))
                             acc = T.alloc_buffer((kb * tp,), dtype)
                             reduce_tile(acc, src, src_base + q0, stride, wflat, kc * red * kb,
-                                        red, (kb, nv, lanes), dtype)
+                                        red, (kb, nv, lanes), dtype, w_lanes=half_block)
                             _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, nv, lanes),
                                    (k_out, ow), kb * chunks != k_out)
 

@@ -68,7 +68,7 @@ def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype
               for v in range(nv)]
         for kk in range(kb):
             if by_lane:
-                wk = tirx.Shuffle([wv], [kk] * lanes)
+                wk = tirx.Shuffle([wv] * -(-lanes // w_lanes), [kk] * lanes)
             else:
                 wk = tirx.Broadcast(_cast(wbuf[w_base + r * w_stride + kk], dtype, 1), lanes)
             for v in range(nv):

@@ -331,6 +331,26 @@ def test_fp16_means_over_many_elements_sum_in_fp32(rng):
     assert model.slow_paths == []
 
 
+@pytest.mark.parametrize("size, kept", [(64, True), (160, False)])
+def test_fp16_keeps_the_last_layer_fp32_only_when_logits_sized(rng, size, kept):
+    """A last conv making 3 x 64 x 64 = 12,288 values stays fp32; one making an image of
+    3 x 160 x 160 = 76,800 (> `LAST_LAYER_MAX_OUTPUTS`, like style transfer's RGB output)
+    runs in fp16, and its output stays close to fp32."""
+    from mdl_tvm.compiler.precision_ops import LAST_LAYER_MAX_OUTPUTS
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 3, 3, padding=1)).eval()
+    shape = (1, 3, size, size)
+    assert (3 * size * size <= LAST_LAYER_MAX_OUTPUTS) == kept
+    x = rng.standard_normal(shape).astype("float32")
+    model = mdl_tvm.compile(net, "host", input_shapes=[shape],
+                            precision=PrecisionConfig(mode="fp16", emulate=True))
+    expected = {"float16", "float32"} if kept else {"float16"}
+    assert _relax_dtypes(model)["relax.nn.conv2d"] == expected
+    ref = mdl_tvm.compile(net, "host", input_shapes=[shape])(x)
+    assert relative_error(model(x), ref) < 1e-2
+
+
 def test_lstm_step_gates_in_fp16_cell_state_in_fp32(rng):
     """The poem LSTM step returns (logits, h, c), h and c typed like its inputs: recurrent
     state. Its gate matmuls run in fp16; the head (last layer) and the cell-state update

@@ -124,6 +124,40 @@ def test_depthwise_rows_kernel_matches_unscheduled(rng, hw, stride, dtype):
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("in_c, out_c, kernel, hw, dtype", [
+    (16, 3, 9, (20, 18), "float16"),  # style transfer's RGB output conv: kb = 4 of 8 lanes
+    (5, 2, 5, (12, 13), "float32"),  # kb = 2 of 4 lanes
+    (24, 4, 1, (14, 14), "float16")])  # 1 x 1
+def test_gemm_conv_half_vector_weight_block(rng, in_c, out_c, kernel, hw, dtype):
+    """Convolutions with at most half a vector of output channels use a half-vector block
+    of weights (one short load used by lane) on a core with indexed FMAs -- chosen by the
+    cost model, computed as the unscheduled conv computes -- and never on x86; LeNet-5's
+    6-channel first conv keeps a full block (the half one measured slower)."""
+    neon = neon_config()
+    lanes = neon.lanes(dtype)
+    pad = kernel // 2
+    geo = ConvGeometry(in_c, hw[0], hw[1], out_c, hw[1], (kernel, kernel), pad_top=pad,
+                       pad_left=pad)
+    assert algo.gemm_cost(neon, dtype, geo, hw[0]).k_block == lanes // 2
+    lenet = ConvGeometry(1, 28, 28, 6, 28, (5, 5), pad_top=2, pad_left=2)
+    assert algo.gemm_cost(neon, "float32", lenet, 28).k_block >= 4
+    host = MachineConfig.from_profile(HOST)  # x86: no indexed FMA, blocks broadcast as before
+    assert algo.gemm_tiles(host, 8, half=True) == algo.gemm_tiles(host, 8)
+    w = (rng.standard_normal((out_c, in_c, kernel, kernel)) / kernel).astype(dtype)
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=pad, out_dtype=dtype))
+        return relax.op.nn.relu(y)
+
+    x = rng.standard_normal((1, in_c, *hw)).astype(dtype)
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon, rules=())
+    lowered, actual = lower_and_run(mod, [x], neon)
+    assert "gemm_conv" in rules_used(lowered).values()
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("rows, k, cols, dtype", [
     (1, 37, 10, "float32"), (4, 64, 70, "float32"),
     # batch-1 GEMVs: K a multiple of 4, 2 and 1 vectors (x read as vectors), odd N

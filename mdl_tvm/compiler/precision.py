@@ -6,7 +6,8 @@ mode                what runs
 ``fp32``            everything in fp32 (no change)
 ``fp16``            weights and activations in fp16; convolutions and matmuls accumulate in
                     `accumulate` (``"fp16"``, the fast default, or ``"fp32"``); softmax and
-                    the last layer (the conv / matmul that makes the output) stay fp32,
+                    the last layer (the conv / matmul that makes the output, when that is
+                    logits-sized: `precision_ops.LAST_LAYER_MAX_OUTPUTS`) stay fp32,
                     and so do means and pools over more than 2048 elements (`REDUCE_OPS`)
                     and recurrent state (an LSTM's ``c``: outputs typed like an input)
 ``fp16-full``       as ``fp16`` with nothing kept in fp32 but operators of unknown

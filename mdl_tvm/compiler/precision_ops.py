@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdl_tvm.core.relax_utils import op_name, vars_in
+from mdl_tvm.core.relax_utils import op_name, static_shape, vars_in
 
 # Operators that multiply-accumulate: fp16 inputs, `accumulate` output.
 COMPUTE_OPS = frozenset({"relax.nn.conv1d", "relax.nn.conv2d", "relax.matmul"})
@@ -39,9 +39,18 @@ def is_float_tensor(expr) -> bool:
     return dtype_of(expr) in ("float16", "float32")
 
 
+# The last layer stays fp32 only when it makes at most this many values: logits, a
+# vocabulary, a list of boxes -- outputs an argmax or a threshold reads, where fp16 rounding
+# can flip a decision, and whose layer costs little. A dense output (an image: style
+# transfer's 3 x 256 x 256 RGB conv, a tenth of its MACs) runs in fp16 like every other
+# layer, as NCNN's and MNN's fp16 modes run it.
+LAST_LAYER_MAX_OUTPUTS = 65536
+
+
 def last_layers(bindings, func) -> set:
     """Indices of the conv / matmul bindings that make the output, found by walking back
-    from the returned value through everything that is not itself a conv / matmul."""
+    from the returned value through everything that is not itself a conv / matmul; those
+    making more than `LAST_LAYER_MAX_OUTPUTS` values (static shapes) are left out."""
     from tvm import relax
 
     index = {hash(b.var): i for i, b in enumerate(bindings)}
@@ -56,7 +65,9 @@ def last_layers(bindings, func) -> set:
         seen.add(i)
         value = bindings[i].value
         if isinstance(value, relax.Call) and op_name(value) in COMPUTE_OPS:
-            found.add(i)
+            shape = static_shape(bindings[i].var)
+            if shape is None or int(np.prod(shape)) <= LAST_LAYER_MAX_OUTPUTS:
+                found.add(i)
             continue
         stack.extend(vars_in(value))
     return found
