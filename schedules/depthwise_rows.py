@@ -1,7 +1,7 @@
 """Rule for the NCHW depthwise 3 x 3 convolution as a row kernel with a fused epilogue.
 
 Compute (`depthwise_nchw`, made by `schedules.legalize` when
-`schedules.depthwise_kernel.supported` accepts the geometry): ``out[n, c, y, x] =
+`schedules.depthwise_kernel.row_lanes` finds a vector width for the geometry): ``out[n, c, y, x] =
 sum_(ky, kx) data[n, c, y * s + ky - 1, x * s + kx - 1] * w[c, 0, ky, kx]`` (zero outside
 the image), annotated ``mdl.rule = "depthwise_rows"`` with the stride. Unscheduled, it is
 the reference the tests compare with.
@@ -23,7 +23,7 @@ from tvm import s_tir, te, tirx
 
 from schedules.common import Rule, annotated_block
 from schedules.compute import RULE_KEY
-from schedules.depthwise_kernel import depthwise_rows_func, supported
+from schedules.depthwise_kernel import depthwise_rows_func, row_lanes
 from schedules.epilogue import UnsupportedEpilogue, extract_epilogue
 
 STRIDE_KEY = "mdl.stride"
@@ -88,13 +88,15 @@ class DepthwiseRows(Rule):
         out = block.writes[0].source
         stride = int(block.annotations[STRIDE_KEY])
         out_hw = tuple(int(v) for v in out.ty.shape[2:])
-        if not supported(tuple(int(v) for v in data.ty.shape[2:]), out_hw, (3, 3),
-                         (stride, stride), (1, 1, 1, 1), (1, 1), cfg.lanes(str(out.ty.dtype))):
+        lanes = row_lanes(tuple(int(v) for v in data.ty.shape[2:]), out_hw, (3, 3),
+                          (stride, stride), (1, 1, 1, 1), (1, 1), cfg.lanes(str(out.ty.dtype)),
+                          half=cfg.indexed_fma)
+        if not lanes:
             return None
         geometry = {"stride": stride,
                     "out_shape": tuple(int(v) for v in out.ty.shape),
                     "dtype": str(out.ty.dtype)}
-        new = depthwise_rows_func(func, data, weight, geometry, epilogue,
-                                  cfg.lanes(geometry["dtype"]), parallel=cfg.num_cores > 1)
+        new = depthwise_rows_func(func, data, weight, geometry, epilogue, lanes,
+                                  parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")
         return s_tir.Schedule(new.with_attrs(dict(func.attrs)) if func.attrs else new)

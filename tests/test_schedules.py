@@ -101,7 +101,8 @@ def test_depthwise_rule(rng, channels, mult, size, stride):
     ((14, 14), 1, "float32"), ((7, 7), 1, "float32"), ((13, 9), 1, "float32"),  # 7/7/7-row groups
     ((5, 6), 1, "float32"), ((56, 11), 1, "float32"),  # 5-row group, 8-row groups
     ((14, 14), 2, "float32"), ((16, 18), 2, "float32"), ((16, 20), 1, "float16"),
-    ((16, 18), 2, "float16"), ((9, 40), 2, "float32")])
+    ((16, 18), 2, "float16"), ((9, 40), 2, "float32"),
+    ((7, 7), 1, "float16"), ((14, 14), 2, "float16")])  # 7-pixel rows: 4-lane fp16 vectors
 def test_depthwise_rows_kernel_matches_unscheduled(rng, hw, stride, dtype):
     """The row kernel (groups of `row_group` rows, the last overlapping) on odd maps, with
     bias + ReLU6 fused, against the unscheduled function on phone lanes."""
