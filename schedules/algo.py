@@ -70,7 +70,7 @@ class ConvAlgo:
         Estimated instructions per inference.
     k_groups : int
         Parallel tasks per segment of the GEMM convolution, each with its share of the
-        output-channel chunks (and its own im2col copy of the segment).
+        output-channel chunks (sharing one im2col copy of the segment).
     by_channels : bool
         Winograd with output channels as the vector (`schedules.winograd_channels`; all
         tiles in one vector, ``tile_vectors`` 1, ``k_block`` a multiple of the lanes).
@@ -121,10 +121,15 @@ def gemm_tiles(cfg: MachineConfig, lanes: int, spare: int = 1,
     found = []
     for kb in blocks:
         weight_regs = _ceil_div(kb, lanes) if cfg.indexed_fma else 1
-        for nv in range(1, 7):
-            if kb * nv + nv + weight_regs + spare <= cfg.num_regs and kb * nv >= 4:
-                found.append((kb, nv))
+        found += [(kb, nv) for nv in range(1, 7) if _fits(cfg, kb, nv, weight_regs, spare)]
     return found
+
+
+def _fits(cfg: MachineConfig, rows: int, vectors: int, row_regs: int, spare: int) -> bool:
+    """A ``rows x vectors`` tile of accumulators, its `vectors` loaded vectors, `row_regs`
+    registers of by-lane values and `spare` ones fit the register file (and the tile holds
+    at least 4 accumulators)."""
+    return rows * vectors + vectors + row_regs + spare <= cfg.num_regs and rows * vectors >= 4
 
 
 def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int, m: int,
@@ -138,6 +143,7 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
     n_w = _ceil_div(geo.out_width, m)
     tiles = batch * _ceil_div(out_rows, m) * n_w
     best = ConvAlgo("winograd", m, cost=float("inf"))
+    epilogue = batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL
     # 24 fp32 accumulators spill in the Winograd GEMM (its loop keeps more addresses live)
     candidates = [] if by_channels else gemm_tiles(cfg, lanes, spare=4 if lanes == 4 else 1)
     for kb, nv in candidates:
@@ -148,15 +154,13 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
         blocks = alpha * alpha * k_chunks * (padded // block)
         gemm = (steps * gemm_step_cost(cfg, lanes, kb, nv)
                 + blocks * (2 * kb * nv + _BLOCK_OVERHEAD))
-        cost = gemm + _transform_cost(m, c, k, padded // lanes, n_w >= lanes)
-        cost += batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL
+        cost = gemm + _transform_cost(m, c, k, padded // lanes, n_w >= lanes) + epilogue
         if cost < best.cost:
             best = ConvAlgo("winograd", m, kb, nv, cost=cost)
     # channel vectors only with indexed FMAs: on x86 (16 registers, a broadcast per tile)
     # the 512-channel 7 x 7 conv measured 1.61 ms against F(2,3) by tiles' 1.33 ms
     if tiles <= lanes and cfg.indexed_fma and by_channels is not False:
-        channels = _channels_cost(cfg, lanes, alpha, c, k, tiles, m,
-                                  batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL)
+        channels = _channels_cost(cfg, lanes, alpha, c, k, tiles, m, epilogue)
         if channels.cost < best.cost:
             best = channels
     return best
@@ -168,11 +172,12 @@ def _channels_cost(cfg: MachineConfig, lanes: int, alpha: int, c: int, k: int, t
     needs indexed FMAs): the best ``tiles x nv`` register tile (``kb = nv * L`` channels)."""
     best = ConvAlgo("winograd", m, cost=float("inf"), by_channels=True)
     for nv in range(1, 7):
-        if tiles * nv + nv + 1 + 4 > cfg.num_regs or tiles * nv < 4:
+        if not _fits(cfg, tiles, nv, 1, spare=4):
             continue
         kb = nv * lanes
         chunks = _ceil_div(k, kb)
-        step = tiles * nv + (nv + 1) * _LOADS_PER_VECTOR + _LOOP_PER_STEP
+        # the tiles play the weights' part: one vector of them used by lane per step
+        step = gemm_step_cost(cfg, lanes, tiles, nv)
         gemm = alpha * alpha * chunks * (c * step + 2 * tiles * nv + _BLOCK_OVERHEAD)
         # input transform of one vector of tiles per channel; output transform per tile and
         # vector of channels

@@ -128,11 +128,8 @@ class WinogradConv(Rule):
         out_shape = tuple(int(x) for x in sch.get(out[0]).writes[0].source.ty.shape)
         geometry = {"m": m, "vectors": int(ann[VECTOR_KEY]), "tiles_hw": (n_h, n_w),
                     "out_shape": out_shape, "dtype": dtype}
-        if by_channels:
-            new = winograd_channels_func(func, v, u, geometry, epilogue, cfg.lanes(dtype),
-                                         parallel=cfg.num_cores > 1)
-        else:
-            new = winograd_output_func(func, v, u, geometry, epilogue, cfg.lanes(dtype),
-                                       parallel=cfg.num_cores > 1)
+        kernel = winograd_channels_func if by_channels else winograd_output_func
+        new = kernel(func, v, u, geometry, epilogue, cfg.lanes(dtype),
+                     parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")
         return s_tir.Schedule(new.with_attrs(dict(func.attrs)) if func.attrs else new)

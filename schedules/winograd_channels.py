@@ -25,15 +25,13 @@ Preconditions: ``V[alpha^2, C, T_padded]`` from `schedules.wino_input` with
 
 from __future__ import annotations
 
-from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from schedules.common import ramp as _vec
 from schedules.register_tile import reduce_tile
 from schedules.wino_math import matrices
-from schedules.winograd_kernel import output_transform
+from schedules.winograd_kernel import output_transform, winograd_frame
 
-OPAQUE = 8  # Relax op pattern "opaque"
 # Function attribute that tells this kernel from the tile-vector one in a built module.
 VECTOR_AXIS_ATTR = "mdl.vector_axis"
 
@@ -74,29 +72,20 @@ def winograd_channels_func(func, v, u, geometry: dict, epilogue, lanes: int,
                          f"padded tiles {tiles_padded} and kb {kb} a multiple of the lanes")
     nv = kb // lanes
     at, _, _ = matrices(m, dtype)
-    with IRBuilder() as ib:
-        with T.prim_func(s_tir=True):
-            T.func_name("mdl_winograd_channels")
-            for p in func.params:
-                T.arg(p.name, p)
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
-                         "mdl.schedule_rule": "winograd", "op_pattern": OPAQUE,
-                         VECTOR_AXIS_ATTR: "channels"})
-            with T.sblock("root"):
-                vflat = T.decl_buffer((e_count * c * tiles_padded,), v.ty.dtype, data=v.data)
-                uflat = T.decl_buffer((e_count * chunks * c * kb,), u.ty.dtype, data=u.data)
-                loop = T.parallel if parallel else T.serial
-                with loop(0, chunks) as kc:
-                    mbuf = T.alloc_buffer((e_count * tiles * kb,), dtype)
-                    acc = T.alloc_buffer((tiles * kb,), dtype)
-                    with T.serial(0, e_count) as e:
-                        reduce_tile(acc, uflat, (e * chunks + kc) * c * kb, kb, vflat,
-                                    e * c * tiles_padded, c, (tiles, nv, lanes), dtype,
-                                    w_stride=tiles_padded, w_lanes=lanes)
-                        for i in range(tiles * nv):
-                            T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
-                                           [_vec(e * tiles * kb + i * lanes, lanes)])
-                    _output_channels(mbuf, epilogue, kc, at, geometry, (tiles, kb, lanes), dtype)
+    with winograd_frame(func, "mdl_winograd_channels", v, u,
+                        {VECTOR_AXIS_ATTR: "channels"}) as (ib, vflat, uflat):
+        loop = T.parallel if parallel else T.serial
+        with loop(0, chunks) as kc:
+            mbuf = T.alloc_buffer((e_count * tiles * kb,), dtype)
+            acc = T.alloc_buffer((tiles * kb,), dtype)
+            with T.serial(0, e_count) as e:
+                reduce_tile(acc, uflat, (e * chunks + kc) * c * kb, kb, vflat,
+                            e * c * tiles_padded, c, (tiles, nv, lanes), dtype,
+                            w_stride=tiles_padded, w_lanes=lanes)
+                for i in range(tiles * nv):
+                    T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
+                                   [_vec(e * tiles * kb + i * lanes, lanes)])
+            _output_channels(mbuf, epilogue, kc, at, geometry, (tiles, kb, lanes), dtype)
     return ib.get()
 
 

@@ -16,6 +16,8 @@ reference `schedules.winograd.winograd_conv2d` plus FuseOps' element-wise blocks
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
@@ -53,27 +55,39 @@ def winograd_output_func(func, v, u, geometry: dict, epilogue, lanes: int,
     m, nv, dtype = geometry["m"], geometry["vectors"], geometry["dtype"]
     tp = nv * lanes
     at, _, _ = matrices(m, dtype)
+    with winograd_frame(func, "mdl_winograd_gemm", v, u) as (ib, vflat, uflat):
+        loop = T.parallel if parallel else T.serial
+        with loop(0, chunks) as kc:
+            mbuf = T.alloc_buffer((e_count * kb * tp,), dtype)
+            with T.serial(0, tiles_padded // tp) as blk:
+                t0 = blk * tp
+                with T.serial(0, e_count) as e:
+                    _gemm_tile(mbuf, vflat, uflat, e, kc, t0,
+                               (c, tiles_padded, chunks, kb, nv, lanes), dtype)
+                _output_tiles(mbuf, epilogue, kc, t0, at, geometry, (kb, nv, lanes), dtype)
+    return ib.get()
+
+
+@contextmanager
+def winograd_frame(func, name: str, v, u, attrs: dict | None = None):
+    """The PrimFunc frame of a Winograd GEMM kernel (this one and
+    `schedules.winograd_channels`): `func`'s parameters, the scheduled / opaque attributes
+    (plus `attrs`), the root block; yields ``(builder, V, U)`` with ``V`` and ``U`` as flat
+    buffers. Call ``builder.get()`` after the ``with``."""
+    e_count, c, tiles_padded = (int(d) for d in v.ty.shape)
+    _, chunks, _, kb = (int(d) for d in u.ty.shape)
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            T.func_name("mdl_winograd_gemm")
+            T.func_name(name)
             for p in func.params:
                 T.arg(p.name, p)
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
-                         "mdl.schedule_rule": "winograd", "op_pattern": OPAQUE})
+                         "mdl.schedule_rule": "winograd", "op_pattern": OPAQUE,
+                         **(attrs or {})})
             with T.sblock("root"):
                 vflat = T.decl_buffer((e_count * c * tiles_padded,), v.ty.dtype, data=v.data)
                 uflat = T.decl_buffer((e_count * chunks * c * kb,), u.ty.dtype, data=u.data)
-                loop = T.parallel if parallel else T.serial
-                with loop(0, chunks) as kc:
-                    mbuf = T.alloc_buffer((e_count * kb * tp,), dtype)
-                    with T.serial(0, tiles_padded // tp) as blk:
-                        t0 = blk * tp
-                        with T.serial(0, e_count) as e:
-                            _gemm_tile(mbuf, vflat, uflat, e, kc, t0,
-                                       (c, tiles_padded, chunks, kb, nv, lanes), dtype)
-                        _output_tiles(mbuf, epilogue, kc, t0, at, geometry, (kb, nv, lanes),
-                                      dtype)
-    return ib.get()
+                yield ib, vflat, uflat
 
 
 def _gemm_tile(mbuf, vflat, uflat, e, kc, t0, dims, dtype):
