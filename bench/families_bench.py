@@ -5,12 +5,16 @@ correctness against PyTorch, heavy kernels left on a generic path, k-means MACs 
     python bench/families_bench.py                        # all nine families, host
     python bench/families_bench.py --models regnet,resnet50 --repeat 20
     python bench/families_bench.py --phone --models squeezenet   # + cortex-a76 counts
+    python bench/families_bench.py --phone-only                  # counts only, merged in
 
 Host: 1x3x224x224, random weights (BatchNorm statistics from random inputs), each runtime
 alone in a fresh process with the same thread count, median of ``--repeat`` runs after
 warm-up. Phone: one thread, ``cortex-a76``, N / 2N instruction counts of MobileDL fp32
 (``arm64``) and fp16 (``arm64-fp16``), NCNN fp32 / fp16 and ONNX Runtime from their aarch64
-wheels (`deploy.engines.count_model`), each output checked against PyTorch.
+wheels (`deploy.engines.count_model`), each output checked against PyTorch. Instruction
+counts do not depend on what else the machine runs, so ``--phone-only`` counts them alone
+(families already counted are skipped) and merges them into the existing results, keeping
+their host figures.
 Writes ``bench/results/families.{json,md}`` (``--out``: another directory).
 """
 
@@ -115,12 +119,18 @@ def markdown(result: dict) -> str:
                      f"{len(r['slow_paths'])} | {r['kmeans_macs_kept']:.2f} |")
     phone = {n: r["phone"] for n, r in result["families"].items() if "phone" in r}
     if phone:
-        lines += ["", "Phone (cortex-a76, 1 thread), instructions per inference:", "",
-                  "| family | " + " | ".join(PHONE_ENGINES) + " |",
-                  "|---|" + "---:|" * len(PHONE_ENGINES)]
+        how = result["meta"].get("phone_command", result["meta"]["command"])
+        lines += ["", f"Phone (cortex-a76, 1 thread), instructions per inference; `{how}`:", "",
+                  "| family | " + " | ".join(PHONE_ENGINES) + " | fp32 / best peer | "
+                  "fp16 / NCNN fp16 |", "|---|" + "---:|" * (len(PHONE_ENGINES) + 2)]
         for name, row in phone.items():
-            cells = [f"{row[e]['instructions'] / 1e6:.1f} M" if "instructions" in row[e]
-                     else "–" for e in PHONE_ENGINES]
+            count = {e: row[e].get("instructions") for e in PHONE_ENGINES}
+            cells = [f"{n / 1e6:.1f} M" if n else "–" for n in count.values()]
+            peers = [count[e] for e in ("ncnn", "ort") if count[e]]
+            cells.append(f"{count['mobiledl'] / min(peers):.2f}x"
+                         if count["mobiledl"] and peers else "–")
+            cells.append(f"{count['mobiledl-fp16'] / count['ncnn-fp16']:.2f}x"
+                         if count["mobiledl-fp16"] and count["ncnn-fp16"] else "–")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     slow = {n: r["slow_paths"] for n, r in result["families"].items() if r["slow_paths"]}
     if slow:
@@ -134,11 +144,15 @@ def main(argv=None) -> int:
     parser = common.parser(__doc__, "python bench/families_bench.py", models=tuple(FAMILIES),
                            repeat=20, warmup=3, threads=2, runs=2)
     parser.add_argument("--phone", action="store_true", help="also count on the phone")
+    parser.add_argument("--phone-only", action="store_true",
+                        help="count on the phone only, merged into the existing results")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = common.parse_args(parser, argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     if common.measure_mode(args, measure):
         return 0
+    if args.phone_only:
+        return phone_only(args)
     start = time.perf_counter()
     result = {"threads": args.threads, "families": {}}
     for name in args.models:
@@ -147,6 +161,26 @@ def main(argv=None) -> int:
         print(json.dumps(result["families"][name]), flush=True)
     result["meta"] = common.run_meta(args, start)
     common.write_results("families", result, markdown(result), out=args.out)
+    print(markdown(result))
+    return 0
+
+
+def phone_only(args) -> int:
+    """Add phone counts to the families of an earlier host run, one family at a time."""
+    path = Path(args.out or common.RESULTS) / "families.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run the host benchmark first")
+    result = json.loads(path.read_text())
+    for name in args.models:
+        row = result["families"].get(name)
+        if row is None:
+            raise SystemExit(f"{name!r} has no host row in {path}: run it on the host first")
+        if "phone" in row:
+            print(f"[families] {name}: counted already", flush=True)
+            continue
+        row["phone"] = phone_counts(name, args)
+        result["meta"]["phone_command"] = args.command
+        common.write_results("families", result, markdown(result), out=args.out)
     print(markdown(result))
     return 0
 

@@ -30,7 +30,7 @@ import numpy as np
 from deploy.native.elf import check_machine, host_machine
 from mdl_tvm.core.artifact import read_metadata
 from mdl_tvm.core.errors import ToolchainError, UnknownTargetError
-from mdl_tvm.core.targets import TargetProfile, get_profile
+from mdl_tvm.core.targets import TargetProfile, get_profile, missing_cpu_flags
 
 ALIGN = 64
 DL_CPU, POOLED_ALLOCATOR = 1, 2  # kDLCPU; tvm::runtime::AllocatorType (naive = 1)
@@ -156,7 +156,8 @@ def open_library(path: str) -> tuple[dict, TargetProfile, object]:
         When `path` is not a MobileDL artifact.
     UnknownTargetError
         When the library was built for a target this machine cannot execute (checked in
-        the metadata and in the ELF header, before anything loads it).
+        the metadata: triple and the vector ISA of a host build, and in the ELF header,
+        before anything loads it).
     """
     meta = read_metadata(path)  # structure and metadata; the checksum once the CPU fits
     name = meta["target"]
@@ -167,6 +168,12 @@ def open_library(path: str) -> tuple[dict, TargetProfile, object]:
             f"{path!r} is built for {name!r} ({meta['mtriple']}) and cannot be loaded on this "
             f"{host.mtriple} machine; {fix}")
     check_machine(path, host_machine(), fix)
+    missing = missing_cpu_flags(meta.get("mcpu", ""))
+    if missing and meta["mtriple"] == host.mtriple:
+        raise UnknownTargetError(
+            f"{path!r} is built for a {meta['mcpu']} CPU, but this one lacks "
+            f"{', '.join(missing)} (it would stop on an illegal instruction); compile it again "
+            "on this machine with target='host'")
     read_metadata(path, verify=True)  # a damaged file is refused, never loaded
     profile = host if name == "host" else get_profile(name)
     if profile.mtriple == host.mtriple:

@@ -1,11 +1,11 @@
 """Machine parameters the rules read, derived from a `TargetProfile`, and tile choosers.
 
 `MachineConfig` answers the few questions a schedule needs: how many elements of a dtype
-fit one vector register, how many vector registers there are (16 on AVX2, 32 on AArch64),
-and how many cores run the parallel loops. The tile choosers below turn those numbers into
-register blocks for the packed convolution, dense and depthwise kernels; they are plain
-functions of shapes so the legalizer (which lays out weights) and the rules (which tile the
-loops) always agree.
+fit one vector register, how many vector registers there are (16 on AVX2, 32 on AVX-512 and
+AArch64), and how many cores run the parallel loops. The tile choosers below turn those
+numbers into register blocks for the packed convolution, dense and depthwise kernels; they
+are plain functions of shapes so the legalizer (which lays out weights) and the rules (which
+tile the loops) always agree.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class MachineConfig:
     Attributes
     ----------
     vector_bits : int
-        Width of one SIMD register in bits (128 NEON, 256 AVX2).
+        Width of one SIMD register in bits (128 NEON, 256 AVX2, 512 AVX-512).
     num_regs : int
         Number of architectural vector registers.
     num_cores : int
@@ -58,7 +58,7 @@ class MachineConfig:
         arm = profile.mtriple.startswith("aarch64")
         return cls(
             vector_bits=int(profile.vector_bits),
-            num_regs=32 if arm else 16,
+            num_regs=32 if arm or profile.vector_bits >= 512 else 16,  # AVX-512: zmm0-31
             num_cores=max(1, int(profile.num_cores)),
             fp16_arith=bool(profile.fp16_arith),
             indexed_fma=arm,

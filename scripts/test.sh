@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: install what is missing, then run the whole suite.
 #
-#   bash scripts/test.sh                 # the full suite (~15 min on 2 cores; starts the phone)
-#   bash scripts/test.sh --fast          # the fast subset (< 5 min): no phone, no training,
+#   bash scripts/test.sh                 # the full suite (< 30 min on 2 cores; starts the phone)
+#   bash scripts/test.sh --fast          # the fast subset (~13 min): no phone, no training,
 #                                        #   nothing over ~20 s, i.e.
 #                                        #   pytest -m "not slow and not phone and not training"
 #   bash scripts/test.sh -k precision    # any other arguments go to pytest
@@ -20,4 +20,5 @@ for arg in "$@"; do
         args+=("$arg")
     fi
 done
-exec "${PYTHON:-python3}" -m pytest -q tests "${args[@]+"${args[@]}"}"
+# --durations: the slowest tests are in every log, to keep the suite inside its budget
+exec "${PYTHON:-python3}" -m pytest -q --durations=25 tests "${args[@]+"${args[@]}"}"

