@@ -32,7 +32,7 @@ from functools import partial
 import tvm
 
 from mdl_tvm.core.relax_utils import static_shape
-from schedules import compute, depthwise_kernel
+from schedules import compute, depthwise_kernel, fast_math
 from schedules.algo import ConvAlgo, choose_conv_algo
 from schedules.config import (
     ConvGeometry,
@@ -220,7 +220,8 @@ def legalize_map(cfg: MachineConfig) -> dict:
     Returns
     -------
     dict
-        ``{"relax.nn.conv2d": fn, "relax.matmul": fn, "relax.nn.max_pool2d": fn}``.
+        ``{"relax.nn.conv2d": fn, "relax.matmul": fn, "relax.nn.max_pool2d": fn}`` and
+        the vectorisable exp / sigmoid / SiLU of `schedules.fast_math`.
     """
     return {"relax.nn.conv2d": partial(_conv2d, cfg), "relax.matmul": partial(_matmul, cfg),
-            "relax.nn.max_pool2d": partial(_max_pool2d, cfg)}
+            "relax.nn.max_pool2d": partial(_max_pool2d, cfg), **fast_math.LEGALIZE}
