@@ -130,3 +130,22 @@ def test_phone_table_shows_counts_and_ratios_to_fp32():
     assert header == "| model | " + " | ".join(PHONE_LABELS.values()) + " |"
     assert rule == "|---|" + "---:|" * len(PHONE_LABELS)
     assert row == "| LeNet-5 | 0.29 M | 0.16 M (0.55x)² | 0.11 M (0.39x) | — |"
+
+
+def test_phone_peers_resume_of_one_model_keeps_the_other_rows(tmp_path):
+    """``--resume --models X`` recounts only X's missing cells and keeps every other row
+    (it once wrote a table of X alone, dropping the rest)."""
+    from bench import phone_peers
+
+    done = {c: {"instructions": 1000 + i, "rel_error": 1e-6}
+            for i, c in enumerate(phone_peers.columns())}
+    other = {"ort": {"instructions": 7, "rel_error": 0.0},
+             "mobiledl": {"instructions": 5, "rel_error": 0.0}}
+    (tmp_path / "phone_peers.json").write_text(json.dumps(
+        {"cells": {"lenet5": done, "resnet18": other}, "meta": {"command": "x"}}))
+    result = phone_peers.table(["lenet5"], False, tmp_path, "again", resume=True)
+    assert list(result["cells"]) == ["lenet5", "resnet18"]
+    assert result["cells"]["resnet18"]["ort"]["instructions"] == 7
+    assert result["cells"]["lenet5"]["ort"]["instructions"] == done["ort"]["instructions"]
+    saved = json.loads((tmp_path / "phone_peers.json").read_text())
+    assert set(saved["cells"]) == {"lenet5", "resnet18"}
