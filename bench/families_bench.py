@@ -119,8 +119,9 @@ def markdown(result: dict) -> str:
                      f"{len(r['slow_paths'])} | {r['kmeans_macs_kept']:.2f} |")
     phone = {n: r["phone"] for n, r in result["families"].items() if "phone" in r}
     if phone:
-        how = result["meta"].get("phone_command", result["meta"]["command"])
-        lines += ["", f"Phone (cortex-a76, 1 thread), instructions per inference; `{how}`:", "",
+        how = result["meta"].get("phone_commands") or [result["meta"]["command"]]
+        lines += ["", "Phone (cortex-a76, 1 thread), instructions per inference; "
+                  + ", ".join(f"`{c}`" for c in how) + ":", "",
                   "| family | " + " | ".join(PHONE_ENGINES) + " | fp32 / best peer | "
                   "fp16 / NCNN fp16 |", "|---|" + "---:|" * (len(PHONE_ENGINES) + 2)]
         for name, row in phone.items():
@@ -179,7 +180,9 @@ def phone_only(args) -> int:
             print(f"[families] {name}: counted already", flush=True)
             continue
         row["phone"] = phone_counts(name, args)
-        result["meta"]["phone_command"] = args.command
+        commands = result["meta"].setdefault("phone_commands", [])
+        if args.command not in commands:
+            commands.append(args.command)
         common.write_results("families", result, markdown(result), out=args.out)
     print(markdown(result))
     return 0
