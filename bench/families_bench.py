@@ -168,7 +168,7 @@ def main(argv=None) -> int:
 
 def phone_only(args) -> int:
     """Add phone counts to the families of an earlier host run, one family at a time."""
-    path = Path(args.out or common.RESULTS) / "families.json"
+    path = Path(args.out) / "families.json"
     if not path.exists():
         raise SystemExit(f"{path} does not exist: run the host benchmark first")
     result = json.loads(path.read_text())

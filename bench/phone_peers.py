@@ -329,11 +329,10 @@ def table(names, quick: bool, out: Path, command: str, lock=None, resume: bool =
     result["meta"] = meta()
     # a resumed run keeps the counted cells it has not reached yet in every write, and the
     # rows of models it was not asked to count as they were
-    rows = {name: {c: v for c, v in old.get(name, {}).items() if "instructions" in v}
-            for name in names}
-    keep = [n for n in old if n not in rows]
-    result["cells"] = {n: rows.get(n, old.get(n)) for n in sorted(
-        [*rows, *keep], key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))}
+    cells = {**old, **{name: {c: v for c, v in old.get(name, {}).items() if "instructions" in v}
+                       for name in names}}
+    result["cells"] = {n: cells[n] for n in sorted(
+        cells, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))}
     cases: dict = {}
     for name, c in plan(names, cols, {m for m, _ in acc}):
         row = result["cells"][name]

@@ -168,8 +168,8 @@ def open_library(path: str) -> tuple[dict, TargetProfile, object]:
             f"{path!r} is built for {name!r} ({meta['mtriple']}) and cannot be loaded on this "
             f"{host.mtriple} machine; {fix}")
     check_machine(path, host_machine(), fix)
-    missing = missing_cpu_flags(meta.get("mcpu", ""))
-    if missing and meta["mtriple"] == host.mtriple:
+    missing = meta["mtriple"] == host.mtriple and missing_cpu_flags(meta.get("mcpu", ""))
+    if missing:
         raise UnknownTargetError(
             f"{path!r} is built for a {meta['mcpu']} CPU, but this one lacks "
             f"{', '.join(missing)} (it would stop on an illegal instruction); compile it again "

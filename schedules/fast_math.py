@@ -23,6 +23,8 @@ Preconditions: none beyond a float dtype; other dtypes keep TVM's legalization.
 
 from __future__ import annotations
 
+from functools import partial
+
 import tvm
 from tvm import te, tirx
 
@@ -85,19 +87,7 @@ def _legalize(name: str, bb, call):
     return bb.call_te(compute, data, primfunc_name_hint=name)
 
 
-def exp(bb, call):
-    """Legalize ``relax.exp`` (`fast_exp`)."""
-    return _legalize("exp", bb, call)
-
-
-def sigmoid(bb, call):
-    """Legalize ``relax.sigmoid`` (`fast_sigmoid`)."""
-    return _legalize("sigmoid", bb, call)
-
-
-def silu(bb, call):
-    """Legalize ``relax.nn.silu`` (``x * fast_sigmoid(x)``)."""
-    return _legalize("silu", bb, call)
-
-
-LEGALIZE = {"relax.exp": exp, "relax.sigmoid": sigmoid, "relax.nn.silu": silu}
+# relax op -> the `_MATH` entry its legalization computes
+LEGALIZE = {op: partial(_legalize, name)
+            for op, name in (("relax.exp", "exp"), ("relax.sigmoid", "sigmoid"),
+                             ("relax.nn.silu", "silu"))}
