@@ -1,0 +1,51 @@
+"""Row epilogues the lanes do not divide: cut into whole vectors and halving tails
+(`schedules.common.vector_parts` / `vectorize_row`) instead of one scalar exp per pixel."""
+
+import re
+
+import numpy as np
+import pytest
+from helpers import lower_and_run, neon_config, relax_module, rules_used
+from tvm import relax
+
+import schedules.common
+
+
+@pytest.mark.parametrize("width, lanes, parts", [
+    (14, 8, [8, 4, 2]), (7, 4, [4, 2, 1]), (28, 16, [16, 8, 4]), (56, 16, [48, 8]),
+    (16, 4, [16]), (3, 4, [2, 1]), (1, 4, [1])])
+def test_vector_parts_cover_the_row_with_whole_vectors_then_halving_tails(width, lanes, parts):
+    assert schedules.common.vector_parts(width, lanes) == parts
+
+
+@pytest.mark.parametrize("hw, kernel, stride, dtype", [
+    ((14, 14), 5, 1, "float16"), ((7, 7), 5, 1, "float32"), ((14, 14), 5, 2, "float32")])
+def test_depthwise_silu_epilogue_is_vector_code_on_rows_the_lanes_do_not_divide(
+        rng, hw, kernel, stride, dtype):
+    """A 5 x 5 depthwise conv (the generic rule) + SiLU on 14- and 7-pixel rows: the
+    epilogue row is cut into whole vectors and halving tails (`vector_parts`), each
+    vectorised, instead of one scalar exp per pixel; numerics as unscheduled."""
+    channels = 4
+    w = (rng.standard_normal((channels, 1, kernel, kernel)) / kernel).astype(dtype)
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride,
+                                       padding=kernel // 2, groups=channels, out_dtype=dtype))
+        return relax.op.nn.silu(y)
+
+    x = rng.standard_normal((1, channels, *hw)).astype(dtype)
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
+    lowered, actual = lower_and_run(mod, [x], neon_config())
+    names = [name for name, rule in rules_used(lowered).items() if rule == "depthwise"]
+    assert names
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    lanes = neon_config().lanes(dtype)
+    width = -(-hw[1] // stride)
+    script = lowered[names[0]].script().replace("T.int64", "")
+    vectors = [int(b) - int(a) if b else int(a) for a, b in
+               re.findall(r"T\.vectorized\(\((\d+)\)(?:, \((\d+)\))?\)", script)]
+    # the tails are vector loops of their own (the taps' loop is a whole vector)
+    tails = [p for p in schedules.common.vector_parts(width, lanes)[1:] if p > 1]
+    assert sorted(n for n in vectors if n < lanes) == sorted(tails)
