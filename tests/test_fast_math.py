@@ -68,3 +68,19 @@ def test_silu_and_sigmoid_fuse_into_convs_and_the_arm_code_calls_no_libm(tmp_pat
     code = disassemble(arm.export(str(tmp_path / "silu.so")))
     assert count_insns(code, r"<expf(@plt)?>") == 0
     assert count_insns(code, r"frintm\s+v\d+\.4s") > 0  # the vector floor of fast_exp
+
+
+def test_fp16_silu_and_sigmoid_stay_in_fp16_on_the_phone(tmp_path):
+    """fp16 SiLU / sigmoid run in 8-lane fp16 arithmetic (``frintm v.8h``), not widened to
+    two 4-lane fp32 halves; the tiny tail is kept (sigmoid(-11) = 1.7e-5, subnormal)."""
+    torch.manual_seed(0)
+    model = ConvSiLU().eval()
+    shape = (1, 8, 72, 72)  # outputs past logits size: the output layer runs fp16 too
+    arm = mdl_tvm.compile(model, "arm64-fp16", input_shapes=[shape], precision="fp16")
+    code = disassemble(arm.export(str(tmp_path / "silu16.so")))
+    assert count_insns(code, r"frintm\s+v\d+\.8h") > 0
+    assert count_insns(code, r"frintm\s+v\d+\.4s") == 0
+    tail = np.array([-11.0, -17.0, -30.0, 11.0], "float16")
+    got = host_fn(relax_module(tail.shape, lambda bb, v: relax.op.sigmoid(v), "float16"))(tail)
+    want = 1 / (1 + np.exp(-tail.astype("float64")))
+    assert np.all(np.abs(got - want) <= 2e-3 * np.maximum(want, 1e-3))
