@@ -122,6 +122,18 @@ def test_damaged_libraries_are_refused_not_loaded(tiny, tmp_path, data):
     assert hashlib.sha256(bytes(blob)).digest() == hashlib.sha256(path.read_bytes()).digest()
 
 
+def test_a_non_ascii_byte_in_the_checksum_trailer_is_damage(tiny, tmp_path):
+    """Found by the test above: a flipped byte in the trailer's hex digest that is not
+    ASCII raised UnicodeDecodeError instead of ModelFormatError."""
+    _, path = tiny
+    blob = bytearray(path.read_bytes())
+    blob[-10] = 0xE3
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(ModelFormatError, match="SHA-256"):
+        read_metadata(bad, verify=True)
+
+
 @FAST
 @given(st.sampled_from([b"", b"PK\x03\x04", b"\x93NUMPY"]), st.binary(max_size=600))
 def test_channel_mask_files_load_or_raise(tmp_path, prefix, payload):

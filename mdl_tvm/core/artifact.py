@@ -167,7 +167,8 @@ def read_metadata(path, verify: bool = False) -> dict:
             if not tail.startswith(TRAILER):
                 raise _fail(path, "its checksum trailer is missing (the file was cut or "
                             "altered)")
-            if verify and _sha256(f, size - TRAILER_SIZE) != tail[len(TRAILER):-1].decode():
+            if verify and _sha256(f, size - TRAILER_SIZE) != tail[len(TRAILER):-1].decode(
+                    "ascii", "replace"):
                 raise _fail(path, "its SHA-256 does not match the one written at export "
                             "(the file is damaged)")
     return meta
