@@ -33,6 +33,7 @@ from schedules.common import (
     root_blocks,
     schedule_pad,
     schedule_spatial,
+    vector_width,
     vectorize_init,
     work,
 )
@@ -113,6 +114,8 @@ def schedule_reduction(sch: s_tir.Schedule, block, cfg) -> bool:
         outer_loops = [*spatial[:-1], outer]
     elif vectorisable and 1 < inner_ext <= _WHOLE_ROW_LANES * lanes:
         outer_loops, vec = spatial[:-1], spatial[-1]  # an odd-width row as one vector
+    elif _lane_partial_sums(sch, block, spatial, reduce, cfg, lanes, total):
+        return True
     else:
         sch.reorder(*spatial, *reduce)
         fuse_parallel(sch, spatial, cfg, total)
@@ -122,6 +125,40 @@ def schedule_reduction(sch: s_tir.Schedule, block, cfg) -> bool:
     sch.vectorize(vec)
     init = sch.decompose_reduction(block, reduce[0])
     vectorize_init(sch, init)
+    return True
+
+
+def _lane_partial_sums(sch, block, spatial, reduce, cfg, lanes: int, total: int) -> bool:
+    """A reduction over the contiguous innermost axes of its input (a global average pool
+    over NCHW planes) as ``lanes`` partial sums: the reduce loops fused and split by the
+    lanes, the lane loop factored out (``rfactor``) and vectorised -- one vector add per
+    ``lanes`` inputs, NCNN's pooling -- then the lanes summed. False (schedule untouched)
+    unless the fused extent is a multiple of a vector (`vector_width`: the lanes or a
+    power-of-two fraction of them) and at least four of them."""
+    stmt = sch.get(block)
+    if len(stmt.reads) != 1 or not reduce or lanes <= 1:
+        return False
+    ivs = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+    region, shape = stmt.reads[0].region, stmt.reads[0].source.shape
+    tail = region[-len(ivs):]
+    if len(ivs) != len(reduce) or len(region) < len(ivs) or not all(
+            isinstance(r.min, tirx.Var) and r.min.same_as(iv.var)
+            and int(iv.dom.extent) == int(dim)
+            for r, iv, dim in zip(tail, ivs, shape[-len(ivs):], strict=True)):
+        return False
+    size = _reduce_extent(sch, reduce)
+    width = vector_width(size, lanes)  # 196 pixels in 8 fp16 lanes: 4-lane vectors
+    if width < 2 or size < 4 * width:
+        return False
+    sch.reorder(*spatial, *reduce)
+    fused = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
+    _, lane = sch.split(fused, [None, width])
+    partial = sch.rfactor(lane, factor_axis=len(stmt.writes[0].region))
+    loops = sch.get_loops(partial)
+    outer = fuse_parallel(sch, loops[:len(spatial)], cfg, total)
+    sch.vectorize(sch.get_loops(partial)[-1])
+    vectorize_init(sch, sch.decompose_reduction(partial, sch.get_loops(partial)[1]))
+    sch.reverse_compute_at(block, outer)
     return True
 
 

@@ -1,5 +1,6 @@
-"""Row epilogues the lanes do not divide: cut into whole vectors and halving tails
-(`schedules.common.vector_parts` / `vectorize_row`) instead of one scalar exp per pixel."""
+"""Vector code where rules left scalar loops: row epilogues the lanes do not divide (cut
+into whole vectors and halving tails, `schedules.common.vector_parts` / `vectorize_row`)
+and reductions over contiguous planes (global average pools as lanes of partial sums)."""
 
 import re
 
@@ -49,3 +50,22 @@ def test_depthwise_silu_epilogue_is_vector_code_on_rows_the_lanes_do_not_divide(
     # the tails are vector loops of their own (the taps' loop is a whole vector)
     tails = [p for p in schedules.common.vector_parts(width, lanes)[1:] if p > 1]
     assert sorted(n for n in vectors if n < lanes) == sorted(tails)
+
+
+@pytest.mark.parametrize("shape, dtype, partial", [
+    ((1, 24, 28, 28), "float32", True), ((2, 16, 14, 14), "float16", True),
+    ((1, 16, 7, 7), "float32", False)])  # 49 pixels: no whole vectors, the plain loop
+def test_global_average_pool_sums_its_plane_in_vector_lanes(rng, shape, dtype, partial):
+    """A squeeze-excite's global pool (mean over an NCHW plane) accumulates ``lanes``
+    partial sums with vector adds (``rfactor``), then adds the lanes; as unscheduled."""
+    x = rng.standard_normal(shape).astype(dtype)
+    mod = relax_module(x.shape, lambda bb, v: relax.op.mean(v, axis=[2, 3], keepdims=True),
+                       dtype)
+    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
+    lowered, actual = lower_and_run(mod, [x], neon_config())
+    names = [name for name, rule in rules_used(lowered).items() if rule == "reduction"]
+    assert names
+    tol = 1e-6 if dtype == "float32" else 2e-3
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+    script = lowered[names[0]].script()
+    assert ("_rf" in script and "T.vectorized" in script) == partial
