@@ -14,7 +14,8 @@ warm-up. Phone: one thread, ``cortex-a76``, N / 2N instruction counts of MobileD
 wheels (`deploy.engines.count_model`), each output checked against PyTorch. Instruction
 counts do not depend on what else the machine runs, so ``--phone-only`` counts them alone
 (families already counted are skipped) and merges them into the existing results, keeping
-their host figures.
+their host figures; ``--engines mobiledl mobiledl-fp16`` recounts only those engines of the
+given families (after a change to MobileDL, the peers' counts stand).
 Writes ``bench/results/families.{json,md}`` (``--out``: another directory).
 """
 
@@ -83,8 +84,9 @@ def bench_family(name: str, args) -> dict:
     return row
 
 
-def phone_counts(name: str, args) -> dict:
-    """Instructions per inference of every phone engine on `name` (or why it cannot)."""
+def phone_counts(name: str, args, engines=PHONE_ENGINES) -> dict:
+    """Instructions per inference of each phone engine of `engines` on `name` (or why it
+    cannot)."""
     import numpy as np
 
     from deploy.engines import count_model
@@ -94,7 +96,7 @@ def phone_counts(name: str, args) -> dict:
 
     x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype("float32")
     out = {}
-    for engine in PHONE_ENGINES:
+    for engine in engines:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -147,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--phone", action="store_true", help="also count on the phone")
     parser.add_argument("--phone-only", action="store_true",
                         help="count on the phone only, merged into the existing results")
+    parser.add_argument("--engines", nargs="+", choices=PHONE_ENGINES,
+                        help="with --phone-only: recount these engines of the families, "
+                             "keeping the other engines' counts")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = common.parse_args(parser, argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -176,10 +181,13 @@ def phone_only(args) -> int:
         row = result["families"].get(name)
         if row is None:
             raise SystemExit(f"{name!r} has no host row in {path}: run it on the host first")
-        if "phone" in row:
+        if args.engines:
+            row["phone"] = {**row.get("phone", {}), **phone_counts(name, args, args.engines)}
+        elif "phone" in row:
             print(f"[families] {name}: counted already", flush=True)
             continue
-        row["phone"] = phone_counts(name, args)
+        else:
+            row["phone"] = phone_counts(name, args)
         commands = result["meta"].setdefault("phone_commands", [])
         if args.command not in commands:
             commands.append(args.command)
