@@ -10,8 +10,10 @@ fallback that schedules any PrimFunc safely.
     when the output is contiguous along it (``out[..., x_o*L : x_o*L + L]`` accumulates in a
     vector). A row the lanes do not divide (LeNet's 14 and 5 pixels) but at most
     `_WHOLE_ROW_LANES` vectors long is vectorised whole (LLVM splits it into legal
-    vectors) instead of falling back to scalar code. The remaining spatial loops are fused
-    into one parallel loop.
+    vectors) instead of falling back to scalar code. A reduction over the contiguous
+    innermost axes of its input (a global average pool over NCHW planes) sums in vector
+    lanes instead (`_lane_partial_sums`). The remaining spatial loops are fused into one
+    parallel loop.
 
 `Fallback` recognises
     anything (it never returns None for a function it can parse). Element-wise chains are
