@@ -110,8 +110,10 @@ def vector_width(extent: int | None, lanes: int) -> int:
 
     With 8 fp16 lanes a 28-wide row still gets 4-lane (64-bit) vectors, where requiring
     the full register would leave it scalar (fp32's 4 lanes divide 28). Used for the
-    convolution's fused epilogue rows; other loops keep whole vectors or stay scalar for
-    LLVM's loop vectoriser, which measured better there.
+    direct convolution's fused epilogue rows and the lane split of a plane reduction
+    (`schedules.generic`); the depthwise epilogue cuts any row into pieces instead
+    (`vectorize_row`); other loops keep whole vectors or stay scalar for LLVM's loop
+    vectoriser, which measured better there.
     """
     width = lanes
     while extent and width >= 2:

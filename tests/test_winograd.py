@@ -84,7 +84,7 @@ def _conv_net(shape, w, bias, padding, residual, dtype):
         (HOST, 1, 5, 9, (17, 23), (0, 1, 2, 1), 6, "float32", False),  # asymmetric padding, 8 lanes
         (NEON, 1, 12, 20, (10, 14), (1, 1, 1, 1), 4, "float16", False),
         (NEON, 1, 16, 16, (7, 20), (1, 1, 1, 1), 2, "float16", False),  # rows of 8 fp16 tiles
-        # rows of tiles read by de-interleaving loads (ld4), last vector of a row shifted
+        # F(4,3) by rows of tiles (shuffled out of row vectors), last vector of a row shifted
         (NEON, 1, 8, 12, (9, 22), (1, 1, 1, 1), 4, "float32", False),
         (NEON, 2, 8, 8, (5, 35), (1, 1, 1, 1), 4, "float16", False),
         # output channels as the vector (all tiles in one vector): 7 x 7 as in ResNet layer4,
