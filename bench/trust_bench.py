@@ -4,6 +4,8 @@
     python bench/trust_bench.py curve --models mobilenetv2s resnet20 --ratios 0.25 0.5 0.625 0.75
     # 2. accuracy per calibration count (mask + least squares)
     python bench/trust_bench.py calibration --models resnet20 --ratios 0.5 --counts 16 64 256 1000
+    # 2b. a MACs target shared out over the groups ("mask:2x") beside the same uniform ratio
+    python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3
     # 3. fine-tuning at equal budget: ours (mask + recovery + masked fine-tuning), Torch-Pruning's
     #    magnitude pruner at the same MACs (without and with the same fine-tuning), and the
     #    uncompressed model fine-tuned for the same extra epochs
@@ -41,8 +43,8 @@ from pathlib import Path
 if not __package__:  # run as `python bench/trust_bench.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from bench.trust_report import STEM, write  # noqa: E402
 
-STEM = "compression-trust"
 RECOVERIES = ("none", "compensation", "ls")
 ARMS = ("uncompressed", "mask", "torch-pruning")
 SHAPE = (1, 1, 28, 28)
@@ -57,11 +59,13 @@ def accuracy(compiled, images, labels) -> float:
     return hits / len(labels)
 
 
-def compressor(method: str, recovery: str, ratio: float, calibration, masks=None):
-    """The pass object for `method` (``kmeans`` / ``mask``) with `recovery`."""
+def compressor(method: str, recovery: str, ratio: float, calibration, masks=None,
+               speedup: float | None = None):
+    """The pass object for `method` (``kmeans`` / ``mask``) with `recovery` (`speedup`: a
+    MACs target instead of one ratio)."""
     from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 
-    config = CompressConfig(ratio=ratio)
+    config = CompressConfig(speedup=speedup) if speedup else CompressConfig(ratio=ratio)
     if method == "kmeans":
         if recovery == "none":  # the data-free merge (Neuron Merging's scale)
             return KMeansChannelClustering(config)
@@ -116,7 +120,7 @@ class Bench:
 
     def save(self, row) -> None:
         key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs", "seed",
-               "recipe")
+               "recipe", "speedup")
         rows = [r for r in self.data["rows"]  # absent: seed 0, the SGD recipe
                 if any(r.get(k, DEFAULTS.get(k, 0)) != row.get(k, DEFAULTS.get(k, 0))
                        for k in key)]
@@ -128,9 +132,14 @@ class Bench:
         import mdl_tvm
 
         t = time.perf_counter()
-        pruner = compressor(method, recovery, ratio, self.train_x[:count])
+        pruner = compressor(method, recovery, ratio, self.train_x[:count],
+                            speedup=extra.get("speedup"))
         compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
         seconds = round(time.perf_counter() - t, 1)
+        if extra.get("speedup"):  # the planned share: report the channels removed in all
+            groups = [r for r in pruner.reports if r.channels_after < r.channels_before]
+            ratio = round(1 - sum(r.channels_after for r in groups)
+                          / max(sum(r.channels_before for r in groups), 1), 4)
         held = getattr(pruner, "model_error", None)
         row = self.measure(compiled, part=part, model=name, method=method, recovery=recovery,
                            ratio=ratio, calibration=count if method == "mask"
@@ -147,6 +156,19 @@ def run_curve(bench, args):
             for method in args.methods:
                 for recovery in args.recoveries:
                     bench.compressed(name, model, method, recovery, ratio, args.count, "curve")
+
+
+def run_budget(bench, args):
+    """A MACs target planned per group (`relay_passes.macs_budget`), mask + least squares,
+    beside the uniform `--ratios` of the curve part (same calibration)."""
+    for name in args.models:
+        model = bench.model(name)
+        bench.baseline(name, model)
+        for speedup in args.speedups:
+            bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
+                             speedup=speedup)
+        for ratio in args.ratios:
+            bench.compressed(name, model, "mask", "ls", ratio, args.count, "budget")
 
 
 def run_calibration(bench, args):
@@ -242,113 +264,10 @@ def torch_pruning_at(model, ratio: float):
 
 
 # -- report ----------------------------------------------------------------------------
-def write(data: dict, out) -> None:
-    common.write_results(STEM, data, markdown(data), plot(data["rows"]), out=out)
-
-
-def _label(r) -> str:
-    if r["part"] == "finetune" or r["method"] in ("none",):
-        notes = [f"seed {r['seed']}"] if r.get("seed") else []
-        notes += ["Adam"] if r.get("recipe") == "adam" else []
-        return r["method"] + (f" ({', '.join(notes)})" if notes else "")
-    return f"{r['method']}+{r['recovery']}"
-
-
-def markdown(data: dict) -> str:
-    rows = data["rows"]
-    base = {r["model"]: r for r in rows if r["part"] == "base"}
-    lines = ["# Compression you can trust (#18): Fashion-MNIST test top-1", ""]
-    for part, meta in sorted(data["meta"].items()):
-        lines.append(f"- `{part}`: `{meta.get('command')}` ({meta.get('date')}, "
-                     f"{meta.get('wall_s')} s so far)")
-    lines += ["", "| part | model | method | removed | calib. | ft epochs | top-1 | points lost"
-              " | MACs | MACs reduction | weights (bytes) | host latency ratio |"
-              " held-out output error (recovered / data-free) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {"base": 0, "curve": 1, "calibration": 2, "finetune": 3}
-    for r in sorted(rows, key=lambda r: (order[r["part"]], r["model"], r["ratio"], _label(r),
-                                          r["calibration"])):
-        b = base.get(r["model"], r)
-        held = r.get("held_out") or {}
-        held = (f"{held['recovered']:.3g} / {held['data_free']:.3g}" if "recovered" in held
-                else "")
-        lines.append(
-            f"| {r['part']} | {r['model']} | {_label(r)} | {r['ratio']:.1%} | "
-            f"{r['calibration'] or ''} | {r['epochs'] or ''} | {r['accuracy']:.4f} | "
-            f"{(b['accuracy'] - r['accuracy']) * 100:+.2f} | {r['macs']:,} | "
-            f"{b['macs'] / r['macs']:.2f}x | {r['weight_bytes']:,} | "
-            f"{r['latency_ms'] / b['latency_ms']:.2f} | {held} |")
-    lines += ["", "Points lost = base top-1 minus the point's top-1, in percentage points "
-              "(negative: better than the base). Phone instruction ratios: not measured in "
-              "this run."]
-    same = [(r["model"], r["method"], r["ratio"]) for r in rows if r["part"] == "curve"
-            and r["recovery"] == "ls" and any(
-                o["part"] == "curve" and o["recovery"] == "compensation"
-                and (o["model"], o["method"], o["ratio"]) == (r["model"], r["method"], r["ratio"])
-                and o["accuracy"] == r["accuracy"] for o in rows)]
-    if same:
-        lines.append(f"Least squares equalled compensation (same top-1) at {len(same)} curve "
-                     "point(s): no least-squares refit was kept there (row-count or held-out "
-                     "gate), so the two curves overlap in the plot.")
-    missing = [f"`{part}` ({', '.join(models)})" for part, models in (
-        ("curve", ("resnet20",)), ("calibration", ("resnet20",)),
-        ("finetune", ("resnet20",))) if not any(
-            r["part"] == part and r["model"] in models for r in rows)]
-    if missing:
-        lines.append("Not measured yet: " + "; ".join(missing) + ".")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows):
-    if (plt := common.pyplot()) is None or not rows:
-        return None
-    models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8.5), squeeze=False)
-    for col, name in enumerate(models):
-        base = next((r for r in rows if r["model"] == name and r["part"] == "base"), None)
-        ax = axes[0][col]
-        curves = {}
-        for r in rows:
-            if r["model"] == name and r["part"] in ("curve", "finetune"):
-                curves.setdefault(_label(r), []).append((base["macs"] / r["macs"],
-                                                         r["accuracy"] * 100))
-        for label, pts in sorted(curves.items()):
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label,
-                    linestyle="--" if "torch" in label or "ft" in label else "-")
-        if base:
-            b = base["accuracy"] * 100
-            ax.axhline(b, color="k", lw=0.8, label="uncompressed")
-            ax.axhline(b - 1, color="k", lw=0.8, ls=":", label="1 point lost")
-            ax.scatter([3], [b - 1], marker="*", s=160, color="k", zorder=5,
-                       label="seed: 3x faster at ~1 % loss")
-        ax.set(title=f"{name}: top-1 vs MACs reduction", xlabel="MACs reduction (x)",
-               ylabel="Fashion-MNIST test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-        ax = axes[1][col]
-        calib = {}
-        for r in rows:
-            if r["model"] == name and r["part"] == "calibration":
-                calib.setdefault(r["ratio"], {})[r["calibration"]] = r["accuracy"] * 100
-        for r in rows:  # the curve's mask + ls point counts too (same settings)
-            if (r["model"] == name and r["part"] == "curve" and r["method"] == "mask"
-                    and r["recovery"] == "ls" and r["ratio"] in calib):
-                calib[r["ratio"]].setdefault(r["calibration"], r["accuracy"] * 100)
-        calib = {ratio: list(points.items()) for ratio, points in calib.items()}
-        for ratio, pts in sorted(calib.items()):
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o",
-                    label=f"mask+ls, {ratio:.1%} removed")
-        ax.set(title=f"{name}: top-1 vs calibration images", xscale="log",
-               xlabel="calibration images", ylabel="top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def main(argv=None) -> int:
     parser = common.parser(__doc__, "python bench/trust_bench.py")
-    parser.add_argument("part", choices=("curve", "calibration", "finetune", "report"))
+    parser.add_argument("part", choices=("curve", "budget", "calibration", "finetune",
+                                         "report"))
     parser.add_argument("--models", nargs="+", default=["mobilenetv2s"])
     parser.add_argument("--ratios", nargs="*", type=float, default=[0.25, 0.5, 0.625, 0.75],
                         help="none: only the baselines (finetune: the uncompressed arm)")
@@ -359,6 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery", default="ls", choices=RECOVERIES,
                         help="recovery before fine-tuning")
     parser.add_argument("--count", type=int, default=256, help="calibration images")
+    parser.add_argument("--speedups", nargs="+", type=float, default=[2.0],
+                        help="budget part: MACs reduction targets")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--recipe", default="own", choices=RECIPES,
@@ -379,8 +300,9 @@ def main(argv=None) -> int:
         write(json.loads(path.read_text()), args.out)
         return 0
     bench = Bench(args)
-    {"curve": run_curve, "calibration": run_calibration, "finetune": run_finetune}[args.part](
-        bench, args)
+    parts = {"curve": run_curve, "budget": run_budget, "calibration": run_calibration,
+             "finetune": run_finetune}
+    parts[args.part](bench, args)
     return 0
 
 

@@ -77,12 +77,24 @@ def redundancy_keep(terms, k: int, compensated: bool = True) -> np.ndarray:
                     for _, _, aa, q in terms)
         return keep_top(np.asarray(score), k)
     keep = np.ones(count, bool)
+    keep[redundancy_path(terms, count - k)[0]] = False
+    return keep
+
+
+def redundancy_path(terms, steps: int | None = None) -> tuple[list[int], np.ndarray]:
+    """``(removed, increments)``: the channels `redundancy_keep` removes, in order, and
+    what each removal adds to the cost (`steps` removals; None: all but one channel).
+
+    The increments are the group's removal curve for a MACs budget (`macs_budget`)."""
+    count = len(terms[0][0])
+    steps = count - 1 if steps is None else steps
+    keep, removed, increments = np.ones(count, bool), [], []
     state = []
     for h, x, aa, q in terms:
         eps = 1e-9 * max(float(np.trace(h)) / count, 1e-300)
         state.append([np.linalg.inv(h + eps * np.eye(count)), x, q,
                       max(float(np.trace(q @ aa)), 1e-300)])
-    while keep.sum() > k:
+    for _ in range(steps):
         kept = np.flatnonzero(keep)
         cost = np.zeros(len(kept))
         for hinv, x, q, norm in state:
@@ -95,7 +107,9 @@ def redundancy_keep(terms, k: int, compensated: bool = True) -> np.ndarray:
             col = hinv[rest, j]
             entry[0] = hinv[np.ix_(rest, rest)] - np.outer(col, col) / hinv[j, j]
         keep[kept[j]] = False
-    return keep
+        removed.append(int(kept[j]))
+        increments.append(float(cost[j]))
+    return removed, np.asarray(increments)
 
 
 def sampled_contributions(rows: np.ndarray, weight: np.ndarray, columns: np.ndarray,

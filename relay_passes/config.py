@@ -23,12 +23,18 @@ class CompressConfig:
         Layer groups left untouched.
     seed : int
         Seed of k-means / any randomised selection.
+    speedup : float, optional
+        Instead of one ratio: the model's MACs divided by this (e.g. ``2.0``: half the
+        MACs), shared out over the groups by `relay_passes.macs_budget` -- with calibration
+        data where removal costs least, without it by one common ratio. `ratio` and
+        `per_layer` are then ignored. Spelled ``"mask:2x"`` / ``"kmeans:2x"``.
     """
 
     ratio: float = 0.5
     per_layer: dict = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     seed: int = 0
+    speedup: float | None = None
 
     def __post_init__(self):
         _check_ratio(self.ratio, "ratio")
@@ -36,6 +42,11 @@ class CompressConfig:
             _check_ratio(ratio, f"per_layer[{name!r}]")
         if isinstance(self.skip, str):
             raise TypeError("skip must be a tuple of layer names, not a string")
+        if self.speedup is not None and (
+                isinstance(self.speedup, bool) or not isinstance(self.speedup, (int, float))
+                or not self.speedup > 1.0):
+            raise ValueError(f"speedup must be a number > 1 (MACs reduction, e.g. 2.0), "
+                             f"got {self.speedup!r}")
 
     def ratio_for(self, name: str) -> float:
         return float(self.per_layer.get(name, self.ratio))
@@ -63,15 +74,21 @@ def kept_channels(channels: int, ratio: float) -> int:
 
 
 def parse_compress(spec) -> tuple[str, CompressConfig]:
-    """Parse ``"kmeans:0.5"`` / ``"mask:0.675"`` / ``(method, CompressConfig)``."""
+    """Parse ``"kmeans:0.5"`` / ``"mask:0.675"`` / ``"mask:2x"`` (half the MACs) /
+    ``(method, CompressConfig)``."""
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], CompressConfig):
         method, config = spec
     elif isinstance(spec, str):
         method, _, ratio = spec.partition(":")
         try:
-            config = CompressConfig(ratio=float(ratio) if ratio else 0.5)
+            if ratio.lower().endswith("x"):  # "mask:2x": half the MACs
+                config = CompressConfig(speedup=float(ratio[:-1]))
+            else:
+                config = CompressConfig(ratio=float(ratio) if ratio else 0.5)
         except ValueError as err:
-            raise ValueError(f"bad compress spec {spec!r}: {err}") from None
+            raise ValueError(f"bad compress spec {spec!r} (use 'METHOD:RATIO' with RATIO "
+                             f"in [0, 1), or 'METHOD:Nx' for N times fewer MACs): {err}"
+                             ) from None
     else:
         raise TypeError(
             f"compress must be a string like 'kmeans:0.5' or (method, CompressConfig), "

@@ -48,6 +48,7 @@ from relay_passes.channel_graph import ChannelGroup, analyze, weight_rows
 from relay_passes.channel_rewrite import Edit, rewrite
 from relay_passes.config import DEFAULT_CONFIG, CompressConfig, RecoveryConfig, kept_channels
 from relay_passes.layerwise import LayerwiseDriver, graph_order
+from relay_passes.macs_budget import planned_config
 from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
 
 
@@ -118,6 +119,8 @@ def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool =
     ``(new_mod, reports)``."""
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
+    config = planned_config(mod, config, [g.name for g in graph_order(graph)
+                                          if g.name not in config.skip], None, func_name)
     consts = bound_constants(mod, func_name)
     edits, depthwise, reports = [], set(), report_frozen(graph, config)
     for group in graph.groups.values():
@@ -152,6 +155,9 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
     order = [g.name for g in graph_order(graph) if g.name not in config.skip]
     reports = report_frozen(graph, config)
     driver = LayerwiseDriver(mod, config, options, calibration, func_name, runner)
+    if config.speedup is not None:
+        config = driver.config = planned_config(mod, config, order,
+                                                driver.removal_curves(order), func_name)
 
     def choose(evidence):
         group = evidence.group

@@ -42,6 +42,7 @@ from relay_passes.activations import (
 )
 from relay_passes.calibration import as_samples, require_samples, split_samples
 from relay_passes.channel_graph import ChannelGroup, analyze
+from relay_passes.channel_masks import redundancy_path
 from relay_passes.channel_rewrite import Edit, apply_edits, rewrite
 from relay_passes.channel_stats import (
     GroupStats,
@@ -190,6 +191,41 @@ class LayerwiseDriver:
         stats = collect(self._probe(self.mod, wanted), original, self.samples, self.split,
                         sites, rows, sampled, self.options.positions, self.config.seed)
         return stats, keys
+
+    def removal_curves(self, order: list[str]) -> dict[str, np.ndarray]:
+        """``{group: increments}``: each group's compensated removal cost, channel by
+        channel (`channel_masks.redundancy_path`), on the original network (the curves of a
+        MACs budget, `macs_budget.plan_kept`)."""
+        graph = analyze(self.original, self.func)
+        consts = bound_constants(self.original, self.func)
+        sites, places = {}, {}
+        for name in order:
+            places[name] = self._places(self.original, graph.groups[name])
+            for ref in graph.groups[name].consumers:
+                key = (places[name][ref.binding][0], ref.offset, ref.length)
+                sites[key] = ref.offset
+        probe = self._probe(self.original, sorted({key[0] for key in sites}))
+        memo = {}
+
+        def once(x):  # the same network on both sides of the regression: run it once
+            if memo.get("x") is not x:
+                memo.update(x=x, values=probe(x))
+            return memo["values"]
+
+        stats = collect(once, once, self.samples, self.split, sites, {}, {}, 1,
+                        self.config.seed)
+        curves = {}
+        for name in order:
+            terms = []
+            for ref in graph.groups[name].consumers:
+                key = (places[name][ref.binding][0], ref.offset, ref.length)
+                aa = stats.sites[key].blocks()[2]
+                spec = consumer_spec(self.original, ref.binding, self.func)
+                q = consumer_gram(consts[(ref.binding, 1)], spec, ref.offset, ref.length,
+                                  ref.span)
+                terms.append((aa, aa, aa, q))
+            curves[name] = redundancy_path(terms)[1]
+        return curves
 
     # -- the walk ----------------------------------------------------------------------
     def run(self, order: list[str], choose: Callable):

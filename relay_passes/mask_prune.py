@@ -4,7 +4,8 @@ What it rewrites
 ----------------
 For every prunable group of coupled channels (`channel_graph.analyze`), in graph order:
 
-1. *update* — a keep-mask of ``k = round(C * (1 - ratio))`` channels is chosen by a
+1. *update* — a keep-mask of ``k = round(C * (1 - ratio))`` channels (the ratio of a MACs
+   budget, `macs_budget`, when the config has a ``speedup``) is chosen by a
    criterion of `channel_masks` (filter magnitude, calibration activations, ThiNet's greedy
    reconstruction, or ``redundancy``: the error left after compensation), or taken from
    given masks; ``"auto"`` is ``redundancy`` with calibration data and ``l1`` without;
@@ -51,6 +52,7 @@ from relay_passes.config import (
     kept_channels,
 )
 from relay_passes.layerwise import Evidence, LayerwiseDriver, graph_order
+from relay_passes.macs_budget import planned_config
 from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
 
 
@@ -95,6 +97,9 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
     driver = LayerwiseDriver(mod, config, replace(options, criterion=criterion), calibration,
                              func_name, runner,
                              needs_data=options.recovery != "none" or data_criterion)
+    if config.speedup is not None and masks is None:
+        curves = driver.removal_curves(order) if driver.samples is not None else None
+        config = driver.config = planned_config(mod, config, order, curves, func_name)
 
     def choose(evidence: Evidence):
         name = evidence.group.name

@@ -37,7 +37,7 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--input-shape", type=parse_shape, help="e.g. 1,3,224,224")
     p.add_argument("--weights", help="state_dict (.pt) for a zoo model")
     p.add_argument("--compress", help="channel compression, e.g. kmeans:0.5, mask:0.5, "
-                   "mask:0.5:greedy")
+                   "mask:0.5:greedy, or mask:2x (half the MACs, planned per layer group)")
     p.add_argument("--calibration", help=".npy inputs (N, ...) for least-squares recovery")
     p.add_argument("--masks", help="commit channel masks saved by an earlier run (.npz)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,

@@ -104,7 +104,9 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         by k-means clustering (`relay_passes.kmeans_cluster`); ``"mask:0.5"`` prunes them
         by filter magnitude (``"mask:0.5:greedy"``: criterion ``l1``, ``l2``,
         ``activation`` or ``greedy``; `relay_passes.mask_prune`). With `calibration`, both
-        refit the consumer layers by least squares. A configured
+        refit the consumer layers by least squares. ``"mask:2x"`` / ``"kmeans:2x"`` ask for
+        half the MACs instead, shared out over the layer groups where removal costs least
+        (`relay_passes.macs_budget`). A configured
         ``relay_passes.MaskPruning`` / ``KMeansChannelClustering`` is accepted too
         (`relay_passes.compress_spec.make_compressor`).
     calibration : numpy.ndarray or iterable of arrays, optional

@@ -1,0 +1,112 @@
+"""The report of `bench/trust_bench.py`: markdown table and plots of compression-trust.json."""
+
+from __future__ import annotations
+
+from bench import common
+
+STEM = "compression-trust"
+
+
+def write(data: dict, out) -> None:
+    common.write_results(STEM, data, markdown(data), plot(data["rows"]), out=out)
+
+
+def _label(r) -> str:
+    if r["part"] == "finetune" or r["method"] in ("none",):
+        notes = [f"seed {r['seed']}"] if r.get("seed") else []
+        notes += ["Adam"] if r.get("recipe") == "adam" else []
+        return r["method"] + (f" ({', '.join(notes)})" if notes else "")
+    plan = f" ({r['speedup']:g}x MACs plan)" if r.get("speedup") else ""
+    return f"{r['method']}+{r['recovery']}{plan}"
+
+
+def markdown(data: dict) -> str:
+    rows = data["rows"]
+    base = {r["model"]: r for r in rows if r["part"] == "base"}
+    lines = ["# Compression you can trust (#18): Fashion-MNIST test top-1", ""]
+    for part, meta in sorted(data["meta"].items()):
+        lines.append(f"- `{part}`: `{meta.get('command')}` ({meta.get('date')}, "
+                     f"{meta.get('wall_s')} s so far)")
+    lines += ["", "| part | model | method | removed | calib. | ft epochs | top-1 | points lost"
+              " | MACs | MACs reduction | weights (bytes) | host latency ratio |"
+              " held-out output error (recovered / data-free) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"base": 0, "curve": 1, "budget": 2, "calibration": 3, "finetune": 4}
+    for r in sorted(rows, key=lambda r: (order[r["part"]], r["model"], r["ratio"], _label(r),
+                                          r["calibration"])):
+        b = base.get(r["model"], r)
+        held = r.get("held_out") or {}
+        held = (f"{held['recovered']:.3g} / {held['data_free']:.3g}" if "recovered" in held
+                else "")
+        lines.append(
+            f"| {r['part']} | {r['model']} | {_label(r)} | {r['ratio']:.1%} | "
+            f"{r['calibration'] or ''} | {r['epochs'] or ''} | {r['accuracy']:.4f} | "
+            f"{(b['accuracy'] - r['accuracy']) * 100:+.2f} | {r['macs']:,} | "
+            f"{b['macs'] / r['macs']:.2f}x | {r['weight_bytes']:,} | "
+            f"{r['latency_ms'] / b['latency_ms']:.2f} | {held} |")
+    lines += ["", "Points lost = base top-1 minus the point's top-1, in percentage points "
+              "(negative: better than the base). Phone instruction ratios: not measured in "
+              "this run."]
+    same = [(r["model"], r["method"], r["ratio"]) for r in rows if r["part"] == "curve"
+            and r["recovery"] == "ls" and any(
+                o["part"] == "curve" and o["recovery"] == "compensation"
+                and (o["model"], o["method"], o["ratio"]) == (r["model"], r["method"], r["ratio"])
+                and o["accuracy"] == r["accuracy"] for o in rows)]
+    if same:
+        lines.append(f"Least squares equalled compensation (same top-1) at {len(same)} curve "
+                     "point(s): no least-squares refit was kept there (row-count or held-out "
+                     "gate), so the two curves overlap in the plot.")
+    missing = [f"`{part}` ({', '.join(models)})" for part, models in (
+        ("curve", ("resnet20",)), ("calibration", ("resnet20",)),
+        ("finetune", ("resnet20",))) if not any(
+            r["part"] == part and r["model"] in models for r in rows)]
+    if missing:
+        lines.append("Not measured yet: " + "; ".join(missing) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows):
+    if (plt := common.pyplot()) is None or not rows:
+        return None
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8.5), squeeze=False)
+    for col, name in enumerate(models):
+        base = next((r for r in rows if r["model"] == name and r["part"] == "base"), None)
+        ax = axes[0][col]
+        curves = {}
+        for r in rows:
+            if r["model"] == name and r["part"] in ("curve", "finetune"):
+                curves.setdefault(_label(r), []).append((base["macs"] / r["macs"],
+                                                         r["accuracy"] * 100))
+        for label, pts in sorted(curves.items()):
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label,
+                    linestyle="--" if "torch" in label or "ft" in label else "-")
+        if base:
+            b = base["accuracy"] * 100
+            ax.axhline(b, color="k", lw=0.8, label="uncompressed")
+            ax.axhline(b - 1, color="k", lw=0.8, ls=":", label="1 point lost")
+            ax.scatter([3], [b - 1], marker="*", s=160, color="k", zorder=5,
+                       label="seed: 3x faster at ~1 % loss")
+        ax.set(title=f"{name}: top-1 vs MACs reduction", xlabel="MACs reduction (x)",
+               ylabel="Fashion-MNIST test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        ax = axes[1][col]
+        calib = {}
+        for r in rows:
+            if r["model"] == name and r["part"] == "calibration":
+                calib.setdefault(r["ratio"], {})[r["calibration"]] = r["accuracy"] * 100
+        for r in rows:  # the curve's mask + ls point counts too (same settings)
+            if (r["model"] == name and r["part"] == "curve" and r["method"] == "mask"
+                    and r["recovery"] == "ls" and r["ratio"] in calib):
+                calib[r["ratio"]].setdefault(r["calibration"], r["accuracy"] * 100)
+        calib = {ratio: list(points.items()) for ratio, points in calib.items()}
+        for ratio, pts in sorted(calib.items()):
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o",
+                    label=f"mask+ls, {ratio:.1%} removed")
+        ax.set(title=f"{name}: top-1 vs calibration images", xscale="log",
+               xlabel="calibration images", ylabel="top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
