@@ -107,6 +107,7 @@ def plot(rows):
         ax.set(title=f"{name}: top-1 vs calibration images", xscale="log",
                xlabel="calibration images", ylabel="top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if calib:  # models without a calibration sweep have nothing to label
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
