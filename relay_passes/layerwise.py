@@ -198,12 +198,12 @@ class LayerwiseDriver:
         MACs budget, `macs_budget.plan_kept`)."""
         graph = analyze(self.original, self.func)
         consts = bound_constants(self.original, self.func)
-        sites, places = {}, {}
+        sites, keys = {}, {}  # keys: group -> the site key of each consumer ref
         for name in order:
-            places[name] = self._places(self.original, graph.groups[name])
-            for ref in graph.groups[name].consumers:
-                key = (places[name][ref.binding][0], ref.offset, ref.length)
-                sites[key] = ref.offset
+            places = self._places(self.original, graph.groups[name])
+            keys[name] = [(places[ref.binding][0], ref.offset, ref.length)
+                          for ref in graph.groups[name].consumers]
+            sites.update({key: key[1] for key in keys[name]})
         probe = self._probe(self.original, sorted({key[0] for key in sites}))
         memo = {}
 
@@ -217,8 +217,7 @@ class LayerwiseDriver:
         curves = {}
         for name in order:
             terms = []
-            for ref in graph.groups[name].consumers:
-                key = (places[name][ref.binding][0], ref.offset, ref.length)
+            for ref, key in zip(graph.groups[name].consumers, keys[name], strict=True):
                 aa = stats.sites[key].blocks()[2]
                 spec = consumer_spec(self.original, ref.binding, self.func)
                 q = consumer_gram(consts[(ref.binding, 1)], spec, ref.offset, ref.length,

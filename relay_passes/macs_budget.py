@@ -30,8 +30,6 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from mdl_tvm.core.graph_stats import binding_costs
 from mdl_tvm.core.relax_utils import bound_constants
 from relay_passes.channel_graph import analyze
@@ -43,7 +41,8 @@ class _Layer:
     macs: int
     out_group: str | None  # the group whose channels are this layer's outputs
     in_width: int  # input columns (conv: channels, matmul: rows)
-    in_parts: tuple  # ((group, columns), ...) of the input read from groups
+    in_parts: tuple  # ((group, columns), ...) of the input read from groups (a depthwise
+    # conv has none: it scales with its output group alone)
 
 
 class MacsModel:
@@ -66,9 +65,8 @@ class MacsModel:
         for name, group in graph.groups.items():
             for ref in group.producers:
                 out[ref.binding] = name
-            for binding in group.depthwise:
+            for binding in group.depthwise:  # reads and writes the group's channels
                 out[binding] = name
-                parts.setdefault(binding, []).append((name, -1))  # scales with the group
             for ref in group.consumers:
                 parts.setdefault(ref.binding, []).append((name, ref.length * ref.span))
         self.layers = [
@@ -81,14 +79,11 @@ class MacsModel:
         total = 0.0
         for layer in self.layers:
             frac = 1.0 if layer.out_group is None else self._frac(kept, layer.out_group)
-            width, cols = layer.in_width, 0.0
-            for name, columns in layer.in_parts:
-                if columns < 0:  # depthwise: input follows the output group, counted once
-                    continue
-                width -= columns
-                cols += columns * self._frac(kept, name)
-            if any(c >= 0 for _, c in layer.in_parts):
-                frac *= (width + cols) / max(layer.in_width, 1)
+            if layer.in_parts:
+                width = layer.in_width - sum(columns for _, columns in layer.in_parts)
+                width += sum(columns * self._frac(kept, name)
+                             for name, columns in layer.in_parts)
+                frac *= width / max(layer.in_width, 1)
             total += layer.macs * frac
         return total
 
@@ -164,11 +159,7 @@ def uniform_kept(names, model: MacsModel, target: float) -> dict[str, int]:
 
 def ratios(kept: dict, channels: dict) -> dict[str, float]:
     """``{group: ratio}`` that `config.kept_channels` turns back into `kept` exactly."""
-    out = {}
-    for name, k in kept.items():
-        c = channels[name]
-        out[name] = float(np.clip((c - k) / c, 0.0, 0.9999999))
-    return out
+    return {name: (channels[name] - k) / channels[name] for name, k in kept.items()}
 
 
 def macs_model(mod, func_name: str = "main") -> MacsModel:
