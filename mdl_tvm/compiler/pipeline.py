@@ -1,6 +1,6 @@
 """The compile pipeline: one readable list of named stages.
 
-    import → prepare (fold BN, decompose, fold constants) → graph passes → precision
+    import → prepare (fold BN, decompose, fold constants in numpy) → graph passes → precision
            → lower (legalize, fuse, schedule) → build
 
 Each stage is a function ``stage(state) -> state`` over a `BuildState`: the frozen
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mdl_tvm.compiler.fold_constants import fold_constants
 from mdl_tvm.compiler.precision import PrecisionConfig, precision_stage
 from mdl_tvm.compiler.zero_copy_pass import zero_copy_build_pipeline
 from mdl_tvm.core.targets import TargetProfile
@@ -80,14 +81,12 @@ def _prepare(state: BuildState) -> BuildState:
     import tvm
     from tvm import relax
 
-    passes = [
-        relax.transform.FoldBatchnormToConv2D(),
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.FoldConstant(),
-        relax.transform.CanonicalizeBindings(),
-        relax.transform.DeadCodeElimination(["main"]),
-    ]
-    state.mod = tvm.transform.Sequential(passes)(state.mod)
+    inference = tvm.transform.Sequential([relax.transform.FoldBatchnormToConv2D(),
+                                          relax.transform.DecomposeOpsForInference()])
+    tidy = tvm.transform.Sequential([relax.transform.FoldConstant(),  # inlines, folds the rest
+                                     relax.transform.CanonicalizeBindings(),
+                                     relax.transform.DeadCodeElimination(["main"])])
+    state.mod = tidy(fold_constants(inference(state.mod)))  # the weight arithmetic in numpy
     return state
 
 
