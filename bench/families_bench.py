@@ -80,7 +80,7 @@ def bench_family(name: str, args) -> dict:
                                      threads=args.threads, timeout=3600))
     row["vs_onnxruntime"] = round(row["ours_ms"] / row["onnxruntime_ms"], 2)
     if args.phone:
-        row["phone"] = phone_counts(name, args)
+        row["phone"] = phone_counts(name, args, args.engines or PHONE_ENGINES)
     return row
 
 
@@ -150,13 +150,15 @@ def main(argv=None) -> int:
     parser.add_argument("--phone-only", action="store_true",
                         help="count on the phone only, merged into the existing results")
     parser.add_argument("--engines", nargs="+", choices=PHONE_ENGINES,
-                        help="with --phone-only: recount these engines of the families, "
-                             "keeping the other engines' counts")
+                        help="count only these phone engines (with --phone-only: recount them, "
+                             "keeping the other engines' counts)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = common.parse_args(parser, argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     if common.measure_mode(args, measure):
         return 0
+    if args.engines and not (args.phone or args.phone_only):
+        parser.error("--engines chooses phone engines: add --phone or --phone-only")
     if args.phone_only:
         return phone_only(args)
     start = time.perf_counter()

@@ -30,6 +30,7 @@ for recovery or data-driven criteria, calibration inputs of the model's input sh
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -97,7 +98,10 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
     driver = LayerwiseDriver(mod, config, replace(options, criterion=criterion), calibration,
                              func_name, runner,
                              needs_data=options.recovery != "none" or data_criterion)
-    if config.speedup is not None and masks is None:
+    if config.speedup is not None and masks is not None:
+        warnings.warn(f"speedup={config.speedup:g} is ignored: the given masks decide what "
+                      "each group keeps (drop masks= to plan a new pruning)", stacklevel=3)
+    elif config.speedup is not None:
         curves = driver.removal_curves(order) if driver.samples is not None else None
         config = driver.config = planned_config(mod, config, order, curves, func_name)
 

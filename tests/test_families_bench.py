@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from bench import families_bench
 
 ROW = {"ours_ms": 2.0, "onnxruntime_ms": 1.0, "vs_onnxruntime": 2.0, "rel_error_vs_torch": 1e-6,
@@ -38,3 +40,12 @@ def test_engines_recount_only_those_engines_and_keep_the_peers(tmp_path, monkeyp
                          "--out", str(tmp_path)])
     assert counted[1:] == [("regnet", families_bench.PHONE_ENGINES)]
     assert "0.07x" in (tmp_path / "families.md").read_text()  # 7 / 100 vs the best peer
+
+
+def test_engines_without_a_phone_run_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TVM_NUM_THREADS", os.environ.get("TVM_NUM_THREADS", "2"))
+    with pytest.raises(SystemExit) as stop:
+        families_bench.main(["--models", "regnet", "--out", str(tmp_path),
+                             "--engines", "mobiledl"])
+    assert stop.value.code == 2 and "add --phone or --phone-only" in capsys.readouterr().err
+    assert not (tmp_path / "families.json").exists()

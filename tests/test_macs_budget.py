@@ -6,7 +6,14 @@ from helpers import Concat, Depthwise, Residual, prepared, seeded
 from torch import nn
 
 from mdl_tvm.core.graph_stats import graph_stats
-from relay_passes import CompressConfig, MaskPruning, RecoveryConfig, analyze, parse_compress
+from relay_passes import (
+    ChannelMasks,
+    CompressConfig,
+    MaskPruning,
+    RecoveryConfig,
+    analyze,
+    parse_compress,
+)
 from relay_passes.channel_masks import redundancy_keep, redundancy_path
 from relay_passes.kmeans_cluster import cluster_channels
 from relay_passes.macs_budget import macs_model, plan_kept, uniform_kept
@@ -97,3 +104,14 @@ def test_kmeans_without_data_meets_a_macs_target():
     assert graph_stats(small).macs <= graph_stats(mod).macs / 1.8
     assert all(r.channels_after < r.channels_before
                for r in reports if r.note != "the model output")
+
+
+def test_speedup_with_saved_masks_warns_and_commits_the_masks():
+    mod = prepared(seeded(Chain), (1, 3, 10, 10))
+    masks = ChannelMasks(conv0=np.arange(8) < 6, conv1=np.arange(16) < 12)
+    pruner = MaskPruning(CompressConfig(speedup=4.0), RecoveryConfig(recovery="none"),
+                         masks=masks)
+    with pytest.warns(UserWarning, match=r"speedup=4 is ignored: the given masks"):
+        pruner(mod)
+    kept = {r.name: r.channels_after for r in pruner.reports}
+    assert kept["conv0"] == 6 and kept["conv1"] == 12
