@@ -120,13 +120,15 @@ def torch_macs(model, shape) -> int:
 
 def folded_weight_count(model) -> int:
     """Weights left after BatchNorm folding: every conv / linear weight and bias, plus one
-    bias per BatchNorm channel (the scale folds into the conv before it)."""
-    count = 0
+    bias per BatchNorm channel after a conv without one (the scale folds into the conv
+    before it, the shift into that conv's bias when it has one)."""
+    count, last = 0, None
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             count += m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+            last = m
         elif isinstance(m, nn.BatchNorm2d):
-            count += m.num_features
+            count += 0 if getattr(last, "bias", None) is not None else m.num_features
     return count
 
 

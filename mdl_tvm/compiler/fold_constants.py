@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdl_tvm.core.relax_utils import op_name, static_shape
+from mdl_tvm.core.relax_utils import constant_value, op_name, static_shape, with_blocks
 
 _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
            "relax.divide": np.divide}
@@ -34,12 +34,11 @@ _FOLDABLE = frozenset(_BINARY) | frozenset(_UNARY) | frozenset(_SHAPING)
 
 def evaluate(name: str, call, args: list[np.ndarray]) -> np.ndarray | None:
     """The value of one call of op `name` on numpy arguments, or None for a call this pass
-    leaves to ``FoldConstant`` (an unknown op, mixed dtypes, a symbolic shape)."""
-    if name in _BINARY:
-        a, b = args
-        return _BINARY[name](a, b) if a.dtype == b.dtype else None
-    if name in _UNARY:
-        return _UNARY[name](args[0])
+    leaves to ``FoldConstant`` (an unknown op, integer or mixed dtypes, a symbolic shape)."""
+    if name in _BINARY or name in _UNARY:  # float only: integer division rounds differently
+        if any(a.dtype != args[0].dtype for a in args) or args[0].dtype.kind != "f":
+            return None
+        return (_BINARY.get(name) or _UNARY[name])(*args)
     shape = static_shape(call)
     if name not in _SHAPING or shape is None:
         return None
@@ -52,35 +51,23 @@ def evaluate(name: str, call, args: list[np.ndarray]) -> np.ndarray | None:
     return args[0].reshape(shape)
 
 
-def _numpy(arg, values: dict) -> np.ndarray | None:
-    """A call argument as numpy: a tensor constant, a scalar immediate (an epsilon), or a
-    variable already folded; None for anything else."""
-    import tvm
-    from tvm import relax
-
-    if isinstance(arg, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):  # before Constant: a subclass
-        return np.asarray(arg.value, dtype=str(arg.ty))
-    if isinstance(arg, tvm.ir.Constant):
-        return arg.value.numpy() if hasattr(arg.value, "numpy") else None
-    return values.get(arg) if isinstance(arg, relax.Var) else None
-
-
 def fold_constants(mod, func_name: str = "main"):
     """`mod` with the constant arithmetic of `func_name` evaluated in numpy (see module).
 
     Bindings keep their variables; a folded one is bound to a ``relax.const``."""
-    import tvm
     from tvm import relax
 
-    func = mod[func_name]
     values, blocks = {}, []
-    for block in func.body.blocks:
+
+    def numpy_of(arg):
+        return values.get(arg) if isinstance(arg, relax.Var) else constant_value(arg)
+
+    for block in mod[func_name].body.blocks:
         bindings = []
         for binding in block.bindings:
             value, name = binding.value, op_name(binding.value)
             if isinstance(binding, relax.VarBinding) and name in _FOLDABLE:
-                args = [_numpy(a, values) for a in
-                        list(value.args)[: 1 if name in _SHAPING else None]]
+                args = [numpy_of(a) for a in list(value.args)[: 1 if name in _SHAPING else None]]
                 result = (evaluate(name, value, args)
                           if all(a is not None for a in args) else None)
                 if result is not None:
@@ -88,13 +75,5 @@ def fold_constants(mod, func_name: str = "main"):
                     binding = relax.VarBinding(binding.var,
                                                relax.const(result, str(result.dtype)))
             bindings.append(binding)
-        kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else \
-            relax.BindingBlock
-        blocks.append(kind(bindings))
-    if not values:
-        return mod
-    new = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
-                         func.is_pure, func.attrs)
-    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    out[func_name] = new
-    return out
+        blocks.append(bindings)
+    return with_blocks(mod, func_name, blocks) if values else mod

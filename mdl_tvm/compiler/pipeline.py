@@ -1,7 +1,7 @@
 """The compile pipeline: one readable list of named stages.
 
-    import → prepare (fold BN, decompose, fold constants in numpy) → graph passes → precision
-           → lower (legalize, fuse, schedule) → build
+    import → prepare (fold BN, decompose, fold constants in numpy, fold the BN left over)
+           → graph passes → precision → lower (legalize, fuse, schedule) → build
 
 Each stage is a function ``stage(state) -> state`` over a `BuildState`: the frozen
 `BuildOptions` a caller chose, the module as it is transformed, and what the stages report.
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mdl_tvm.compiler.fold_constants import fold_constants
+from mdl_tvm.compiler.fold_scale_shift import fold_scale_shift
 from mdl_tvm.compiler.precision import PrecisionConfig, precision_stage
 from mdl_tvm.compiler.zero_copy_pass import zero_copy_build_pipeline
 from mdl_tvm.core.targets import TargetProfile
@@ -87,6 +88,7 @@ def _prepare(state: BuildState) -> BuildState:
                                      relax.transform.CanonicalizeBindings(),
                                      relax.transform.DeadCodeElimination(["main"])])
     state.mod = tidy(fold_constants(inference(state.mod)))  # the weight arithmetic in numpy
+    state.mod = fold_scale_shift(state.mod)  # a BN that FoldBatchnormToConv2D left
     return state
 
 

@@ -81,3 +81,31 @@ def flatten_outputs(value) -> list[np.ndarray]:
     if hasattr(value, "__iter__"):
         return [arr for item in value for arr in flatten_outputs(item)]
     raise TypeError(f"unexpected VM output of type {type(value).__name__}")
+
+
+def constant_value(arg) -> np.ndarray | None:
+    """A call argument as numpy when it is a constant: a tensor constant, or a scalar
+    immediate such as an epsilon (``T.float32(1e-05)``); None for anything else."""
+    import tvm
+
+    if isinstance(arg, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):  # before Constant: a subclass
+        return np.asarray(arg.value, dtype=str(arg.ty))
+    if isinstance(arg, tvm.ir.Constant) and hasattr(arg.value, "numpy"):
+        return arg.value.numpy()
+    return None
+
+
+def with_blocks(mod, func_name: str, blocks: list):
+    """A copy of `mod` whose function `func_name` has the binding `blocks` (lists of
+    bindings, one per block of the original body, same kinds) and the same result."""
+    import tvm
+    from tvm import relax
+
+    func = mod[func_name]
+    new_blocks = [(relax.DataflowBlock if isinstance(old, relax.DataflowBlock)
+                   else relax.BindingBlock)(bindings)
+                  for old, bindings in zip(func.body.blocks, blocks, strict=True)]
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    out[func_name] = relax.Function(func.params, relax.SeqExpr(new_blocks, func.body.body),
+                                    func.ret_ty, func.is_pure, func.attrs)
+    return out
