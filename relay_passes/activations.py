@@ -37,6 +37,7 @@ class ConsumerSpec:
     strides: tuple[int, int] = (1, 1)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     dilation: tuple[int, int] = (1, 1)
+    groups: int = 1  # a grouped conv is seen as the dense conv of its block-diagonal weight
 
 
 def consumer_spec(mod, binding: int, func_name: str = "main") -> ConsumerSpec:
@@ -46,19 +47,40 @@ def consumer_spec(mod, binding: int, func_name: str = "main") -> ConsumerSpec:
     if call.op.name == "relax.nn.conv2d":
         a = call.attrs
         return ConsumerSpec(binding, "conv2d", weight, tuple(int(s) for s in a.strides),
-                            tuple(int(p) for p in a.padding), tuple(int(d) for d in a.dilation))
+                            tuple(int(p) for p in a.padding), tuple(int(d) for d in a.dilation),
+                            int(a.groups))
     return ConsumerSpec(binding, "matmul", weight)
 
 
+def input_width(spec: ConsumerSpec) -> int:
+    """Columns of `weight_matrix` (a conv's: every input channel times its taps)."""
+    if spec.kind == "conv2d":
+        return spec.weight_shape[1] * spec.groups * int(np.prod(spec.weight_shape[2:]))
+    return spec.weight_shape[0]
+
+
 def weight_matrix(spec: ConsumerSpec, weight: np.ndarray) -> np.ndarray:
-    """The consumer's weight as ``(outputs, inputs)``, matching `sample_rows` columns."""
+    """The consumer's weight as ``(outputs, inputs)``, matching `sample_rows` columns (a
+    grouped conv's: block diagonal, zero where a group does not read)."""
+    if spec.kind == "conv2d" and spec.groups > 1:
+        g, (o, c) = spec.groups, weight.shape[:2]
+        dense = np.zeros((o, c * g) + weight.shape[2:], weight.dtype)
+        for b in range(g):
+            dense[b * o // g:(b + 1) * o // g, b * c:(b + 1) * c] = weight[b * o // g:
+                                                                           (b + 1) * o // g]
+        return dense.reshape(o, -1)
     if spec.kind == "conv2d":
         return weight.reshape(weight.shape[0], -1)
     return weight.T
 
 
 def from_matrix(spec: ConsumerSpec, matrix: np.ndarray, like: tuple[int, ...]) -> np.ndarray:
-    """Inverse of `weight_matrix`: a ``(outputs, inputs)`` matrix back to the weight shape."""
+    """Inverse of `weight_matrix`: a ``(outputs, inputs)`` matrix back to the weight shape
+    (a grouped conv's diagonal blocks)."""
+    if spec.kind == "conv2d" and spec.groups > 1:
+        g, o = spec.groups, matrix.shape[0]
+        dense = matrix.reshape((o, g, -1) + tuple(like[2:]))
+        return np.concatenate([dense[b * o // g:(b + 1) * o // g, b] for b in range(g)])
     if spec.kind == "conv2d":
         return matrix.reshape((matrix.shape[0], -1) + tuple(like[2:]))
     return matrix.T

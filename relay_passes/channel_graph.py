@@ -3,9 +3,14 @@
 What it computes
 ----------------
 A *channel space* is born at each layer that creates channels: a conv2d with constant
-weights and ``groups == 1`` (output axis 0 of its OIHW weight) or a matmul with a constant
-``(K, N)`` weight (axis 1). The analysis follows each space forward through the graph and
-records everything indexed by its channels:
+weights that is not depthwise (output axis 0 of its OIHW weight) or a matmul with a
+constant ``(K, N)`` weight (axis 1). A grouped conv (``groups = G``) cuts both its
+outputs and its input channels into ``G`` equal *blocks* (`ChannelGroup.blocks`): a pruner
+keeps the same number of channels in each block, so the conv stays a ``G``-group conv, and
+its input side is a consumer (``WeightRef.groups = G``) whose edits must not mix channels
+of different blocks (k-means clusters and compensation stay inside a block). The analysis
+follows each space forward through the graph and records everything indexed by its
+channels:
 
 * ``producers``  the weight rows that create the channels;
 * ``params``     per-channel constants met on the way (bias adds, folded BatchNorm scales
@@ -29,11 +34,12 @@ bound as constants (``mdl_tvm``'s prepare stage does this).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mdl_tvm.core.relax_utils import main_bindings, static_shape, vars_in
+from mdl_tvm.core.relax_utils import constant_value, main_bindings, static_shape, vars_in
 
 UNARY_PASSTHROUGH = {
     "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.gelu",
@@ -86,6 +92,7 @@ class WeightRef:
     offset: int
     length: int
     span: int = 1
+    groups: int = 1  # a grouped conv: output row block g reads only channel block g
 
 
 @dataclass
@@ -99,6 +106,7 @@ class ChannelGroup:
     consumers: list[WeightRef] = field(default_factory=list)
     depthwise: list[int] = field(default_factory=list)  # convs whose `groups` follows C
     frozen: str | None = None  # why the group must not change
+    blocks: int = 1  # equal runs of channels that must keep equal counts (grouped convs)
 
     @property
     def prunable(self) -> bool:
@@ -115,14 +123,6 @@ class ChannelGraph:
     groups: dict[str, ChannelGroup]
     flatten_reshapes: list[int]
     producer_names: dict[int, str]  # binding number -> layer name (conv0, dense1, ...)
-
-
-def _const_array(expr):
-    import tvm
-
-    if isinstance(expr, tvm.ir.Constant) and hasattr(expr.value, "numpy"):
-        return expr.value.numpy()
-    return None
 
 
 class _Analysis:
@@ -143,7 +143,7 @@ class _Analysis:
         self.parent.append(len(self.parent))
         self.space_info.append({"name": name, "channels": channels, "producers": [],
                                 "params": [], "consumers": [], "depthwise": [],
-                                "frozen": None})
+                                "frozen": None, "blocks": 1})
         return len(self.parent) - 1
 
     def find(self, s: int) -> int:
@@ -227,19 +227,13 @@ class _Analysis:
 
     def visit_conv(self, name, call, in_layout, out_shape):
         attrs = call.attrs
-        weight = _const_array(call.args[1])
+        weight = constant_value(call.args[1])
         if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or weight is None
                 or out_shape is None):
             self.freeze(in_layout, f"conv2d {attrs.data_layout}/{attrs.kernel_layout} "
                         "or with non-constant weight")
             return None
         groups, c_out, c_in = int(attrs.groups), weight.shape[0], static_shape(call.args[0])[1]
-        if groups == 1:
-            if in_layout is not None:
-                self.record("consumers", in_layout, name, 1, 1)
-            space = self.new_space(name, "conv", c_out)
-            self.space_info[space]["producers"].append(WeightRef(name, 1, 0, 0, c_out))
-            return Layout(1, (Segment(space, c_out),))
         if groups == c_in == c_out and weight.shape[1] == 1:  # depthwise: channels pass
             if in_layout is None:
                 return None
@@ -248,11 +242,25 @@ class _Analysis:
                 if seg.space is not None:
                     self.space_info[seg.space]["depthwise"].append(name)
             return in_layout
-        self.freeze(in_layout, f"grouped conv2d (groups={groups})")
-        return None
+        # a grouped conv's group g reads input block g and writes output block g
+        seg = in_layout.segments[0] if in_layout is not None else None
+        if groups == 1 and in_layout is not None:
+            self.record("consumers", in_layout, name, 1, 1)
+        elif seg is not None and seg.space is not None and len(in_layout.segments) == 1 \
+                and in_layout.span == 1:
+            info = self.space_info[seg.space]
+            info["consumers"].append(WeightRef(name, 1, 1, 0, c_in, 1, groups))
+            info["blocks"] = math.lcm(info["blocks"], groups)
+        elif groups > 1:
+            self.freeze(in_layout, f"the input of grouped conv2d (groups={groups}) made of "
+                        "several tensors")
+        space = self.new_space(name, "conv", c_out)
+        self.space_info[space]["producers"].append(WeightRef(name, 1, 0, 0, c_out))
+        self.space_info[space]["blocks"] = groups
+        return Layout(1, (Segment(space, c_out),))
 
     def visit_matmul(self, name, args, in_layout, out_shape):
-        weight = _const_array(args[1])
+        weight = constant_value(args[1])
         if weight is None or weight.ndim != 2 or out_shape is None:
             for arg in args:
                 self.freeze(self.layout_of(arg), "matmul without a constant 2-D weight")
@@ -274,7 +282,7 @@ class _Analysis:
         out = tracked[0]
         rank = len(out_shape) if out_shape else 0
         for i, (arg, lay) in enumerate(zip(args, layouts, strict=True)):
-            const = _const_array(arg)
+            const = constant_value(arg)
             if lay is not None:
                 if lay.axis != out.axis or len(lay.segments) != len(out.segments) or any(
                         a.length != b.length for a, b in zip(lay.segments, out.segments,
@@ -355,6 +363,11 @@ class _Analysis:
                 getattr(group, key).extend(info[key])
             if info["frozen"] and not group.frozen:
                 group.frozen = info["frozen"]
+            group.blocks = math.lcm(group.blocks, info["blocks"])
+        for group in groups.values():
+            if group.channels % group.blocks and not group.frozen:
+                group.frozen = (f"grouped convs whose groups ({group.blocks} in all) do not "
+                                f"divide its {group.channels} channels")
         return {g.name: g for g in groups.values()}
 
 

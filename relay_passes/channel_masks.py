@@ -13,6 +13,9 @@ Criteria (pure numpy, given per-channel evidence):
   (`redundancy_keep`: the Optimal Brain Surgeon cost, a Schur complement), so of two
   channels that carry the same information one goes first.
 
+A group whose channels feed out of a grouped conv comes in equal *blocks* (one per conv
+group, `ChannelGroup.blocks`); every criterion then keeps the same number in each block.
+
 Masks save to an ``.npz`` with the channel counts, so a run can be reproduced and a mask
 made for another model is refused with the group that does not fit.
 """
@@ -27,12 +30,29 @@ import numpy as np
 from mdl_tvm.core.io import atomic_output
 
 
-def keep_top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask keeping the `k` highest scores (ties: the lower index)."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+def block_ids(count: int, blocks: int) -> np.ndarray:
+    """The block of each of `count` channels cut into `blocks` equal runs."""
+    if blocks < 1 or count % blocks:
+        raise ValueError(f"{count} channels do not split into {blocks} equal blocks")
+    return np.arange(count) // (count // blocks)
+
+
+def keep_top(scores: np.ndarray, k: int, blocks: int = 1) -> np.ndarray:
+    """Boolean mask keeping the `k` highest scores (ties: the lower index), ``k / blocks``
+    in each of `blocks` equal runs."""
+    scores = np.asarray(scores, np.float64)
+    ids = block_ids(len(scores), blocks)
     mask = np.zeros(len(scores), bool)
-    mask[order] = True
+    for b in range(blocks):
+        members = np.flatnonzero(ids == b)
+        order = np.argsort(-scores[members], kind="stable")[:k // blocks]
+        mask[members[order]] = True
     return mask
+
+
+def _open_blocks(keep: np.ndarray, ids: np.ndarray, floor: int) -> np.ndarray:
+    """Per channel: may it go, its block keeping more than `floor` channels?"""
+    return np.bincount(ids[keep], minlength=ids.max() + 1)[ids] > floor
 
 
 def magnitude_scores(rows: list[np.ndarray], p: int) -> np.ndarray:
@@ -44,23 +64,25 @@ def magnitude_scores(rows: list[np.ndarray], p: int) -> np.ndarray:
     return np.asarray(total)
 
 
-def greedy_keep(contributions: np.ndarray, k: int) -> np.ndarray:
+def greedy_keep(contributions: np.ndarray, k: int, blocks: int = 1) -> np.ndarray:
     """ThiNet's greedy selection. `contributions` is ``(C, M)``: channel c's share of M
     sampled consumer outputs. Channels are removed one by one, each time the one that
-    keeps ``|| sum of removed contributions ||`` smallest; returns the keep mask."""
+    keeps ``|| sum of removed contributions ||`` smallest (from blocks still above
+    ``k / blocks``); returns the keep mask."""
     c = len(contributions)
+    ids = block_ids(c, blocks)
     removed = np.zeros(c, bool)
     acc = np.zeros(contributions.shape[1])
     for _ in range(c - k):
         cost = ((acc[None, :] + contributions) ** 2).sum(axis=1)
-        cost[removed] = np.inf
+        cost[removed | ~_open_blocks(~removed, ids, k // blocks)] = np.inf
         pick = int(np.argmin(cost))
         removed[pick] = True
         acc += contributions[pick]
     return ~removed
 
 
-def redundancy_keep(terms, k: int, compensated: bool = True) -> np.ndarray:
+def redundancy_keep(terms, k: int, compensated: bool = True, blocks: int = 1) -> np.ndarray:
     """Greedy backward selection by the error left after compensation.
 
     `terms` holds one ``(H, X, AA, Q)`` per consumer: ``H = ZᵀZ`` the current channels'
@@ -69,25 +91,30 @@ def redundancy_keep(terms, k: int, compensated: bool = True) -> np.ndarray:
     ``sum_c tr(Q_c (AA_c − X_Kᵀ H_KK⁻¹ X_K)) / tr(Q_c AA_c)``; removing channel j from K
     raises it by ``uᵀ Q u / h_jj`` with ``u = X_Kᵀ H_KK⁻¹ e_j`` (a rank-one downdate), so each
     step is cheap. ``compensated=False`` scores channels by ``Q_jj AA_jj`` alone (no
-    compensation: for sites with fewer rows than the regression needs).
+    compensation: for sites with fewer rows than the regression needs). With `blocks`,
+    only channels of blocks keeping more than ``k / blocks`` may go.
     """
     count = len(terms[0][0])
     if not compensated:
         score = sum(np.diag(q) * np.diag(aa) / max(float(np.trace(q @ aa)), 1e-300)
                     for _, _, aa, q in terms)
-        return keep_top(np.asarray(score), k)
+        return keep_top(np.asarray(score), k, blocks)
     keep = np.ones(count, bool)
-    keep[redundancy_path(terms, count - k)[0]] = False
+    keep[redundancy_path(terms, count - k, blocks)[0]] = False
     return keep
 
 
-def redundancy_path(terms, steps: int | None = None) -> tuple[list[int], np.ndarray]:
+def redundancy_path(terms, steps: int | None = None,
+                    blocks: int = 1) -> tuple[list[int], np.ndarray]:
     """``(removed, increments)``: the channels `redundancy_keep` removes, in order, and
-    what each removal adds to the cost (`steps` removals; None: all but one channel).
+    what each removal adds to the cost (`steps` removals; None: all but one channel per
+    block), each block of `blocks` ending with the same count.
 
     The increments are the group's removal curve for a MACs budget (`macs_budget`)."""
     count = len(terms[0][0])
-    steps = count - 1 if steps is None else steps
+    ids = block_ids(count, blocks)
+    steps = count - blocks if steps is None else steps
+    floor = (count - steps) // blocks
     keep, removed, increments = np.ones(count, bool), [], []
     state = []
     for h, x, aa, q in terms:
@@ -100,6 +127,7 @@ def redundancy_path(terms, steps: int | None = None) -> tuple[list[int], np.ndar
         for hinv, x, q, norm in state:
             u = x[kept].T @ hinv  # (C, k): column j is X_Kᵀ H_KK⁻¹ e_j
             cost += np.einsum("cj,cd,dj->j", u, q, u) / np.maximum(np.diag(hinv), 1e-300) / norm
+        cost[~_open_blocks(keep, ids, floor)[kept]] = np.inf
         j = int(np.argmin(cost))
         for entry in state:
             hinv = entry[0]
@@ -156,3 +184,9 @@ class ChannelMasks(dict):
                                  f"group has {groups[name].channels}: made for another model?")
             if not mask.any():
                 raise ValueError(f"mask for {name!r} keeps no channel; keep at least one")
+            blocks = groups[name].blocks
+            counts = np.bincount(block_ids(mask.size, blocks)[mask], minlength=blocks)
+            if blocks > 1 and len(set(counts.tolist())) > 1:
+                raise ValueError(f"mask for {name!r} keeps {counts.tolist()} channels in the "
+                                 f"{blocks} groups of its grouped conv; a grouped conv needs "
+                                 "the same count in every group (choose per group)")

@@ -31,6 +31,8 @@ class Edit:
 def apply_edit(array: np.ndarray, edit: Edit) -> np.ndarray:
     """Return `array` with `edit` applied (pure numpy)."""
     ref, matrix = edit.ref, edit.matrix
+    if ref.groups > 1:
+        return _apply_grouped(array, edit)
     moved = np.moveaxis(array, ref.axis, 0)
     start, stop = ref.offset * ref.span, (ref.offset + ref.length) * ref.span
     block = moved[start:stop].reshape((ref.length, ref.span) + moved.shape[1:])
@@ -38,6 +40,24 @@ def apply_edit(array: np.ndarray, edit: Edit) -> np.ndarray:
     new_block = new_block.reshape((-1,) + moved.shape[1:]).astype(array.dtype)
     out = np.concatenate([moved[:start], new_block, moved[stop:]], axis=0)
     return np.moveaxis(out, 0, ref.axis)
+
+
+def _apply_grouped(array: np.ndarray, edit: Edit) -> np.ndarray:
+    """A grouped conv's input edit: row block g of the weight (axis 0) holds channel block
+    g's columns on `ref.axis`, so the matrix must be block diagonal."""
+    ref, matrix, g = edit.ref, edit.matrix, edit.ref.groups
+    k, c = matrix.shape
+    if k % g or c % g or array.shape[0] % g or ref.offset or ref.span != 1:
+        raise ValueError(f"a {k}x{c} edit does not split into the {g} groups of a grouped conv")
+    parts = []
+    for b, rows in enumerate(np.split(array, g, axis=0)):
+        band = matrix[b * k // g:(b + 1) * k // g]  # the new channels of group b
+        sub = band[:, b * c // g:(b + 1) * c // g]
+        if np.any(np.delete(band, np.s_[b * c // g:(b + 1) * c // g], axis=1)):
+            raise ValueError(f"the edit mixes channels of different groups of a {g}-group conv")
+        parts.append(apply_edit(rows, Edit(WeightRef(ref.binding, ref.arg, ref.axis, 0,
+                                                     c // g), sub)))
+    return np.concatenate(parts, axis=0)
 
 
 def apply_edits(array: np.ndarray, edits: list[Edit]) -> np.ndarray:

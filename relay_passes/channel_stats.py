@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mdl_tvm.core.relax_utils import main_bindings, op_name
-from relay_passes.activations import ConsumerSpec, all_rows, sample_rows, weight_matrix
+from relay_passes.activations import (
+    ConsumerSpec,
+    all_rows,
+    input_width,
+    sample_rows,
+    weight_matrix,
+)
 
 WALK_BACK = {"relax.mean", "relax.reshape", "relax.nn.avg_pool2d",
              "relax.nn.adaptive_avg_pool2d", "relax.nn.dropout", "relax.astype"}
@@ -153,9 +159,7 @@ def collect(current, original, samples, split, sites: dict, rows: dict[int, RowP
     which = np.empty(len(samples), object)
     which[fit], which[held] = "fit", "held_out"
     site_stats = {key: SiteStats(key[2]) for key in sites}
-    row_stats = {b: RowStats(p.spec.weight_shape[1] * int(np.prod(p.spec.weight_shape[2:]))
-                             if p.spec.kind == "conv2d" else p.spec.weight_shape[0],
-                             len(p.out_index)) for b, p in rows.items()}
+    row_stats = {b: RowStats(input_width(p.spec), len(p.out_index)) for b, p in rows.items()}
     drawn: dict[int, list] = {b: [] for b in sampled}
     for s, x in enumerate(samples):
         cur, orig = current(x), original(x)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from relay_passes.activations import ConsumerSpec, weight_matrix
+from relay_passes.channel_masks import block_ids
 from relay_passes.channel_stats import SiteStats
 from relay_passes.ls_recovery import ridge_toward
 
@@ -44,8 +45,20 @@ def augmented(stats: SiteStats, keep: np.ndarray, split: str | None = None):
 
 
 def compensate(stats: SiteStats, keep: np.ndarray, prior: np.ndarray, mu: float,
-               intercept: bool, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(G, d)``: ``(k, C)`` coefficients and ``(C,)`` intercept (zeros without one)."""
+               intercept: bool, split: str | None = None,
+               blocks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(G, d)``: ``(k, C)`` coefficients and ``(C,)`` intercept (zeros without one).
+
+    With `blocks` (a grouped conv's input), each channel is regressed on the kept channels
+    of its own block only: ``G`` is block diagonal."""
+    if blocks > 1:
+        ids = block_ids(len(keep), blocks)
+        g, d = np.zeros(prior.shape), np.zeros(prior.shape[1])
+        for b in range(blocks):
+            rows, cols = ids[keep] == b, ids == b
+            gb, db = compensate(stats, keep & cols, prior[rows], mu, intercept, split)
+            g[np.ix_(rows, cols)], d[cols] = gb[:, cols], db[cols]
+        return g, d
     gram, cross, _ = augmented(stats, keep, split)
     k = int(keep.sum())
     if not intercept:

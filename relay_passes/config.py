@@ -69,8 +69,11 @@ def _check_ratio(value, what: str) -> None:
         raise ValueError(f"{what} must be in [0, 1) (fraction of channels removed), got {value}")
 
 
-def kept_channels(channels: int, ratio: float) -> int:
-    return max(1, min(channels, int(round(channels * (1.0 - ratio)))))
+def kept_channels(channels: int, ratio: float, blocks: int = 1) -> int:
+    """Channels kept of `channels` at removal `ratio` (at least one; with `blocks` equal
+    blocks, a multiple of `blocks`: the same count in each)."""
+    per_block = channels // blocks
+    return blocks * max(1, min(per_block, int(round(per_block * (1.0 - ratio)))))
 
 
 def parse_compress(spec) -> tuple[str, CompressConfig]:

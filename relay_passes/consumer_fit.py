@@ -19,7 +19,7 @@ than plain removal on held-out data. Pure numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -86,8 +86,9 @@ def _mixes(item, keep, prior, options, split, name) -> list:
     """The consume matrix of each ref under candidate `name` (fitted on `split`)."""
     if name == "removal":
         return [selection(keep)] * len(item.refs)
-    return [compensate(site, keep, prior, options.mu, name == "+intercept", split)[0]
-            for site in item.sites]
+    return [compensate(site, keep, prior, options.mu, name == "+intercept", split,
+                       ref.groups)[0]
+            for ref, site in zip(item.refs, item.sites, strict=True)]
 
 
 def _fitted(item, keep, prior, options, split, intercept):
@@ -95,7 +96,7 @@ def _fitted(item, keep, prior, options, split, intercept):
     mixes, shift = [], np.zeros(len(item.weight) if item.spec.kind == "conv2d"
                                 else item.weight.shape[1])
     for ref, site in zip(item.refs, item.sites, strict=True):
-        g, d = compensate(site, keep, prior, options.mu, intercept, split)
+        g, d = compensate(site, keep, prior, options.mu, intercept, split, ref.groups)
         mixes.append(g)
         shift = shift + intercept_shift(item.weight, item.spec, ref.offset, ref.length,
                                         ref.span, d)
@@ -145,7 +146,7 @@ def decide(item: ConsumerInput, keep: np.ndarray, prior: np.ndarray,
                                                              split, True)
     fitted = {name: make("fit") for name, make in candidates.items()}
     like = next(iter(fitted.values()))[0].shape
-    post = ConsumerSpec(item.spec.binding, item.spec.kind, like)
+    post = replace(item.spec, weight_shape=like)
     rows, bases = None, {}  # bases: least-squares candidate -> the candidate it starts from
     if data and item.rows is not None:
         rows = _Rows(item.rows, kept_columns(item, keep), item.out_rows, has_bias)
@@ -153,7 +154,9 @@ def decide(item: ConsumerInput, keep: np.ndarray, prior: np.ndarray,
         errors = {n: output_error(*ho, _vector(post, w, b)) for n, (w, b) in fitted.items()}
         base = min(errors, key=errors.get)
         unknowns = len(rows.ix)
-        if options.recovery == "ls" and well_posed(rows.rows("fit"), unknowns, options.kappa):
+        # least squares would fill in the zeros of a grouped conv's block-diagonal weight
+        if (options.recovery == "ls" and item.spec.groups == 1
+                and well_posed(rows.rows("fit"), unknowns, options.kappa)):
             xx, xy, _ = rows.blocks("fit")
             v0 = _vector(post, *fitted[base])
             for alpha in sorted(options.alphas, reverse=True):
@@ -194,6 +197,7 @@ def _channel_error(item, keep, prior, options, name) -> float:
         if name == "removal":
             g, d = selection(keep), np.zeros(len(keep))
         else:
-            g, d = compensate(site, keep, prior, options.mu, name == "+intercept", "fit")
+            g, d = compensate(site, keep, prior, options.mu, name == "+intercept", "fit",
+                              ref.groups)
         total += channel_error(site, keep, g, d, q, "held_out")
     return total / len(item.refs)

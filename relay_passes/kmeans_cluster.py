@@ -59,11 +59,21 @@ def channel_features(group: ChannelGroup, consts: dict) -> np.ndarray:
 
 
 def kmeans_labels(features: np.ndarray, k: int, seed: int,
-                  direction: bool = True) -> np.ndarray:
+                  direction: bool = True, blocks: int = 1) -> np.ndarray:
     """Cluster labels of the feature rows (``direction``: of the unit-length rows),
-    renumbered so cluster j's first member precedes cluster j+1's."""
+    renumbered so cluster j's first member precedes cluster j+1's. With `blocks` equal
+    runs of rows (the groups of a grouped conv), each run gets ``k / blocks`` clusters of
+    its own."""
     from sklearn.cluster import KMeans
 
+    if blocks > 1:
+        labels, offset = [], 0
+        for part in np.split(features, blocks):
+            part_labels = _split_to(kmeans_labels(part, k // blocks, seed, direction),
+                                    k // blocks)
+            labels.append(part_labels + offset)
+            offset += k // blocks
+        return np.concatenate(labels)
     if k >= len(features):
         return np.arange(len(features))
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-30)
@@ -71,9 +81,25 @@ def kmeans_labels(features: np.ndarray, k: int, seed: int,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate points: fewer distinct clusters than k
         labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(unit).labels_
+    return _in_order(labels)
+
+
+def _in_order(labels: np.ndarray) -> np.ndarray:
+    """`labels` renumbered so cluster j's first member precedes cluster j+1's."""
     first = {label: i for i, label in reversed(list(enumerate(labels)))}
     order = {label: j for j, label in enumerate(sorted(first, key=first.get))}
     return np.array([order[label] for label in labels])
+
+
+def _split_to(labels: np.ndarray, k: int) -> np.ndarray:
+    """`labels` with exactly ``min(k, len(labels))`` clusters: while k-means found fewer
+    (duplicate rows), the last member of the largest cluster becomes a cluster of its own;
+    renumbered in order of first members."""
+    labels = labels.copy()
+    while len(np.unique(labels)) < min(k, len(labels)):
+        largest = np.argmax(np.bincount(labels))
+        labels[np.flatnonzero(labels == largest)[-1]] = labels.max() + 1
+    return _in_order(labels)
 
 
 def representatives(features: np.ndarray, labels: np.ndarray):
@@ -126,9 +152,9 @@ def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool =
     for group in graph.groups.values():
         if not group.prunable or group.name in config.skip:
             continue
-        k = kept_channels(group.channels, config.ratio_for(group.name))
+        k = kept_channels(group.channels, config.ratio_for(group.name), group.blocks)
         labels = kmeans_labels(channel_features(group, consts), k, config.seed,
-                               direction=False)
+                               direction=False, blocks=group.blocks)
         clusters = int(labels.max()) + 1
         if clusters == group.channels:
             reports.append(GroupReport(group.name, group.channels, group.channels,
@@ -161,9 +187,10 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
 
     def choose(evidence):
         group = evidence.group
-        k = kept_channels(group.channels, config.ratio_for(group.name))
+        k = kept_channels(group.channels, config.ratio_for(group.name), group.blocks)
         features = channel_features(group, evidence.consts)
-        keep, prior = representatives(features, kmeans_labels(features, k, config.seed))
+        keep, prior = representatives(features, kmeans_labels(features, k, config.seed,
+                                                              blocks=group.blocks))
         return keep, prior, f"{int(keep.sum())} clusters"
 
     new_mod, kept = driver.run(order, choose)

@@ -37,6 +37,7 @@ from relay_passes.activations import (
     Runner,
     consumer_spec,
     default_runner,
+    input_width,
     model_input_shape,
     weight_matrix,
 )
@@ -162,9 +163,7 @@ class LayerwiseDriver:
                 for ref in group.consumers}
 
     def _row_plan(self, b: int, spec: ConsumerSpec, source: int) -> RowPlan | None:
-        unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else 1
-        width = spec.weight_shape[1] * unit if spec.kind == "conv2d" else spec.weight_shape[0]
-        if self.options.recovery == "none" or width > self.options.max_unknowns:
+        if self.options.recovery == "none" or input_width(spec) > self.options.max_unknowns:
             return None
         orig = bound_constants(self.original, self.func)
         orig_spec = consumer_spec(self.original, b, self.func)

@@ -61,6 +61,7 @@ class MacsModel:
 
     def __init__(self, graph, costs: dict, specs: dict):
         self.channels = {name: g.channels for name, g in graph.groups.items()}
+        self.blocks = {name: g.blocks for name, g in graph.groups.items()}
         out, parts = {}, {}
         for name, group in graph.groups.items():
             for ref in group.producers:
@@ -109,7 +110,7 @@ def plan_kept(curves: dict, model: MacsModel, target: float) -> dict[str, int]:
         When removing every allowed channel still leaves more than `target` MACs.
     """
     kept = {name: model.channels[name] for name in curves}
-    floor = model.macs({name: 1 for name in curves})
+    floor = model.macs({name: model.blocks[name] for name in curves})
     if floor > target:
         raise ValueError(f"a MACs target of {target:,.0f} cannot be met: with one channel per "
                          f"prunable group the model still has {floor:,.0f} MACs "
@@ -117,13 +118,14 @@ def plan_kept(curves: dict, model: MacsModel, target: float) -> dict[str, int]:
     current = model.macs(kept)
     heap, version = [], dict.fromkeys(curves, 0)
 
-    def push(name):
-        step = model.channels[name] - kept[name]
+    def push(name):  # a grouped conv's outputs go one channel per group at a time
+        step, size = model.channels[name] - kept[name], model.blocks[name]
         version[name] += 1
-        if step < len(curves[name]):
-            fewer = dict(kept, **{name: kept[name] - 1})
+        if kept[name] > size and step + size <= len(curves[name]):
+            fewer = dict(kept, **{name: kept[name] - size})
             saved = max(current - model.macs(fewer), 1e-9)
-            heapq.heappush(heap, (float(curves[name][step]) / saved, name, version[name]))
+            cost = float(sum(curves[name][step:step + size]))
+            heapq.heappush(heap, (cost / saved, name, version[name]))
 
     for name in curves:
         push(name)
@@ -131,7 +133,7 @@ def plan_kept(curves: dict, model: MacsModel, target: float) -> dict[str, int]:
         _, name, seen = heapq.heappop(heap)
         if seen != version[name]:
             continue  # superseded: its saving was recomputed since
-        kept[name] -= 1
+        kept[name] -= model.blocks[name]
         current = model.macs(kept)
         for other in curves:  # the savings of neighbours change when a layer shrinks
             push(other)
@@ -144,7 +146,7 @@ def uniform_kept(names, model: MacsModel, target: float) -> dict[str, int]:
     names = list(names)
 
     def kept_at(ratio):
-        return {n: kept_channels(model.channels[n], ratio) for n in names}
+        return {n: kept_channels(model.channels[n], ratio, model.blocks[n]) for n in names}
 
     if model.macs(kept_at(0.999)) > target:
         raise ValueError(f"a MACs target of {target:,.0f} cannot be met by pruning every "
@@ -170,7 +172,8 @@ def macs_model(mod, func_name: str = "main") -> MacsModel:
     for group in graph.groups.values():
         for ref in group.consumers:
             weight = consts[(ref.binding, 1)]
-            widths[ref.binding] = weight.shape[1] if weight.ndim == 4 else weight.shape[0]
+            widths[ref.binding] = (weight.shape[1] * ref.groups if weight.ndim == 4
+                                   else weight.shape[0])
     return MacsModel(graph, binding_costs(mod, func_name), widths)
 
 

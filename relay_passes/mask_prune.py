@@ -60,26 +60,27 @@ from relay_passes.reports import GroupReport, finish_reports, recovery_note, rep
 def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.ndarray:
     """The keep-mask of one group under `criterion` (pure numpy on the evidence)."""
     group = evidence.group
+    blocks = group.blocks
     if criterion in ("l1", "l2"):
         rows = [weight_rows(evidence.consts, ref) for ref in group.producers]
-        return keep_top(magnitude_scores(rows, 1 if criterion == "l1" else 2), k)
+        return keep_top(magnitude_scores(rows, 1 if criterion == "l1" else 2), k, blocks)
     if criterion == "activation":
         scores = 0.0
         for binding, cols in evidence.columns.items():
             x = np.abs(evidence.rows[binding])
             per_channel = np.array([x[:, c].mean() for c in cols])
             scores = scores + per_channel / max(per_channel.mean(), 1e-12)
-        return keep_top(np.asarray(scores), k)
+        return keep_top(np.asarray(scores), k, blocks)
     if criterion == "redundancy":
         terms, posed = evidence.redundancy_terms()
-        return redundancy_keep(terms, k, compensated=posed)
+        return redundancy_keep(terms, k, compensated=posed, blocks=blocks)
     parts = []
     for binding, cols in evidence.columns.items():
         spec = evidence.specs[binding]
         w = weight_matrix(spec, evidence.consts[(binding, 1)].astype(np.float64))
         contrib = sampled_contributions(evidence.rows[binding], w, cols, seed)
         parts.append(contrib / max(np.linalg.norm(contrib.sum(axis=0)), 1e-12))
-    return greedy_keep(np.concatenate(parts, axis=1), k)
+    return greedy_keep(np.concatenate(parts, axis=1), k, blocks)
 
 
 def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
@@ -110,7 +111,8 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
         if masks is not None:
             mask = masks[name]
         else:
-            k = kept_channels(evidence.group.channels, config.ratio_for(name))
+            k = kept_channels(evidence.group.channels, config.ratio_for(name),
+                              evidence.group.blocks)
             mask = choose_mask(evidence, k, criterion, config.seed)
         chosen_masks[name] = mask
         return mask, None, "given mask" if masks is not None else criterion

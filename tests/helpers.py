@@ -67,6 +67,19 @@ class Depthwise(nn.Module):
         return self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
 
 
+class Grouped(nn.Module):
+    """conv -> grouped 3x3 (4 groups of 2 in, 4 out) -> 1x1 (a RegNet / ResNeXt block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 16, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
 class Concat(nn.Module):
     """Two convs concatenated along channels, then one conv reading both."""
 

@@ -10,6 +10,7 @@ from helpers import (
     ConvConv,
     ConvDense,
     Depthwise,
+    Grouped,
     Residual,
     conv_shapes,
     host_fn,
@@ -28,6 +29,7 @@ CASES = {
     "residual": (Residual, (1, 3, 8, 8)),
     "depthwise": (Depthwise, (1, 3, 8, 8)),
     "concat": (Concat, (1, 3, 8, 8)),
+    "grouped": (Grouped, (1, 3, 8, 8)),
 }
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import Concat, Depthwise, Residual, prepared, seeded
+from helpers import Concat, Depthwise, Grouped, Residual, prepared, seeded
 from torch import nn
 
 from mdl_tvm.core.graph_stats import graph_stats
@@ -31,7 +31,7 @@ class Chain(nn.Module):
         return self.c(self.b(self.a(x).relu()).relu())
 
 
-@pytest.mark.parametrize("cls", [Chain, Residual, Depthwise, Concat])
+@pytest.mark.parametrize("cls", [Chain, Residual, Depthwise, Concat, Grouped])
 def test_macs_model_predicts_the_pruned_graph(cls):
     """The MACs counted from kept channels alone equal those of the rewritten graph."""
     mod = prepared(seeded(cls), (1, 3, 10, 10))

@@ -107,6 +107,7 @@ class ConsumerLayer:
     length: int
     span: int
     binding: int
+    groups: int = 1  # a grouped conv: its weight holds each group's columns only
 
 
 def _graph(model, example):
@@ -119,7 +120,7 @@ def _torch_layers(model):
     import torch
 
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear)
-            or (isinstance(m, torch.nn.Conv2d) and m.groups == 1)]
+            or (isinstance(m, torch.nn.Conv2d) and (m.groups == 1 or m.groups < m.in_channels))]
 
 
 def _prunable_layers(model, example):
@@ -131,16 +132,17 @@ def _prunable_layers(model, example):
 
 
 def consumer_layers(model, example):
-    """``[(group name, channels, [ConsumerLayer])]`` of the prunable groups, in graph order:
-    where each group's channels are read."""
+    """``[(group name, channels, [ConsumerLayer], blocks)]`` of the prunable groups, in graph
+    order: where each group's channels are read (`blocks`: equal runs that keep equal
+    counts, the groups of a grouped conv)."""
     graph, consts = _graph(model, example)
     layers = _torch_layers(model)
     out = []
     for g in graph_order(graph):
         readers = [ConsumerLayer(_torch_layer(layers, consts[(r.binding, r.arg)],
                                               1 - r.axis, g.name), r.offset, r.length,
-                                 r.span, r.binding) for r in g.consumers]
-        out.append((g.name, g.channels, readers))
+                                 r.span, r.binding, r.groups) for r in g.consumers]
+        out.append((g.name, g.channels, readers, g.blocks))
     return out
 
 
@@ -162,17 +164,18 @@ def _torch_layer(layers, weight: np.ndarray, axis: int, name: str):
                      "fine-tuning needs conv2d / linear layers whose weights the import keeps")
 
 
-def _update_mask(mask: np.ndarray, scores: np.ndarray, k: int, margin: float) -> np.ndarray:
-    """Keep the top-k, but a pruned channel only enters when it beats the weakest kept
-    one by `margin` (hysteresis, so masks do not flicker)."""
-    boosted = scores * np.where(mask, margin, 1.0)
-    new = np.zeros_like(mask)
-    new[np.argsort(-boosted, kind="stable")[:k]] = True
-    return new
+def _update_mask(mask: np.ndarray, scores: np.ndarray, k: int, margin: float,
+                 blocks: int = 1) -> np.ndarray:
+    """Keep the top-k (``k / blocks`` per block), but a pruned channel only enters when it
+    beats the weakest kept one by `margin` (hysteresis, so masks do not flicker)."""
+    return keep_top(scores * np.where(mask, margin, 1.0), k, blocks)
 
 
 def _column_norms(layer: ConsumerLayer) -> np.ndarray:
     w = layer.module.weight.detach().numpy()
+    if layer.groups > 1:  # row block g holds channel block g's columns
+        return np.concatenate([np.sqrt((rows.astype(np.float64) ** 2).sum(axis=(0, 2, 3)))
+                               for rows in np.split(w, layer.groups)])
     block = w[:, layer.offset * layer.span : (layer.offset + layer.length) * layer.span]
     return np.linalg.norm(block.reshape(len(w), layer.length, -1), axis=(0, 2))
 
@@ -181,7 +184,7 @@ def _edit_consumer(layer: ConsumerLayer, matrix: np.ndarray) -> None:
     """Apply a ``(C, C)`` consume matrix to the layer's input columns, in place."""
     import torch
 
-    ref = WeightRef(layer.binding, 0, 1, layer.offset, layer.length, layer.span)
+    ref = WeightRef(layer.binding, 0, 1, layer.offset, layer.length, layer.span, layer.groups)
     with torch.no_grad():
         w = layer.module.weight
         w.copy_(torch.from_numpy(apply_edit(w.detach().numpy(), Edit(ref, matrix))))
@@ -247,10 +250,10 @@ def masked_finetune(model, config: FinetuneConfig | None = None, log=print, *,
     x, _ = load_fashion_mnist("train", limit=512)
     groups = consumer_layers(model, torch.from_numpy(x[:1]))
     if masks is not None:
-        ChannelMasks(masks).check({name: _Channels(c) for name, c, _ in groups})
-    usage = {(name, i): np.zeros(lay.length) for name, _, ls in groups
+        ChannelMasks(masks).check({name: _Channels(c, b) for name, c, _, b in groups})
+    usage = {(name, i): np.zeros(lay.length) for name, _, ls, _ in groups
              for i, lay in enumerate(ls)}
-    tensors = {name: torch.ones(c) for name, c, _ in groups}
+    tensors = {name: torch.ones(c) for name, c, _, _ in groups}
 
     def hook_for(name, i, layer):
         def hook(module, inputs):
@@ -270,18 +273,18 @@ def masked_finetune(model, config: FinetuneConfig | None = None, log=print, *,
                    for i, lay in enumerate(layers))
 
     hooks = [lay.module.register_forward_pre_hook(hook_for(name, i, lay))
-             for name, _, ls in groups for i, lay in enumerate(ls)]
+             for name, _, ls, _ in groups for i, lay in enumerate(ls)]
     try:
         model.eval()
         with torch.no_grad():  # measure what each consumer reads, all channels on
             for _ in range(10):
                 model(torch.from_numpy(x))
-        keep = {name: kept_channels(c, config.ratio) for name, c, _ in groups}
+        keep = {name: kept_channels(c, config.ratio, b) for name, c, _, b in groups}
         current = {}
-        for name, c, layers in groups:
+        for name, c, layers, blocks in groups:
             given = masks is not None and name in masks
             current[name] = (np.asarray(masks[name], bool) if given
-                             else keep_top(importance(name, layers), keep[name]))
+                             else keep_top(importance(name, layers), keep[name], blocks))
             keep[name] = int(current[name].sum())
             tensors[name].copy_(torch.from_numpy(current[name].astype(np.float32)))
             for lay in layers:
@@ -295,9 +298,9 @@ def masked_finetune(model, config: FinetuneConfig | None = None, log=print, *,
         def on_step(step):
             if not config.update_masks or step == 0 or step % config.interval:
                 return
-            for name, _, layers in groups:
+            for name, _, layers, blocks in groups:
                 new = _update_mask(current[name], importance(name, layers), keep[name],
-                                   config.splice_margin)
+                                   config.splice_margin, blocks)
                 spliced[0] += int((new & ~current[name]).sum())
                 current[name] = new
                 tensors[name].copy_(torch.from_numpy(new.astype(np.float32)))
@@ -306,7 +309,7 @@ def masked_finetune(model, config: FinetuneConfig | None = None, log=print, *,
     finally:
         for h in hooks:
             h.remove()
-    for name, _c, layers in groups:  # commit: the masked columns read nothing
+    for name, _c, layers, _b in groups:  # commit: the masked columns read nothing
         _edit_consumer_columns(layers, current[name])
     log(f"masked fine-tuning: {spliced[0]} channels spliced back")
     return model.eval(), ChannelMasks(current)
@@ -320,5 +323,5 @@ def _edit_consumer_columns(layers, mask: np.ndarray) -> None:
 class _Channels:
     """Stands in for a channel group in `ChannelMasks.check`."""
 
-    def __init__(self, channels: int):
-        self.channels = channels
+    def __init__(self, channels: int, blocks: int):
+        self.channels, self.blocks = channels, blocks
