@@ -76,8 +76,8 @@ def _pad_input(data, pad_top, pad_left, rows, cols):
 
 
 def conv2d_packed(data, weight_packed, out_channels, strides, padding, dilation, ow_tile,
-                  out_dtype="float32", vector_axis="oc"):
-    """NCHW convolution (groups = 1) with packed weights; returns the NCHW output.
+                  out_dtype="float32", vector_axis="oc", groups=1):
+    """NCHW convolution with packed weights; returns the NCHW output.
 
     Parameters
     ----------
@@ -97,6 +97,10 @@ def conv2d_packed(data, weight_packed, out_channels, strides, padding, dilation,
     vector_axis : str
         ``"oc"``: blocked layout ``[n, oc_chunk, oh, ow, oc_block]`` (vectors over channels);
         ``"ow"``: ``[n, oc_chunk, oh, oc_block, ow]`` (vectors over output pixels).
+    groups : int
+        A grouped convolution: the packed weight's ``IC`` is one group's input channels
+        and ``oc_block`` divides a group's outputs, so a chunk of outputs reads the input
+        channels of its own group only (one kernel for every group).
 
     Returns
     -------
@@ -113,12 +117,21 @@ def conv2d_packed(data, weight_packed, out_channels, strides, padding, dilation,
     rows = (oh - 1) * sh + dh * (kh - 1) + 1
     cols = (ow_padded - 1) * sw + dw * (kw - 1) + 1
     padded = _pad_input(data, top, left, rows, cols)
-    rc = te.reduce_axis((0, in_c), "rc")
+    group_in = int(weight_packed.shape[1])
+    chunks_per_group = chunks // groups
+    if group_in * groups != in_c or chunks_per_group * groups != chunks:
+        raise ValueError(f"a {groups}-group conv of {in_c} inputs cannot read "
+                         f"{group_in}-channel filters in {chunks} output chunks")
+    rc = te.reduce_axis((0, group_in), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
+
+    def _channel(o):
+        return rc if groups == 1 else o // chunks_per_group * group_in + rc
+
     def _dot(i, o, y, x, b):
         return te.sum(
-            padded[i, rc, y * sh + ry * dh, x * sw + rx * dw].astype(out_dtype)
+            padded[i, _channel(o), y * sh + ry * dh, x * sw + rx * dw].astype(out_dtype)
             * weight_packed[o, rc, ry, rx, b].astype(out_dtype),
             axis=[rc, ry, rx],
         )

@@ -228,21 +228,6 @@ def test_pooling_rows_of_odd_width_are_one_vector(rng, size, pool, stride):
     assert pools and all("T.vectorized(" in f.script() for f in pools), "a scalar row"
 
 
-def test_grouped_and_nhwc_convs_fall_back_to_generic_rules(rng):
-    w_grouped = rng.standard_normal((8, 2, 3, 3)).astype("float32")
-    w_nhwc = rng.standard_normal((3, 3, 8, 4)).astype("float32")
-
-    def body(bb, x):
-        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w_grouped), padding=1, groups=4))
-        y = bb.emit(relax.op.permute_dims(y, [0, 2, 3, 1]))
-        return relax.op.nn.conv2d(y, relax.const(w_nhwc), data_layout="NHWC",
-                                  kernel_layout="HWIO")
-
-    x = rng.standard_normal((1, 8, 10, 10)).astype("float32")
-    used = _check_against_unscheduled(relax_module(x.shape, body), x)
-    assert "conv2d" not in used.values() and all(used.values())
-
-
 def test_shape_no_rule_matches_still_builds_and_runs(rng):
     def body(bb, x):
         y = bb.emit(relax.op.permute_dims(x, [0, 2, 1]))
