@@ -7,9 +7,12 @@ correctness against PyTorch, heavy kernels left on a generic path, k-means MACs 
     python bench/families_bench.py --phone --models squeezenet   # + cortex-a76 counts
     python bench/families_bench.py --phone-only                  # counts only, merged in
 
-Host: 1x3x224x224, random weights (BatchNorm statistics from random inputs), each runtime
-alone in a fresh process with the same thread count, median of ``--repeat`` runs after
-warm-up. Phone: one thread, ``cortex-a76``, N / 2N instruction counts of MobileDL fp32
+Host: 1x3x224x224, random weights (BatchNorm statistics from random inputs), both runtimes
+in one worker process with the same thread count, timed in ``--rounds`` alternating rounds
+(ours, ONNX Runtime, ours, ...) of ``repeat / rounds`` runs; each engine's figure is the
+median of its round medians and ``ours / ORT`` the median of the per-round ratios, so a
+drift of this shared machine lands on both sides of a ratio instead of between them.
+Phone: one thread, ``cortex-a76``, N / 2N instruction counts of MobileDL fp32
 (``arm64``) and fp16 (``arm64-fp16``), NCNN fp32 / fp16 and ONNX Runtime from their aarch64
 wheels (`deploy.engines.count_model`), each output checked against PyTorch. Instruction
 counts do not depend on what else the machine runs, so ``--phone-only`` counts them alone
@@ -36,10 +39,16 @@ from mdl_tvm.core.numerics import median_ms, relative_error  # noqa: E402
 from mdl_tvm.families import FAMILIES, INPUT_SHAPE  # noqa: E402
 
 PHONE_ENGINES = ("mobiledl", "mobiledl-fp16", "ncnn", "ncnn-fp16", "ort")
+# Idle time before each timed round: both runtimes' thread pools spin a while after a run,
+# and on a 2-core machine a spinning pool slows the other engine (measured: per-round
+# ratios alternating 1.9x / 0.55x on RegNet without it, 2.1-2.3x with 0.5 s).
+PAUSE_S = 0.3
 
 
-def measure(name: str, runtime: str, args) -> dict:
-    """One runtime on one family (run in its own process by `bench_family`)."""
+def measure(name: str, _part: str, args) -> dict:
+    """Both runtimes on one family, in one worker process (run by `bench_family`): outputs
+    checked, then ``args.rounds`` alternating rounds (ours, then ONNX Runtime) of
+    ``repeat / rounds`` timed runs each after one warm-up run; then the k-means build."""
     import numpy as np
     import torch
 
@@ -49,10 +58,7 @@ def measure(name: str, runtime: str, args) -> dict:
     torch.set_num_threads(args.threads)
     model = build(name)
     x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype("float32")
-    if runtime == "onnxruntime":
-        session = runtimes.ort_from_torch(model, [x], ["x"], args.threads)
-        return {"onnxruntime_ms": median_ms(lambda: session.run(None, {"x": x}), args.repeat,
-                                            args.warmup)}
+    session = runtimes.ort_from_torch(model, [x], ["x"], args.threads)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True):
         compiled = mdl_tvm.compile(model, "host", input_shapes=[INPUT_SHAPE])
@@ -61,7 +67,24 @@ def measure(name: str, runtime: str, args) -> dict:
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     row["rel_error_vs_torch"] = relative_error(compiled.run(x)[0], expected)
-    row["ours_ms"] = compiled.benchmark(x, repeat=args.repeat, warmup=args.warmup)["median_ms"]
+    row["ort_rel_error_vs_torch"] = relative_error(session.run(None, {"x": x})[0], expected)
+    per_round = max(1, args.repeat // args.rounds)
+    engines = {"ours": lambda: compiled.run(x),
+               "onnxruntime": lambda: session.run(None, {"x": x})}
+    rounds = {engine: [] for engine in engines}
+    for fn in engines.values():
+        for _ in range(args.warmup):
+            fn()
+    for _ in range(args.rounds):
+        for engine, fn in engines.items():
+            time.sleep(PAUSE_S)  # the other engine's worker threads stop spinning
+            rounds[engine].append(median_ms(fn, per_round, warmup=1))
+    ratios = np.array(rounds["ours"]) / np.array(rounds["onnxruntime"])
+    row.update({"ours_ms": float(np.median(rounds["ours"])),
+                "onnxruntime_ms": float(np.median(rounds["onnxruntime"])),
+                "vs_onnxruntime": round(float(np.median(ratios)), 2),
+                "round_ratios": [round(float(r), 3) for r in ratios],
+                "runs_per_round": per_round})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = mdl_tvm.compile(model, "host", input_shapes=[INPUT_SHAPE], compress="kmeans:0.5")
@@ -73,12 +96,9 @@ def measure(name: str, runtime: str, args) -> dict:
 
 
 def bench_family(name: str, args) -> dict:
-    row: dict = {}
-    for runtime in ("ours", "onnxruntime"):
-        row.update(common.run_worker(__file__, "--measure", f"{name}:{runtime}",
-                                     *common.forward(args, "repeat", "warmup", "threads"),
-                                     threads=args.threads, timeout=3600))
-    row["vs_onnxruntime"] = round(row["ours_ms"] / row["onnxruntime_ms"], 2)
+    row = common.run_worker(__file__, "--measure", f"{name}:all",
+                            *common.forward(args, "repeat", "warmup", "threads", "rounds"),
+                            threads=args.threads, timeout=3600)
     if args.phone:
         row["phone"] = phone_counts(name, args, args.engines or PHONE_ENGINES)
     return row
@@ -111,13 +131,17 @@ def phone_counts(name: str, args, engines=PHONE_ENGINES) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# CNN families beyond the zoo", "",
-             f"{result['meta']['cpu']}, {result['threads']} threads, 1x3x224x224; "
+             f"{result['meta']['cpu']}, {result['threads']} threads, 1x3x224x224, both engines "
+             "in one process, alternating rounds (ratio: median of the per-round ratios); "
              f"`{result['meta']['command']}`.", "",
-             "| family | ours ms | ONNX Runtime ms | ours / ORT | rel. error | heavy ops on a "
-             "generic path | kmeans:0.5 MACs kept |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| family | ours ms | ONNX Runtime ms | ours / ORT | per-round ratios | rel. error "
+             "| heavy ops on a generic path | kmeans:0.5 MACs kept |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["families"].items():
+        spread = (f"{min(r['round_ratios']):.2f}–{max(r['round_ratios']):.2f}"
+                  if r.get("round_ratios") else "–")
         lines.append(f"| {name} | {r['ours_ms']:.2f} | {r['onnxruntime_ms']:.2f} | "
-                     f"{r['vs_onnxruntime']}x | {r['rel_error_vs_torch']:.1e} | "
+                     f"{r['vs_onnxruntime']}x | {spread} | {r['rel_error_vs_torch']:.1e} | "
                      f"{len(r['slow_paths'])} | {r['kmeans_macs_kept']:.2f} |")
     phone = {n: r["phone"] for n, r in result["families"].items() if "phone" in r}
     if phone:
@@ -145,7 +169,9 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     """Command-line entry point (see the module docstring); returns the exit status."""
     parser = common.parser(__doc__, "python bench/families_bench.py", models=tuple(FAMILIES),
-                           repeat=20, warmup=3, threads=2, runs=2)
+                           repeat=30, warmup=3, threads=2, runs=2)
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="alternating timing rounds per engine (host)")
     parser.add_argument("--phone", action="store_true", help="also count on the phone")
     parser.add_argument("--phone-only", action="store_true",
                         help="count on the phone only, merged into the existing results")
@@ -163,14 +189,27 @@ def main(argv=None) -> int:
         return phone_only(args)
     start = time.perf_counter()
     result = {"threads": args.threads, "families": {}}
+    earlier = _earlier(args.out)
     for name in args.models:
         print(f"[families] {name} ...", flush=True)
         result["families"][name] = bench_family(name, args)
+        if "phone" not in result["families"][name] and "phone" in earlier["families"].get(
+                name, {}):  # a host rerun keeps the phone counts (they name their command)
+            result["families"][name]["phone"] = earlier["families"][name]["phone"]
         print(json.dumps(result["families"][name]), flush=True)
     result["meta"] = common.run_meta(args, start)
+    if any("phone" in r for r in result["families"].values()) and not args.phone:
+        result["meta"]["phone_commands"] = (earlier["meta"].get("phone_commands")
+                                            or [earlier["meta"]["command"]])
     common.write_results("families", result, markdown(result), out=args.out)
     print(markdown(result))
     return 0
+
+
+def _earlier(out) -> dict:
+    """The results already in `out` (empty when there are none)."""
+    path = Path(out) / "families.json"
+    return json.loads(path.read_text()) if path.exists() else {"families": {}, "meta": {}}
 
 
 def phone_only(args) -> int:

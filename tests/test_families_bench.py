@@ -49,3 +49,19 @@ def test_engines_without_a_phone_run_is_refused(tmp_path, monkeypatch, capsys):
                              "--engines", "mobiledl"])
     assert stop.value.code == 2 and "add --phone or --phone-only" in capsys.readouterr().err
     assert not (tmp_path / "families.json").exists()
+
+
+def test_a_host_rerun_keeps_the_phone_counts_and_their_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("TVM_NUM_THREADS", os.environ.get("TVM_NUM_THREADS", "2"))
+    monkeypatch.setattr(families_bench, "bench_family", lambda name, args: {
+        **ROW, "ours_ms": 1.5, "vs_onnxruntime": 1.5, "round_ratios": [1.4, 1.5, 1.7]})
+    old = {e: {"instructions": 100, "rel_error": 0.0} for e in families_bench.PHONE_ENGINES}
+    _results(tmp_path, old)
+    assert families_bench.main(["--models", "efficientnet", "regnet", "--out",
+                                str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "families.json").read_text())
+    assert result["families"]["efficientnet"]["phone"] == old
+    assert "phone" not in result["families"]["regnet"]
+    assert result["meta"]["phone_commands"] == ["host run"]
+    text = (tmp_path / "families.md").read_text()
+    assert "| efficientnet | 1.50 | 1.00 | 1.5x | 1.40–1.70 |" in text and "`host run`" in text
