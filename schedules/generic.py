@@ -19,11 +19,14 @@ fallback that schedules any PrimFunc safely.
     anything (it never returns None for a function it can parse). Element-wise chains are
     inlined into their last block; every spatial loop nest is fused, vectorised by the lanes
     when they divide it, and made parallel when it has enough work; a reduction nest gets
-    its spatial loops fused and parallel.
+    its spatial loops fused and parallel. A 4-D nest that selects between inputs at its own
+    plane coordinates (a channel concat) copies whole NCHW planes as vector runs with
+    power-of-two tails (`_copy_planes`).
 """
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 
 from schedules.common import (
@@ -37,6 +40,7 @@ from schedules.common import (
     schedule_spatial,
     vector_width,
     vectorize_init,
+    vectorize_row,
     work,
 )
 
@@ -70,6 +74,18 @@ def _normal_loops(sch: s_tir.Schedule, block):
     return ([loops[i] for i, _ in sorted(spatial, key=lambda p: p[0])],
             [loops[i] for i, _ in sorted(reduce, key=lambda p: p[0])],
             [iv for _, iv in sorted(spatial, key=lambda p: p[0])])
+
+
+def _selects(stmt) -> bool:
+    """True when the block stores a value that chooses between inputs (``if_then_else``,
+    possibly under element-wise ops: a concat)."""
+    def walk(expr) -> bool:
+        if isinstance(expr, tvm.ir.expr.Call):
+            return (getattr(expr.op, "name", "") == "prim.if_then_else"
+                    or any(walk(arg) for arg in expr.args))
+        return any(walk(getattr(expr, f)) for f in ("a", "b", "value")
+                   if isinstance(getattr(expr, f, None), tvm.ir.expr.Expr))
+    return isinstance(stmt.body, tirx.BufferStore) and walk(stmt.body.value)
 
 
 def _bindings(sch: s_tir.Schedule, block):
@@ -225,8 +241,36 @@ class Fallback(Rule):
 
 def _schedule_spatial_or_pad(sch, block, cfg) -> None:
     lanes = cfg.lanes(block_dtype(sch, block))
+    if _copy_planes(sch, block, cfg, lanes):
+        return
     if not schedule_pad(sch, block, cfg, lanes):
         schedule_spatial(sch, block, cfg, lanes)
+
+
+def _copy_planes(sch, block, cfg, lanes: int) -> bool:
+    """A 4-D block that reads every buffer at its own two innermost coordinates (a channel
+    concat: ``out[n, c, h, w] = c < C0 ? a[n, c, h, w] : b[n, c - C0, h, w]``) copies whole
+    NCHW planes: parallel over ``(n, c)``, the ``h * w`` plane one vectorised run with
+    power-of-two tails. The plain rule kept SqueezeNet's 55-pixel rows scalar, one branch
+    per pixel: SqueezeNet-style on the phone 63.0 -> 60.0 M instructions (fp32), 39.0 ->
+    35.1 M (fp16); on the x86 host LLVM vectorised the plain loop nearly as well (~3 %)."""
+    loops, stmt = sch.get_loops(block), sch.get(block)
+    bindings = _bindings(sch, block)
+    if len(loops) != 4 or bindings is None or len(bindings) != 4 or not _selects(stmt):
+        return False
+    if not all(bindings[i].same_as(sch.get(loops[i]).loop_var) for i in (2, 3)):
+        return False
+    h, w = (iv.var for iv in stmt.iter_vars[2:])
+    for region in stmt.reads:
+        dims = region.region
+        if len(dims) != 4 or not (dims[2].min.same_as(h) and dims[3].min.same_as(w)):
+            return False
+    total = work(sch, block)
+    plane = sch.fuse(loops[2], loops[3])
+    fuse_parallel(sch, list(loops[:2]), cfg, total)
+    vectorize_row(sch, plane, lanes)
+    return True
+
 
 
 def _output_blocks(sch):

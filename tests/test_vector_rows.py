@@ -69,3 +69,29 @@ def test_global_average_pool_sums_its_plane_in_vector_lanes(rng, shape, dtype, p
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
     script = lowered[names[0]].script()
     assert ("_rf" in script and "T.vectorized" in script) == partial
+
+
+@pytest.mark.parametrize("axis, dtype", [(1, "float32"), (1, "float16"), (3, "float32")])
+def test_channel_concat_copies_whole_planes_in_vectors(rng, axis, dtype):
+    """A concat of three tensors along channels (SqueezeNet's fire module, 7 x 7 planes:
+    49 pixels, no multiple of the lanes) copies each plane as one vectorised run and its
+    tail (channels outside, parallel when big enough); along the width it keeps the plain
+    schedule. Numerics as unscheduled either way."""
+    shapes = [(1, 3, 7, 7), (1, 5, 7, 7), (1, 2, 7, 7)] if axis == 1 else [
+        (1, 4, 7, 3), (1, 4, 7, 5)]
+
+    def body(bb, x):
+        parts = [bb.emit(relax.op.nn.relu(relax.op.strided_slice(
+            x, [axis], [0], [s[axis]]))) if i else bb.emit(relax.op.negative(
+                relax.op.strided_slice(x, [axis], [0], [s[axis]]))) for i, s in
+            enumerate(shapes)]
+        return relax.op.concat(parts, axis=axis)
+
+    x = rng.standard_normal((1, 5, 7, 7)).astype(dtype)
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
+    lowered, actual = lower_and_run(mod, [x], neon_config())
+    (concat,) = [f for gv, f in lowered.functions_items() if "concat" in gv.name_hint]
+    planes = "ax2_ax3_fused" in concat.script() and "T.vectorized" in concat.script()
+    assert planes == (axis == 1), concat.script()
+    np.testing.assert_array_equal(actual, expected)
