@@ -120,7 +120,8 @@ def _torch_layers(model):
     import torch
 
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear)
-            or (isinstance(m, torch.nn.Conv2d) and (m.groups == 1 or m.groups < m.in_channels))]
+            or (isinstance(m, torch.nn.Conv2d)  # any conv but a plain depthwise one
+                and not 1 < m.groups == m.in_channels == m.out_channels)]
 
 
 def _prunable_layers(model, example):
