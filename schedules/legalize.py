@@ -121,11 +121,12 @@ def _conv2d(cfg: MachineConfig, bb, call):
         return bb.call_te(compute.depthwise_conv2d, data, weight, strides, padding, dilation,
                           row_tile, out_dtype, primfunc_name_hint="mdl_depthwise_conv2d")
     if 1 < groups <= MAX_SPLIT_GROUPS and in_c % groups == 0 and out_c % groups == 0:
-        return _grouped(cfg, bb, call, groups, padding, out_dtype)
+        return _grouped(cfg, bb, call, groups, strides, padding, dilation, (oh, ow), out_dtype)
     return _default("relax.nn.conv2d", bb, call)
 
 
-def _grouped(cfg: MachineConfig, bb, call, groups: int, padding, out_dtype: str):
+def _grouped(cfg: MachineConfig, bb, call, groups: int, strides, padding, dilation, out_hw,
+             out_dtype: str):
     """A grouped convolution as one packed direct kernel (each output-channel block reads
     its own group's inputs) when the blocks the cost model picks for one group divide its
     outputs; else as `groups` ordinary convs (GEMM or Winograd) over channel slices,
@@ -139,10 +140,7 @@ def _grouped(cfg: MachineConfig, bb, call, groups: int, padding, out_dtype: str)
     n, in_c, h, w = static_shape(data)
     out_c, cg, kh, kw = static_shape(weight)
     kg = out_c // groups
-    attrs = call.attrs
-    strides, dilation = tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation)
-    oh = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (w + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = out_hw
     tile = choose_conv_tile(cfg, out_dtype, ConvGeometry(
         cg, h, w, kg, ow, (kh, kw), strides, dilation, padding[0], padding[1]), oh)
     if kg % tile.oc_block == 0:
@@ -161,7 +159,7 @@ def _grouped(cfg: MachineConfig, bb, call, groups: int, padding, out_dtype: str)
             wg = bb.emit_te(topi.strided_slice, weight, [g * kg, 0, 0, 0],
                             [(g + 1) * kg, cg, kh, kw], primfunc_name_hint="mdl_group_slice")
         sub = bb.normalize(relax.op.nn.conv2d(
-            part, wg, strides=attrs.strides, padding=padding, dilation=attrs.dilation,
+            part, wg, strides=strides, padding=padding, dilation=dilation,
             groups=1, data_layout="NCHW", kernel_layout="OIHW", out_dtype=out_dtype))
         outs.append(bb.emit(_conv2d(cfg, bb, sub)))
     return bb.call_te(topi.concatenate, outs, 1, primfunc_name_hint="mdl_group_concat")

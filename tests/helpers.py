@@ -57,27 +57,22 @@ class Residual(nn.Module):
 class Depthwise(nn.Module):
     """expand 1x1 -> depthwise 3x3 -> project 1x1 (a MobileNetV2 block without the skip)."""
 
-    def __init__(self):
+    def __init__(self, mid: int = 12, wide: int = 12, groups: int = 12):
         super().__init__()
-        self.expand = nn.Conv2d(3, 12, 1)
-        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
-        self.project = nn.Conv2d(12, 4, 1)
+        self.expand = nn.Conv2d(3, mid, 1)
+        self.dw = nn.Conv2d(mid, wide, 3, padding=1, groups=groups)
+        self.project = nn.Conv2d(wide, 4, 1)
 
     def forward(self, x):
         return self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
 
 
-class Grouped(nn.Module):
-    """conv -> grouped 3x3 (4 groups of 2 in, 4 out) -> 1x1 (a RegNet / ResNeXt block)."""
+class Grouped(Depthwise):
+    """expand 1x1 -> grouped 3x3 (4 groups of 2 in, 4 out) -> project 1x1 (a RegNet /
+    ResNeXt block)."""
 
     def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 1)
-        self.b = nn.Conv2d(8, 16, 3, padding=1, groups=4)
-        self.c = nn.Conv2d(16, 4, 1)
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        super().__init__(mid=8, wide=16, groups=4)
 
 
 class Concat(nn.Module):

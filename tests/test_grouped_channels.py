@@ -19,6 +19,7 @@ from helpers import conv_shapes, prepared
 from torch import nn
 
 import mdl_tvm
+from mdl_tvm.compiler.finetune import _column_norms, consumer_layers
 from mdl_tvm.core.graph_stats import graph_stats
 from relay_passes import ChannelMasks, CompressConfig, MaskPruning, RecoveryConfig, analyze
 from relay_passes.channel_masks import greedy_keep, keep_top, redundancy_keep
@@ -147,8 +148,6 @@ def test_masked_finetuning_reads_grouped_convs_per_group():
     """The fine-tuning side (`consumer_layers`): the grouped conv is found as the torch
     layer that reads the first conv's channels, and its per-channel column norms come from
     each group's own weights."""
-    from mdl_tvm.compiler.finetune import _column_norms, consumer_layers
-
     model = GroupedNet().eval()
     groups = {name: (c, layers, blocks) for name, c, layers, blocks in
               consumer_layers(model, torch.zeros(1, 1, 28, 28))}
