@@ -75,8 +75,9 @@ def test_global_average_pool_sums_its_plane_in_vector_lanes(rng, shape, dtype, p
 def test_channel_concat_copies_whole_planes_in_vectors(rng, axis, dtype):
     """A concat of three tensors along channels (SqueezeNet's fire module, 7 x 7 planes:
     49 pixels, no multiple of the lanes) copies each plane as one vectorised run and its
-    tail (channels outside, parallel when big enough); along the width it keeps the plain
-    schedule. Numerics as unscheduled either way."""
+    tail (channels outside, parallel when big enough), in one channel loop per input (no
+    per-pixel select between inputs); along the width it keeps the plain schedule.
+    Numerics as unscheduled either way."""
     shapes = [(1, 3, 7, 7), (1, 5, 7, 7), (1, 2, 7, 7)] if axis == 1 else [
         (1, 4, 7, 3), (1, 4, 7, 5)]
 
@@ -94,4 +95,7 @@ def test_channel_concat_copies_whole_planes_in_vectors(rng, axis, dtype):
     (concat,) = [f for gv, f in lowered.functions_items() if "concat" in gv.name_hint]
     planes = "ax2_ax3_fused" in concat.script() and "T.vectorized" in concat.script()
     assert planes == (axis == 1), concat.script()
+    ranges = set(re.findall(r"for ax1\d* in (?:range|T.parallel)\(T.int64\((\d+)\), "
+                            r"T.int64\((\d+)\)\)", concat.script()))
+    assert ranges == ({("3", "8"), ("8", "10")} if axis == 1 else set()), ranges
     np.testing.assert_array_equal(actual, expected)
