@@ -1,5 +1,5 @@
-"""Depthwise 3 x 3 convolution (stride 1 or 2) as a hand-scheduled row kernel with a fused
-epilogue.
+"""Depthwise k x k convolution (3 x 3 stride 1 or 2; 5 x 5 and 7 x 7 stride 1) as a
+hand-scheduled row kernel with a fused epilogue.
 
 `depthwise_rows_func` replaces the fused function of an NCHW depthwise convolution (the TE
 reference `schedules.depthwise_rows.depthwise_nchw` plus FuseOps' element-wise blocks):
@@ -7,16 +7,17 @@ reference `schedules.depthwise_rows.depthwise_nchw` plus FuseOps' element-wise b
 ``parallel(n * c)`` → groups of ``G`` output rows (`row_group`: the count that computes the
 fewest rows and loads, e.g. 7 for 14- and 7-row maps; the last group shifted up to end at
 the last row) → vectors of ``L`` output pixels (the last one
-shifted left to end at the row's end) → the ``G * s + 2`` input rows the group reads are
-loaded once per vector and shared by its output rows:
+shifted left to end at the row's end) → the ``G * s + k - 1`` input rows the group reads
+are loaded once per vector and shared by its output rows:
 
-* stride 1: the three windows of a row are unaligned vector loads at ``x - 1, x, x + 1``;
+* stride 1: the ``k`` windows of a row are unaligned vector loads at ``x - k // 2`` ...
+  ``x + k // 2``;
 * stride 2: ``2L`` pixels at ``2x - 1`` de-interleaved by one ``ld2`` into the left
   (``2x - 1``) and middle (``2x``) taps; the right taps are the left ones shifted by a
   lane (``ext``) with pixel ``2x + 2L - 1`` appended;
 
-each tap is one FMA of a window by a broadcast weight. At the image border the window
-outside the image is built from zeros by a shuffle (``ext``) and rows outside the image
+each tap is one FMA of a window by a broadcast weight. At the image border the part of a
+window outside the image is zeros shuffled in (``ext``) and rows outside the image
 are skipped (the first and last groups are generated with the border known), so the input
 is never copied into a padded plane. The epilogue (`schedules.epilogue`) writes each
 accumulator vector with bias and activation applied.
@@ -32,33 +33,62 @@ from schedules.common import cast_to as _cast
 from schedules.common import ramp as _vec
 
 OPAQUE = 8  # Relax op pattern "opaque"
-# Instructions per output vector and input row of a row group: 9 FMAs per output row, the
-# three windows of an input row (stride 1: 3 loads; stride 2: an ``ld2``, a pixel load, an
-# ``ext`` and address arithmetic).
-_FMAS, _ROW_LOADS = 9, {1: 3, 2: 4}
-_MAX_GROUP = {1: 8, 2: 4}  # accumulators beside 9 weights and the windows in 32 registers
+# Instructions per output vector and input row of a row group: k * k FMAs per output row,
+# the k windows of an input row (stride 1: k loads; stride 2, 3 x 3: an ``ld2``, a pixel
+# load, an ``ext`` and address arithmetic).
+_STRIDE2_ROW_LOADS = 4
+# accumulators beside the weights and the windows in 32 registers, by (kernel, stride)
+_MAX_GROUP = {(3, 1): 8, (3, 2): 4, (5, 1): 4, (7, 1): 4}
 
 
 def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:
-    """Whether `depthwise_rows_func` handles this geometry: 3 x 3, dilation 1, padding 1,
-    stride 1 with the same output size, or stride 2 whose last window ends inside the row;
-    rows of at least ``L + 1`` input pixels."""
+    """Whether `depthwise_rows_func` handles this geometry: k x k (3, 5 or 7), dilation 1,
+    padding ``k // 2``, stride 1 with the same output size, or (3 x 3) stride 2 whose last
+    window ends inside the row; rows of at least ``L + 1`` input pixels."""
     (h, w), (oh, ow) = in_hw, out_hw
-    if tuple(kernel) != (3, 3) or tuple(dilation) != (1, 1) or tuple(padding) != (1,) * 4:
+    k = kernel[0]
+    if (tuple(kernel) not in ((3, 3), (5, 5), (7, 7)) or tuple(dilation) != (1, 1)
+            or tuple(padding) != (k // 2,) * 4):
         return False
     if stride == (1, 1):
         return (oh, ow) == (h, w) and ow >= lanes + 1
-    if stride == (2, 2):
+    if stride == (2, 2) and k == 3:
         return 2 * ow <= w and ow >= lanes and w >= 2 * lanes
     return False
+
+
+def choose_row_lanes(cfg, dtype: str, in_hw, out_hw, kernel, stride, padding,
+                     dilation) -> int:
+    """The row kernel's vector width for a geometry on `cfg`, 0 for the generic kernel.
+
+    With indexed FMAs (NEON) the core's lanes or half of them (64-bit ``.4h`` / ``.2s``,
+    `row_lanes`). On x86 with 16 lanes (AVX-512) a row too narrow for them may take 8 or
+    4 (256- / 128-bit halves), except a 3 x 3 stride-1 row that computes no fewer pixels
+    that way than the generic kernel's whole-vector rows: host, 2 threads, 14-pixel rows,
+    5 x 5 + SiLU on 672 channels 176 -> 117 us, 7-pixel rows 5 x 5 on 1152 channels
+    161 -> 92 us, MobileNetV2's stride-2 rows 40 -> 13 us, but its 3 x 3 stride-1
+    14-pixel rows 104 -> 117 us (8 lanes, as many pixels as 16 lanes padded). AVX2's
+    4-lane halves measured 4-6 % slower on MobileNetV2: only the core's 8 there."""
+    lanes = cfg.lanes(dtype)
+    if cfg.indexed_fma or lanes < 16:
+        return row_lanes(in_hw, out_hw, kernel, stride, padding, dilation, lanes,
+                         half=bool(cfg.indexed_fma))
+    for width in (lanes, lanes // 2, lanes // 4):
+        if not supported(in_hw, out_hw, kernel, stride, padding, dilation, width):
+            continue
+        ow = out_hw[1]
+        computed = len({*range(0, ow - width + 1, width), ow - width}) * width
+        if (width == lanes or tuple(kernel) != (3, 3) or tuple(stride) != (1, 1)
+                or computed < -(-ow // lanes) * lanes):
+            return width
+    return 0
 
 
 def row_lanes(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int,
               half: bool = True) -> int:
     """The vector width the row kernel runs a geometry with: the core's `lanes`, or, with
     `half`, half of them (NEON's 64-bit vectors: fp16 ``.4h`` on a 7-pixel row, where 8
-    lanes do not fit) -- never under 4; 0 when `supported` accepts neither. (On x86 the
-    4-lane row kernel measured 4-6 % slower on MobileNetV2 than the generic depthwise.)"""
+    lanes do not fit) -- never under 4; 0 when `supported` accepts neither."""
     for width in (lanes, lanes // 2) if half else (lanes,):
         if width >= 4 and supported(in_hw, out_hw, kernel, stride, padding, dilation, width):
             return width
@@ -74,7 +104,7 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
     func : tirx.PrimFunc
         The fused function (its parameters are kept).
     data, weight : Var
-        Input ``[N, C, H, W]`` and weights ``[C, 1, 3, 3]`` (parameters of `func`).
+        Input ``[N, C, H, W]`` and weights ``[C, 1, k, k]`` (parameters of `func`).
     geometry : dict
         ``stride`` (1 or 2), ``out_shape`` (N, C, OH, OW), ``dtype`` (accumulation dtype).
     epilogue : schedules.epilogue.Epilogue
@@ -87,8 +117,9 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
     """
     n, c, h, w = (int(v) for v in data.ty.shape)
     s, dtype = geometry["stride"], geometry["dtype"]
+    k = int(weight.ty.shape[2])
     _, _, oh, ow = geometry["out_shape"]
-    group = row_group(oh, s)
+    group = row_group(oh, s, k)
     starts = sorted({*range(0, ow - lanes + 1, lanes), ow - lanes})
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -103,12 +134,13 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
                 with loop(0, n * c) as plane:
                     img, ch = plane // c, plane % c
                     wts = [T.bind(tirx.Broadcast(_cast(weight[ch, 0, ky, kx], dtype, 1), lanes))
-                           for ky in range(3) for kx in range(3)]
+                           for ky in range(k) for kx in range(k)]
                     acc = T.alloc_buffer((group * lanes,), dtype)
                     ctx = {"dflat": dflat, "base": plane * h * w, "wts": wts, "acc": acc,
                            "img": img, "ch": ch, "epilogue": epilogue, "lanes": lanes,
-                           "dtype": dtype, "s": s, "h": h, "w": w, "ow": ow, "group": group}
-                    for y0, kind in _groups(oh, h, s, group):
+                           "dtype": dtype, "s": s, "h": h, "w": w, "ow": ow, "group": group,
+                           "k": k}
+                    for y0, kind in _groups(oh, h, s, group, k // 2):
                         if kind == "loop":
                             first, count = y0
                             with T.serial(0, count) as g:
@@ -118,21 +150,23 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
     return ib.get()
 
 
-def row_group(oh: int, s: int) -> int:
+def row_group(oh: int, s: int, k: int = 3) -> int:
     """Output rows per group: the fewest estimated instructions for the whole map, where a
     group of ``G`` rows computes ``ceil(oh / G) * G`` rows (the last group overlaps) and loads
-    its ``G * s + 2`` input rows once (ties: the smaller group, less code)."""
+    its ``G * s + k - 1`` input rows once (ties: the smaller group, less code)."""
+    loads = k if s == 1 else _STRIDE2_ROW_LOADS
+
     def _cost(g):
-        return -(-oh // g) * (g * _FMAS + (g * s + 2) * _ROW_LOADS[s])
+        return -(-oh // g) * (g * k * k + (g * s + k - 1) * loads)
 
-    return min(range(1, min(oh, _MAX_GROUP[s]) + 1), key=lambda g: (_cost(g), g))
+    return min(range(1, min(oh, _MAX_GROUP[(k, s)]) + 1), key=lambda g: (_cost(g), g))
 
 
-def _groups(oh: int, h: int, s: int, group: int):
+def _groups(oh: int, h: int, s: int, group: int, pad: int = 1):
     """Row groups: ``(y0, "static")`` for groups touching the top or bottom border
     (generated with the border known), ``((first, count), "loop")`` for the rest."""
     def _inside(y0):
-        return y0 * s - 1 >= 0 and (y0 + group - 1) * s + 1 <= h - 1
+        return y0 * s - pad >= 0 and (y0 + group - 1) * s + pad <= h - 1
 
     heads = sorted({*range(0, oh - group + 1, group), oh - group})
     out, run = [], []
@@ -153,42 +187,53 @@ def _groups(oh: int, h: int, s: int, group: int):
 
 
 def _row_group(ctx, y0, starts, static_y0):
-    """``group`` output rows from ``y0``: every vector start, then the epilogue."""
-    lanes = ctx["lanes"]
+    """``group`` output rows from ``y0``: every vector start, then the epilogue. Starts
+    whose windows all lie inside the row (stride 1: from ``x - k // 2`` to ``x + L - 1 +
+    k // 2``; stride 2: all but the first and last) run in a loop; the others are generated
+    with their column known, so the windows that leave the row get zeros shuffled in."""
+    lanes, pad, w = ctx["lanes"], ctx["k"] // 2, ctx["w"]
     first, last = starts[0], starts[-1]
-    interior = [x for x in starts if x not in (first, last)]
-    step = lanes
-    _vector(ctx, y0, first, static_y0)
-    if interior and all(b - a == step for a, b in zip(interior, interior[1:], strict=False)):
+    if ctx["s"] == 1:
+        interior = [x for x in starts if x >= pad and x + lanes + pad <= w]
+    else:
+        interior = [x for x in starts if x not in (first, last)]
+    for x0 in starts:
+        if x0 not in interior and x0 < (interior[0] if interior else w):
+            _vector(ctx, y0, x0, static_y0)
+    if interior and all(b - a == lanes for a, b in zip(interior, interior[1:], strict=False)):
         with T.serial(0, len(interior)) as v:
-            _vector(ctx, y0, interior[0] + v * step, static_y0)
+            _vector(ctx, y0, interior[0] + v * lanes, static_y0)
     else:
         for x0 in interior:
             _vector(ctx, y0, x0, static_y0)
-    if last != first:
-        _vector(ctx, y0, last, static_y0)
+    for x0 in starts:
+        if x0 not in interior and interior and x0 > interior[0]:
+            _vector(ctx, y0, x0, static_y0)
 
 
 def _vector(ctx, y0, x0, static_y0):
     """One vector of ``L`` output pixels at column `x0` in each row of the group."""
-    lanes, dtype, s, h, w = (ctx[k] for k in ("lanes", "dtype", "s", "h", "w"))
-    group, acc, dflat, base = ctx["group"], ctx["acc"], ctx["dflat"], ctx["base"]
-    left_edge = isinstance(x0, int) and x0 == 0
-    right_edge = s == 1 and isinstance(x0, int) and x0 + lanes == w
+    lanes, dtype, s, h, w = (ctx[name] for name in ("lanes", "dtype", "s", "h", "w"))
+    group, acc, dflat, base, k = (ctx[name] for name in ("group", "acc", "dflat", "base", "k"))
+    pad = k // 2
     started = set()  # accumulators written: the first tap of each is a product, no zero-fill
-    for r in range(group * s + 2):  # input rows y0 * s - 1 + r
-        if static_y0 is not None and not 0 <= static_y0 * s - 1 + r < h:
+    for r in range(group * s + k - 1):  # input rows y0 * s - pad + r
+        if static_y0 is not None and not 0 <= static_y0 * s - pad + r < h:
             continue
-        row = base + (y0 * s - 1 + r) * w
-        wins = _windows(dflat, row, x0, s, lanes, dtype, left_edge, right_edge)
+        row = base + (y0 * s - pad + r) * w
+        if s == 1:
+            wins = [_window(dflat, row, x0 + kx - pad, w, lanes, dtype) for kx in range(k)]
+        else:
+            wins = _stride2_windows(dflat, row, x0, lanes, dtype,
+                                    isinstance(x0, int) and x0 == 0)
         for j in range(group):
             ky = r - j * s
-            if not 0 <= ky < 3:
+            if not 0 <= ky < k:
                 continue
             slot = _vec(j * lanes, lanes)
             val = acc[slot] if j in started else None
-            for kx in range(3):
-                term = wins[kx] * ctx["wts"][ky * 3 + kx]
+            for kx in range(k):
+                term = wins[kx] * ctx["wts"][ky * k + kx]
                 val = term if val is None else val + term
             started.add(j)
             T.buffer_store(acc, val, [slot])
@@ -201,21 +246,25 @@ def _vector(ctx, y0, x0, static_y0):
             T.buffer_store(stmt.buffer, stmt.value, list(stmt.indices))
 
 
-def _windows(dflat, row, x0, s, lanes, dtype, left_edge, right_edge):
-    """The three tap windows (input columns ``x*s - 1, x*s, x*s + 1``) of one row."""
+def _window(dflat, row, a, w, lanes, dtype):
+    """The `lanes` input pixels from column `a` of a row (stride 1), zeros outside it: a
+    plain load inside, else the row's first or last vector with zeros shuffled in. `a` is
+    an expression only for interior vectors, which stay inside."""
+    if not isinstance(a, int) or 0 <= a <= w - lanes:
+        return _cast(dflat[_vec(row + a, lanes)], dtype, lanes)
+    zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
+    if a < 0:  # lanes before column 0 are zeros
+        first = _cast(dflat[_vec(row, lanes)], dtype, lanes)
+        return tirx.Shuffle([zero, first], [lanes + a + i for i in range(lanes)])
+    last = _cast(dflat[_vec(row + w - lanes, lanes)], dtype, lanes)
+    return tirx.Shuffle([last, zero], [a - (w - lanes) + i for i in range(lanes)])
+
+
+def _stride2_windows(dflat, row, x0, lanes, dtype, left_edge):
+    """The three tap windows (input columns ``2x - 1, 2x, 2x + 1``) of one row, 3 x 3."""
     zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
 
-    def _ld(col):
-        return _cast(dflat[_vec(row + col, lanes)], dtype, lanes)
-
-    if s == 1:
-        mid = _ld(x0)
-        left = (tirx.Shuffle([zero, mid], list(range(lanes - 1, 2 * lanes - 1)))
-                if left_edge else _ld(x0 - 1))
-        right = (tirx.Shuffle([mid, zero], list(range(1, lanes + 1)))
-                 if right_edge else _ld(x0 + 1))
-        return [left, mid, right]
-    # stride 2: one 2L-lane load split into its even and odd lanes is one de-interleaving
+    # one 2L-lane load split into its even and odd lanes is one de-interleaving
     # load (``ld2`` on NEON, LLVM's interleaved-access lowering; both halves must be used,
     # the casts come after the split): at 2x - 1 it gives the left and middle taps, and the
     # right taps are the left ones shifted by one lane with the next pixel appended

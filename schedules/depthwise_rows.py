@@ -1,10 +1,10 @@
-"""Rule for the NCHW depthwise 3 x 3 convolution as a row kernel with a fused epilogue.
+"""Rule for the NCHW depthwise k x k convolution as a row kernel with a fused epilogue.
 
 Compute (`depthwise_nchw`, made by `schedules.legalize` when
-`schedules.depthwise_kernel.row_lanes` finds a vector width for the geometry): ``out[n, c, y, x] =
-sum_(ky, kx) data[n, c, y * s + ky - 1, x * s + kx - 1] * w[c, 0, ky, kx]`` (zero outside
-the image), annotated ``mdl.rule = "depthwise_rows"`` with the stride. Unscheduled, it is
-the reference the tests compare with.
+`schedules.depthwise_kernel.row_lanes` finds a vector width for the geometry):
+``out[n, c, y, x] = sum_(ky, kx) data[n, c, y * s + ky - p, x * s + kx - p] * w[c, 0, ky,
+kx]`` (``p = k // 2``, zero outside the image), annotated ``mdl.rule = "depthwise_rows"``
+with the stride. Unscheduled, it is the reference the tests compare with.
 
 Recognises
     a PrimFunc with that anchor block followed by element-wise blocks (bias, ReLU6 clip,
@@ -23,21 +23,22 @@ from tvm import s_tir, te, tirx
 
 from schedules.common import Rule, annotated_block
 from schedules.compute import RULE_KEY
-from schedules.depthwise_kernel import depthwise_rows_func, row_lanes
+from schedules.depthwise_kernel import choose_row_lanes, depthwise_rows_func
 from schedules.epilogue import UnsupportedEpilogue, extract_epilogue
 
 STRIDE_KEY = "mdl.stride"
 
 
 def depthwise_nchw(data, weight, stride: int, out_dtype: str = "float32"):
-    """3 x 3 depthwise convolution, padding 1, multiplier 1, annotated for `DepthwiseRows`.
+    """k x k depthwise convolution, padding ``k // 2``, multiplier 1, annotated for
+    `DepthwiseRows`.
 
     Parameters
     ----------
     data : te.Tensor
         ``[N, C, H, W]``.
     weight : te.Tensor
-        ``[C, 1, 3, 3]``.
+        ``[C, 1, k, k]``.
     stride : int
         1 or 2.
     out_dtype : str
@@ -48,12 +49,14 @@ def depthwise_nchw(data, weight, stride: int, out_dtype: str = "float32"):
         ``[N, C, OH, OW]``.
     """
     n, c, h, w = (int(v) for v in data.shape)
-    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-    ry = te.reduce_axis((0, 3), "ry")
-    rx = te.reduce_axis((0, 3), "rx")
+    k = int(weight.shape[2])
+    pad = k // 2
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    ry = te.reduce_axis((0, k), "ry")
+    rx = te.reduce_axis((0, k), "rx")
 
     def _value(b, ch, y, x):
-        iy, ix = y * stride + ry - 1, x * stride + rx - 1
+        iy, ix = y * stride + ry - pad, x * stride + rx - pad
         inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
         pixel = data[b, ch, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)]
         pixel = tirx.if_then_else(inside, pixel.astype(out_dtype), tirx.const(0, out_dtype))
@@ -64,7 +67,7 @@ def depthwise_nchw(data, weight, stride: int, out_dtype: str = "float32"):
 
 
 class DepthwiseRows(Rule):
-    """Depthwise 3 x 3 row kernel with fused epilogue (see module docstring)."""
+    """Depthwise k x k row kernel with fused epilogue (see module docstring)."""
 
     name = "depthwise_rows"
 
@@ -76,8 +79,8 @@ class DepthwiseRows(Rule):
         block = sch.get(found[0])
         params = [r.source for r in block.reads
                   if any(p.same_as(r.source) for p in func.params)]
-        weight = next((b for b in params if tuple(int(v) for v in b.ty.shape[1:]) == (1, 3, 3)),
-                      None)
+        weight = next((b for b in params if tuple(int(v) for v in b.ty.shape[1:]) in
+                       ((1, 3, 3), (1, 5, 5), (1, 7, 7))), None)
         data = next((b for b in params if weight is None or not b.same_as(weight)), None)
         if data is None or weight is None:
             return None
@@ -88,9 +91,9 @@ class DepthwiseRows(Rule):
         out = block.writes[0].source
         stride = int(block.annotations[STRIDE_KEY])
         out_hw = tuple(int(v) for v in out.ty.shape[2:])
-        lanes = row_lanes(tuple(int(v) for v in data.ty.shape[2:]), out_hw, (3, 3),
-                          (stride, stride), (1, 1, 1, 1), (1, 1), cfg.lanes(str(out.ty.dtype)),
-                          half=cfg.indexed_fma)
+        k = int(weight.ty.shape[2])
+        lanes = choose_row_lanes(cfg, str(out.ty.dtype), tuple(int(v) for v in data.ty.shape[2:]),
+                                 out_hw, (k, k), (stride, stride), (k // 2,) * 4, (1, 1))
         if not lanes:
             return None
         geometry = {"stride": stride,

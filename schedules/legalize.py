@@ -112,9 +112,8 @@ def _conv2d(cfg: MachineConfig, bb, call):
                           dilation, tile.ow_tile, out_dtype, tile.vector_axis,
                           primfunc_name_hint="mdl_conv2d")
     if groups == in_c and wshape[1] == 1 and out_c % in_c == 0:
-        if out_c == in_c and depthwise_kernel.row_lanes(
-                dshape[2:], (oh, ow), (kh, kw), strides, padding, dilation,
-                cfg.lanes(out_dtype), half=cfg.indexed_fma):
+        if out_c == in_c and depthwise_kernel.choose_row_lanes(
+                cfg, out_dtype, dshape[2:], (oh, ow), (kh, kw), strides, padding, dilation):
             return bb.call_te(depthwise_nchw, data, weight, strides[0], out_dtype,
                               primfunc_name_hint="mdl_depthwise_conv2d_rows")
         row_tile = choose_row_tile(cfg, out_dtype, ow)

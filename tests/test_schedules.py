@@ -97,34 +97,6 @@ def test_depthwise_rule(rng, channels, mult, size, stride):
     _assert_rule_preserves_numerics(func, DepthwiseConv2D(), rng)
 
 
-@pytest.mark.parametrize("hw, stride, dtype", [
-    ((14, 14), 1, "float32"), ((7, 7), 1, "float32"), ((13, 9), 1, "float32"),  # 7/7/7-row groups
-    ((5, 6), 1, "float32"), ((56, 11), 1, "float32"),  # 5-row group, 8-row groups
-    ((14, 14), 2, "float32"), ((16, 18), 2, "float32"), ((16, 20), 1, "float16"),
-    ((16, 18), 2, "float16"), ((9, 40), 2, "float32"),
-    ((7, 7), 1, "float16"), ((14, 14), 2, "float16")])  # 7-pixel rows: 4-lane fp16 vectors
-def test_depthwise_rows_kernel_matches_unscheduled(rng, hw, stride, dtype):
-    """The row kernel (groups of `row_group` rows, the last overlapping) on odd maps, with
-    bias + ReLU6 fused, against the unscheduled function on phone lanes."""
-    channels = 6
-    w = rng.standard_normal((channels, 1, 3, 3)).astype(dtype)
-    bias = rng.standard_normal((1, channels, 1, 1)).astype(dtype)
-
-    def body(bb, x):
-        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=1,
-                                       groups=channels, out_dtype=dtype))
-        y = bb.emit(relax.op.add(y, relax.const(bias)))
-        return relax.op.clip(y, 0.0, 6.0)
-
-    x = rng.standard_normal((1, channels, *hw)).astype(dtype)
-    mod = relax_module(x.shape, body, dtype)
-    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
-    lowered, actual = lower_and_run(mod, [x], neon_config())
-    assert "depthwise_rows" in rules_used(lowered).values()
-    tol = 1e-5 if dtype == "float32" else 1e-2
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
-
-
 @pytest.mark.parametrize("in_c, out_c, kernel, hw, dtype", [
     (16, 3, 9, (20, 18), "float16"),  # style transfer's RGB output conv: kb = 4 of 8 lanes
     (5, 2, 5, (12, 13), "float32"),  # kb = 2 of 4 lanes
