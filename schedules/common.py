@@ -83,17 +83,23 @@ def fuse_epilogue(sch: s_tir.Schedule, producer, loop) -> list:
     after = blocks[index + 1:]
     if not after or not all(is_spatial(sch, b) for b in after):
         return after
-    for block in after[:-1]:
+    # a block that broadcasts (more iterations than the one before it: a squeeze-excite
+    # gate times the feature map) ends the fused chain: inlined, the gate's sigmoid would
+    # be computed once per pixel instead of once per channel
+    end = next((i for i in range(1, len(after)) if work(sch, after[i]) > work(sch, after[i - 1])),
+               len(after))
+    chain, rest = after[:end], after[end:]
+    for block in chain[:-1]:
         try:
             sch.compute_inline(block)
         except Exception:  # noqa: BLE001 - a block with several consumers stays
             return root_blocks(sch)[index + 1:]
-    last = after[-1]
+    last = chain[-1]
     try:
         sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
     except Exception:  # noqa: BLE001
-        return [last]
-    return []
+        return [last, *rest]
+    return rest
 
 
 def work(sch: s_tir.Schedule, block) -> int:
@@ -200,14 +206,27 @@ def schedule_others(sch: s_tir.Schedule, main_block, cfg, lanes: int) -> None:
     """Give every spatial root loop nest not containing `main_block` `schedule_spatial`.
 
     These are the prologue (padding, packing of non-constant weights) and any epilogue
-    block that could not be fused into the main block's tile.
+    block that could not be fused into the main block's tile. An epilogue block (after
+    `main_block`) over NCHW planes whose rows the lanes do not divide copies whole planes
+    as vectors with tails (`vectorize_row`): a squeeze-excite gate times a 14 x 14 map was
+    a scalar 14-pixel loop per row.
     """
     main_outer = sch.get(sch.get_loops(main_block)[0])
-    for block in root_blocks(sch):
+    blocks = root_blocks(sch)
+    main_index = next((i for i, b in enumerate(blocks)
+                       if sch.get(b).same_as(sch.get(main_block))), None)
+    for i, block in enumerate(blocks):
         loops = sch.get_loops(block)
         if not loops or sch.get(loops[0]).same_as(main_outer):
             continue
-        if is_spatial(sch, block) and not schedule_pad(sch, block, cfg, lanes):
+        if not is_spatial(sch, block) or schedule_pad(sch, block, cfg, lanes):
+            continue
+        after = main_index is None or i > main_index
+        if after and len(loops) == 4 and (extent(sch, loops[-1]) or lanes) % lanes:
+            plane = sch.fuse(loops[-2], loops[-1])
+            fuse_parallel(sch, list(loops[:-2]), cfg, work(sch, block))
+            vectorize_row(sch, plane, lanes)
+        else:
             schedule_spatial(sch, block, cfg, lanes)
 
 

@@ -20,10 +20,10 @@ def test_vector_parts_cover_the_row_with_whole_vectors_then_halving_tails(width,
 
 
 @pytest.mark.parametrize("hw, kernel, stride, dtype", [
-    ((14, 14), 5, 1, "float16"), ((7, 7), 5, 1, "float32"), ((14, 14), 5, 2, "float32")])
+    ((14, 14), 5, 2, "float16"), ((13, 13), 5, 2, "float32"), ((14, 14), 5, 2, "float32")])
 def test_depthwise_silu_epilogue_is_vector_code_on_rows_the_lanes_do_not_divide(
         rng, hw, kernel, stride, dtype):
-    """A 5 x 5 depthwise conv (the generic rule) + SiLU on 14- and 7-pixel rows: the
+    """A 5 x 5 stride-2 depthwise conv (the generic rule) + SiLU on 7-pixel rows: the
     epilogue row is cut into whole vectors and halving tails (`vector_parts`), each
     vectorised, instead of one scalar exp per pixel; numerics as unscheduled."""
     channels = 4
@@ -48,7 +48,7 @@ def test_depthwise_silu_epilogue_is_vector_code_on_rows_the_lanes_do_not_divide(
     vectors = [int(b) - int(a) if b else int(a) for a, b in
                re.findall(r"T\.vectorized\(\((\d+)\)(?:, \((\d+)\))?\)", script)]
     # the tails are vector loops of their own (the taps' loop is a whole vector)
-    tails = [p for p in schedules.common.vector_parts(width, lanes)[1:] if p > 1]
+    tails = [p for p in schedules.common.vector_parts(width, lanes) if 1 < p < lanes]
     assert sorted(n for n in vectors if n < lanes) == sorted(tails)
 
 
@@ -99,3 +99,31 @@ def test_channel_concat_copies_whole_planes_in_vectors(rng, axis, dtype):
                             r"T.int64\((\d+)\)\)", concat.script()))
     assert ranges == ({("3", "8"), ("8", "10")} if axis == 1 else set()), ranges
     np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_squeeze_excite_gate_is_computed_per_channel_and_scales_planes_in_vectors(rng, dtype):
+    """The gate conv (1 x 1 map) + sigmoid fused with the multiply that broadcasts it over
+    the feature map: the sigmoid stays a block of its own (once per channel, not inlined
+    into the per-pixel multiply), and the multiply scales each 7 x 7 plane as vectors."""
+    channels, squeeze = 8, 2
+    w1 = rng.standard_normal((squeeze, channels, 1, 1)).astype(dtype)
+    w2 = rng.standard_normal((channels, squeeze, 1, 1)).astype(dtype)
+
+    def body(bb, x):
+        m = bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=True))
+        a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(m, relax.const(w1), out_dtype=dtype)))
+        g = bb.emit(relax.op.sigmoid(relax.op.nn.conv2d(a, relax.const(w2), out_dtype=dtype)))
+        return relax.op.multiply(x, g)
+
+    x = rng.standard_normal((1, channels, 7, 7)).astype(dtype)
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
+    lowered, actual = lower_and_run(mod, [x], neon_config())
+    (gate,) = [f for gv, f in lowered.functions_items() if "multiply" in gv.name_hint]
+    script = gate.script()
+    assert 'sblock("sigmoid")' in script  # its own block, over the 8 gate values
+    assert re.search(r'T\.vectorized\([^\n]*\n\s*with T\.sblock\("T_multiply_ax2_ax3', script), (
+        script)  # the multiply: whole planes, vectorised
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
