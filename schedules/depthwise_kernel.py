@@ -1,4 +1,4 @@
-"""Depthwise k x k convolution (3 x 3 stride 1 or 2; 5 x 5 and 7 x 7 stride 1) as a
+"""Depthwise k x k convolution (3 x 3 and 5 x 5 stride 1 or 2; 7 x 7 stride 1) as a
 hand-scheduled row kernel with a fused epilogue.
 
 `depthwise_rows_func` replaces the fused function of an NCHW depthwise convolution (the TE
@@ -12,9 +12,11 @@ are loaded once per vector and shared by its output rows:
 
 * stride 1: the ``k`` windows of a row are unaligned vector loads at ``x - k // 2`` ...
   ``x + k // 2``;
-* stride 2: ``2L`` pixels at ``2x - 1`` de-interleaved by one ``ld2`` into the left
+* stride 2, 3 x 3: ``2L`` pixels at ``2x - 1`` de-interleaved by one ``ld2`` into the left
   (``2x - 1``) and middle (``2x``) taps; the right taps are the left ones shifted by a
   lane (``ext``) with pixel ``2x + 2L - 1`` appended;
+* stride 2, 5 x 5: pairs at ``2x - 2`` and ``2x`` give four taps, the fifth is the third
+  shifted by a lane with pixel ``2x + 2L`` appended (zero past the row's end);
 
 each tap is one FMA of a window by a broadcast weight. At the image border the part of a
 window outside the image is zeros shuffled in (``ext``) and rows outside the image
@@ -36,9 +38,9 @@ OPAQUE = 8  # Relax op pattern "opaque"
 # Instructions per output vector and input row of a row group: k * k FMAs per output row,
 # the k windows of an input row (stride 1: k loads; stride 2, 3 x 3: an ``ld2``, a pixel
 # load, an ``ext`` and address arithmetic).
-_STRIDE2_ROW_LOADS = 4
+_STRIDE2_ROW_LOADS = {3: 4, 5: 6}
 # accumulators beside the weights and the windows in 32 registers, by (kernel, stride)
-_MAX_GROUP = {(3, 1): 8, (3, 2): 4, (5, 1): 4, (7, 1): 4}
+_MAX_GROUP = {(3, 1): 8, (3, 2): 4, (5, 1): 4, (5, 2): 2, (7, 1): 4}
 
 
 def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:
@@ -52,8 +54,8 @@ def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> b
         return False
     if stride == (1, 1):
         return (oh, ow) == (h, w) and ow >= lanes + 1
-    if stride == (2, 2) and k == 3:
-        return 2 * ow <= w and ow >= lanes and w >= 2 * lanes
+    if stride == (2, 2) and k in (3, 5):  # 5 x 5: an even width (one column past the row)
+        return 2 * ow <= w and ow >= lanes and w >= 2 * lanes and (k == 3 or w % 2 == 0)
     return False
 
 
@@ -154,7 +156,7 @@ def row_group(oh: int, s: int, k: int = 3) -> int:
     """Output rows per group: the fewest estimated instructions for the whole map, where a
     group of ``G`` rows computes ``ceil(oh / G) * G`` rows (the last group overlaps) and loads
     its ``G * s + k - 1`` input rows once (ties: the smaller group, less code)."""
-    loads = k if s == 1 else _STRIDE2_ROW_LOADS
+    loads = k if s == 1 else _STRIDE2_ROW_LOADS[k]
 
     def _cost(g):
         return -(-oh // g) * (g * k * k + (g * s + k - 1) * loads)
@@ -224,7 +226,7 @@ def _vector(ctx, y0, x0, static_y0):
         if s == 1:
             wins = [_window(dflat, row, x0 + kx - pad, w, lanes, dtype) for kx in range(k)]
         else:
-            wins = _stride2_windows(dflat, row, x0, lanes, dtype,
+            wins = _stride2_windows(dflat, row, x0, (lanes, k, w), dtype,
                                     isinstance(x0, int) and x0 == 0)
         for j in range(group):
             ky = r - j * s
@@ -260,8 +262,10 @@ def _window(dflat, row, a, w, lanes, dtype):
     return tirx.Shuffle([last, zero], [a - (w - lanes) + i for i in range(lanes)])
 
 
-def _stride2_windows(dflat, row, x0, lanes, dtype, left_edge):
-    """The three tap windows (input columns ``2x - 1, 2x, 2x + 1``) of one row, 3 x 3."""
+def _stride2_windows(dflat, row, x0, geometry, dtype, left_edge):
+    """The `k` tap windows (input columns ``2x - k // 2`` ... ``2x + k // 2``) of one row at
+    stride 2, k = 3 or 5."""
+    lanes, k, w = geometry
     zero = tirx.Broadcast(tirx.const(0, dtype), lanes)
 
     # one 2L-lane load split into its even and odd lanes is one de-interleaving
@@ -273,11 +277,20 @@ def _stride2_windows(dflat, row, x0, lanes, dtype, left_edge):
         return [_cast(tirx.Shuffle([pair], [2 * i + p for i in range(lanes)]), dtype, lanes)
                 for p in (0, 1)]
 
-    if left_edge:
-        mid, right = _taps(2 * x0)
-        left = tirx.Shuffle([zero, right], list(range(lanes - 1, 2 * lanes - 1)))
-    else:
+    def _later(vec, col):  # `vec` one lane on (one tap two columns right), pixel `col` appended
+        past = isinstance(col, int) and col >= w  # interior vectors (expressions) are inside
+        after = zero if past else tirx.Broadcast(_cast(dflat[row + col], dtype, 1), lanes)
+        return tirx.Shuffle([vec, after], list(range(1, lanes + 1)))
+
+    def _earlier(vec):  # `vec` one lane back, a zero in front (the columns before the row)
+        return tirx.Shuffle([zero, vec], list(range(lanes - 1, 2 * lanes - 1)))
+
+    if k == 3:
+        if left_edge:
+            mid, right = _taps(2 * x0)
+            return [_earlier(right), mid, right]
         left, mid = _taps(2 * x0 - 1)
-        after = tirx.Broadcast(_cast(dflat[row + 2 * x0 + 2 * lanes - 1], dtype, 1), lanes)
-        right = tirx.Shuffle([left, after], list(range(1, lanes + 1)))
-    return [left, mid, right]
+        return [left, mid, _later(left, 2 * x0 + 2 * lanes - 1)]
+    mid, right = _taps(2 * x0)
+    left2, left1 = (_earlier(mid), _earlier(right)) if left_edge else _taps(2 * x0 - 2)
+    return [left2, left1, mid, right, _later(mid, 2 * x0 + 2 * lanes)]

@@ -76,10 +76,39 @@ def test_large_kernels_match_unscheduled(rng, config, dtype, kernel, hw):
                                rtol=tol, atol=tol * float(np.abs(expected).max()))
 
 
-def test_row_kernel_takes_5x5_and_7x7_stride_1_only():
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("hw", [(14, 14), (28, 16), (9, 40), (8, 8)])
+def test_5x5_stride_2_matches_unscheduled(rng, config, dtype, hw):
+    """5 x 5 stride 2 (EfficientNet's and MnasNet's downsampling): taps from two
+    de-interleaved pairs, the fifth shifted by a lane, zeros before the row and past its end
+    (an even width: the last window's right column is outside)."""
+    cfg = CONFIGS[config]
+    x = rng.standard_normal((1, 5, *hw)).astype(dtype)
+    w = (rng.standard_normal((5, 1, 5, 5)) / 5).astype(dtype)
+
+    def body(bb, v):
+        y = bb.emit(relax.op.nn.conv2d(v, relax.const(w), strides=2, padding=2, groups=5,
+                                       out_dtype=dtype))
+        return relax.op.nn.silu(y)
+
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], cfg, rules=())
+    lowered, actual = lower_and_run(mod, [x], cfg)
+    out = ((hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1)
+    rows = choose_row_lanes(cfg, dtype, hw, out, (5, 5), (2, 2), (2,) * 4, (1, 1))
+    assert ("depthwise_rows" in rules_used(lowered).values()) == bool(rows)
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64),
+                               rtol=tol, atol=tol * float(np.abs(expected).max()))
+
+
+def test_row_kernel_geometries():
     assert row_lanes((14, 14), (14, 14), (5, 5), (1, 1), (2,) * 4, (1, 1), 4) == 4
     assert row_lanes((14, 14), (14, 14), (7, 7), (1, 1), (3,) * 4, (1, 1), 4) == 4
-    assert not row_lanes((14, 14), (7, 7), (5, 5), (2, 2), (2,) * 4, (1, 1), 4)  # stride 2
+    assert row_lanes((14, 14), (7, 7), (5, 5), (2, 2), (2,) * 4, (1, 1), 4) == 4  # stride 2
+    assert not row_lanes((13, 13), (7, 7), (5, 5), (2, 2), (2,) * 4, (1, 1), 4)  # odd width
+    assert not row_lanes((14, 14), (7, 7), (7, 7), (2, 2), (3,) * 4, (1, 1), 4)  # 7x7 stride 2
     assert not row_lanes((14, 14), (12, 12), (5, 5), (1, 1), (1,) * 4, (1, 1), 4)  # padding 1
 
 

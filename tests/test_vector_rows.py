@@ -20,12 +20,13 @@ def test_vector_parts_cover_the_row_with_whole_vectors_then_halving_tails(width,
 
 
 @pytest.mark.parametrize("hw, kernel, stride, dtype", [
-    ((14, 14), 5, 2, "float16"), ((13, 13), 5, 2, "float32"), ((14, 14), 5, 2, "float32")])
+    ((13, 13), 5, 2, "float16"), ((13, 13), 5, 2, "float32"), ((11, 11), 5, 2, "float32")])
 def test_depthwise_silu_epilogue_is_vector_code_on_rows_the_lanes_do_not_divide(
         rng, hw, kernel, stride, dtype):
-    """A 5 x 5 stride-2 depthwise conv (the generic rule) + SiLU on 7-pixel rows: the
-    epilogue row is cut into whole vectors and halving tails (`vector_parts`), each
-    vectorised, instead of one scalar exp per pixel; numerics as unscheduled."""
+    """A 5 x 5 stride-2 depthwise conv on an odd width (the generic rule) + SiLU on 7- and
+    6-pixel rows: the epilogue row is cut into whole vectors and halving tails
+    (`vector_parts`), each vectorised, instead of one scalar exp per pixel; numerics as
+    unscheduled."""
     channels = 4
     w = (rng.standard_normal((channels, 1, kernel, kernel)) / kernel).astype(dtype)
 
