@@ -202,6 +202,15 @@ def fuse_parallel(sch: s_tir.Schedule, loops: list, cfg, min_work: int):
     return fused
 
 
+def vectorize_planes(sch: s_tir.Schedule, loops: list, cfg, min_work: int,
+                     lanes: int) -> None:
+    """NCHW planes as vector runs: the last two `loops` (rows, columns) fused into one
+    `vectorize_row` loop, the ones above fused and parallel when `min_work` justifies it."""
+    plane = sch.fuse(loops[-2], loops[-1])
+    fuse_parallel(sch, list(loops[:-2]), cfg, min_work)
+    vectorize_row(sch, plane, lanes)
+
+
 def schedule_others(sch: s_tir.Schedule, main_block, cfg, lanes: int) -> None:
     """Give every spatial root loop nest not containing `main_block` `schedule_spatial`.
 
@@ -223,9 +232,7 @@ def schedule_others(sch: s_tir.Schedule, main_block, cfg, lanes: int) -> None:
             continue
         after = main_index is None or i > main_index
         if after and len(loops) == 4 and (extent(sch, loops[-1]) or lanes) % lanes:
-            plane = sch.fuse(loops[-2], loops[-1])
-            fuse_parallel(sch, list(loops[:-2]), cfg, work(sch, block))
-            vectorize_row(sch, plane, lanes)
+            vectorize_planes(sch, loops, cfg, work(sch, block), lanes)
         else:
             schedule_spatial(sch, block, cfg, lanes)
 

@@ -41,6 +41,7 @@ OPAQUE = 8  # Relax op pattern "opaque"
 _STRIDE2_ROW_LOADS = {3: 4, 5: 6}
 # accumulators beside the weights and the windows in 32 registers, by (kernel, stride)
 _MAX_GROUP = {(3, 1): 8, (3, 2): 4, (5, 1): 4, (5, 2): 2, (7, 1): 4}
+ROW_KERNELS = (3, 5, 7)  # square kernel sizes the row kernel takes (5 and 7 at stride 1 ...)
 
 
 def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> bool:
@@ -49,7 +50,7 @@ def supported(in_hw, out_hw, kernel, stride, padding, dilation, lanes: int) -> b
     window ends inside the row; rows of at least ``L + 1`` input pixels."""
     (h, w), (oh, ow) = in_hw, out_hw
     k = kernel[0]
-    if (tuple(kernel) not in ((3, 3), (5, 5), (7, 7)) or tuple(dilation) != (1, 1)
+    if (kernel[1] != k or k not in ROW_KERNELS or tuple(dilation) != (1, 1)
             or tuple(padding) != (k // 2,) * 4):
         return False
     if stride == (1, 1):
@@ -79,7 +80,7 @@ def choose_row_lanes(cfg, dtype: str, in_hw, out_hw, kernel, stride, padding,
         if not supported(in_hw, out_hw, kernel, stride, padding, dilation, width):
             continue
         ow = out_hw[1]
-        computed = len({*range(0, ow - width + 1, width), ow - width}) * width
+        computed = len(vector_starts(ow, width)) * width
         if (width == lanes or tuple(kernel) != (3, 3) or tuple(stride) != (1, 1)
                 or computed < -(-ow // lanes) * lanes):
             return width
@@ -122,7 +123,7 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
     k = int(weight.ty.shape[2])
     _, _, oh, ow = geometry["out_shape"]
     group = row_group(oh, s, k)
-    starts = sorted({*range(0, ow - lanes + 1, lanes), ow - lanes})
+    starts = vector_starts(ow, lanes)
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("mdl_depthwise_rows")
@@ -150,6 +151,12 @@ def depthwise_rows_func(func, data, weight, geometry: dict, epilogue, lanes: int
                         else:
                             _row_group(ctx, y0, starts, y0)
     return ib.get()
+
+
+def vector_starts(ow: int, lanes: int) -> list[int]:
+    """First columns of a row's output vectors: every `lanes`, the last shifted left to end
+    at the row's end."""
+    return sorted({*range(0, ow - lanes + 1, lanes), ow - lanes})
 
 
 def row_group(oh: int, s: int, k: int = 3) -> int:
@@ -194,23 +201,22 @@ def _row_group(ctx, y0, starts, static_y0):
     k // 2``; stride 2: all but the first and last) run in a loop; the others are generated
     with their column known, so the windows that leave the row get zeros shuffled in."""
     lanes, pad, w = ctx["lanes"], ctx["k"] // 2, ctx["w"]
-    first, last = starts[0], starts[-1]
     if ctx["s"] == 1:
         interior = [x for x in starts if x >= pad and x + lanes + pad <= w]
     else:
-        interior = [x for x in starts if x not in (first, last)]
-    for x0 in starts:
-        if x0 not in interior and x0 < (interior[0] if interior else w):
-            _vector(ctx, y0, x0, static_y0)
+        interior = starts[1:-1]
+    edges = [x for x in starts if x not in interior]
+    lead = [x for x in edges if not interior or x < interior[0]]  # left of the interior
+    for x0 in lead:
+        _vector(ctx, y0, x0, static_y0)
     if interior and all(b - a == lanes for a, b in zip(interior, interior[1:], strict=False)):
         with T.serial(0, len(interior)) as v:
             _vector(ctx, y0, interior[0] + v * lanes, static_y0)
     else:
         for x0 in interior:
             _vector(ctx, y0, x0, static_y0)
-    for x0 in starts:
-        if x0 not in interior and interior and x0 > interior[0]:
-            _vector(ctx, y0, x0, static_y0)
+    for x0 in edges[len(lead):]:
+        _vector(ctx, y0, x0, static_y0)
 
 
 def _vector(ctx, y0, x0, static_y0):

@@ -23,7 +23,7 @@ from tvm import s_tir, te, tirx
 
 from schedules.common import Rule, annotated_block
 from schedules.compute import RULE_KEY
-from schedules.depthwise_kernel import choose_row_lanes, depthwise_rows_func
+from schedules.depthwise_kernel import ROW_KERNELS, choose_row_lanes, depthwise_rows_func
 from schedules.epilogue import UnsupportedEpilogue, extract_epilogue
 
 STRIDE_KEY = "mdl.stride"
@@ -80,7 +80,7 @@ class DepthwiseRows(Rule):
         params = [r.source for r in block.reads
                   if any(p.same_as(r.source) for p in func.params)]
         weight = next((b for b in params if tuple(int(v) for v in b.ty.shape[1:]) in
-                       ((1, 3, 3), (1, 5, 5), (1, 7, 7))), None)
+                       {(1, k, k) for k in ROW_KERNELS}), None)
         data = next((b for b in params if weight is None or not b.same_as(weight)), None)
         if data is None or weight is None:
             return None

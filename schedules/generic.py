@@ -40,7 +40,7 @@ from schedules.common import (
     schedule_spatial,
     vector_width,
     vectorize_init,
-    vectorize_row,
+    vectorize_planes,
     work,
 )
 
@@ -76,16 +76,25 @@ def _normal_loops(sch: s_tir.Schedule, block):
             [iv for _, iv in sorted(spatial, key=lambda p: p[0])])
 
 
+def _if_then_elses(expr):
+    """The ``if_then_else`` calls in `expr` (through calls and element-wise operands)."""
+    if isinstance(expr, tvm.ir.expr.Call):
+        if getattr(expr.op, "name", "") == "prim.if_then_else":
+            yield expr
+        for arg in expr.args:
+            yield from _if_then_elses(arg)
+        return
+    for field in ("a", "b", "value"):
+        sub = getattr(expr, field, None)
+        if isinstance(sub, tvm.ir.expr.Expr):
+            yield from _if_then_elses(sub)
+
+
 def _selects(stmt) -> bool:
     """True when the block stores a value that chooses between inputs (``if_then_else``,
     possibly under element-wise ops: a concat)."""
-    def walk(expr) -> bool:
-        if isinstance(expr, tvm.ir.expr.Call):
-            return (getattr(expr.op, "name", "") == "prim.if_then_else"
-                    or any(walk(arg) for arg in expr.args))
-        return any(walk(getattr(expr, f)) for f in ("a", "b", "value")
-                   if isinstance(getattr(expr, f, None), tvm.ir.expr.Expr))
-    return isinstance(stmt.body, tirx.BufferStore) and walk(stmt.body.value)
+    return isinstance(stmt.body, tirx.BufferStore) and next(
+        _if_then_elses(stmt.body.value), None) is not None
 
 
 def _bindings(sch: s_tir.Schedule, block):
@@ -274,10 +283,9 @@ def _copy_planes(sch, block, cfg, lanes: int) -> bool:
     pieces = sch.loop_partition(loops[1], sizes[:-1] + [None]) if cuts else [loops[1]]
     for piece, size in zip(pieces, sizes, strict=True):
         inner = _innermost_block(sch, piece) if cuts else block
-        rows = sch.get_loops(inner)  # (n, c, h, w); (c, h, w) below a partition's wrapper
-        plane = sch.fuse(rows[-2], rows[-1])
-        fuse_parallel(sch, list(rows[:-2]), cfg, total * size // max(channels, 1))
-        vectorize_row(sch, plane, lanes)
+        # (n, c, h, w); (c, h, w) below a partition's wrapper
+        vectorize_planes(sch, sch.get_loops(inner), cfg, total * size // max(channels, 1),
+                         lanes)
     return True
 
 
@@ -293,23 +301,15 @@ def _channel_cuts(expr, var) -> set[int]:
     """The channel indices at which a select's condition on `var` changes (``c < 64``,
     ``64 <= c``: 64)."""
     found = set()
-    if isinstance(expr, tvm.ir.expr.Call):
-        if getattr(expr.op, "name", "") == "prim.if_then_else":
-            cond = expr.args[0]
-            sides = (getattr(cond, "a", None), getattr(cond, "b", None))
-            for const, other in (sides, sides[::-1]):
-                if isinstance(const, tirx.IntImm) and isinstance(other, tirx.Var) and \
-                        other.same_as(var):
-                    # c < k, k <= c: k; c <= k, k < c: k + 1
-                    inclusive = isinstance(cond, (tirx.LE, tirx.GT)) == (other is sides[0])
-                    found.add(int(const.value) + (1 if inclusive else 0))
-        for arg in expr.args:
-            found |= _channel_cuts(arg, var)
-        return found
-    for field in ("a", "b", "value"):
-        sub = getattr(expr, field, None)
-        if isinstance(sub, tvm.ir.expr.Expr):
-            found |= _channel_cuts(sub, var)
+    for select in _if_then_elses(expr):
+        cond = select.args[0]
+        sides = (getattr(cond, "a", None), getattr(cond, "b", None))
+        for const, other in (sides, sides[::-1]):
+            if isinstance(const, tirx.IntImm) and isinstance(other, tirx.Var) and \
+                    other.same_as(var):
+                # c < k, k <= c: k; c <= k, k < c: k + 1
+                inclusive = isinstance(cond, (tirx.LE, tirx.GT)) == (other is sides[0])
+                found.add(int(const.value) + (1 if inclusive else 0))
     return found
 
 

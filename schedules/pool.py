@@ -51,13 +51,17 @@ def vector_range(in_width: int, out_width: int, kernel: int, stride: int, pad_le
     return first, count, (None if last is None or last + lanes <= end else last)
 
 
+def _vector_end(first: int, count: int, last: int | None, lanes: int) -> int:
+    """The first output column after the vectors of `vector_range` (``first`` if none)."""
+    return first + count * lanes if last is None else last + lanes
+
+
 def _scalar_outputs(in_width: int, out_width: int, kernel: int, stride: int, pad_left: int,
                     lanes: int) -> tuple[int, int]:
     """``(vector iterations, scalar outputs)`` of one output row at `lanes`."""
     first, count, last = vector_range(in_width, out_width, kernel, stride, pad_left, lanes)
-    end = first + count * lanes if last is None else last + lanes
-    return count + (last is not None), out_width - (end - first if count or last is not None
-                                                    else 0)
+    end = _vector_end(first, count, last, lanes)
+    return count + (last is not None), out_width - (end - first)
 
 
 def pool_lanes(in_width: int, out_width: int, kernel, stride: int, pad_left: int,
@@ -148,7 +152,7 @@ def max_pool2d_func(shape, dtype: str, kernel, stride, padding, out_hw, lanes: i
             res = sel if res is None else _maxnum(res, sel, native_max)
         T.buffer_store(out, res, [b, ch, y, tirx.Ramp(x0, 1, lanes)])
 
-    end = first + count * lanes if last is None else last + lanes
+    end = _vector_end(first, count, last, lanes)
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("mdl_max_pool2d")
@@ -167,8 +171,7 @@ def max_pool2d_func(shape, dtype: str, kernel, stride, padding, out_hw, lanes: i
                                 _vector(b, ch, y, rows, first + v * lanes)
                         if last is not None:
                             _vector(b, ch, y, rows, last)
-                        vector_end = end if count or last is not None else first
-                        for lo, hi in ((0, min(first, ow)), (vector_end, ow)):
+                        for lo, hi in ((0, min(first, ow)), (end, ow)):
                             if hi > lo:
                                 with T.serial(lo, hi) as x:
                                     res = None
