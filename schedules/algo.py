@@ -44,6 +44,9 @@ TRANSFORM_COST = {
 }
 # Instructions per output pixel of the epilogue that gathers pixels from the tile buffer.
 EPILOGUE_PER_PIXEL = 2.0
+# Registers the channel-vector Winograd GEMM leaves beside its tile (8 x 3 in fp32 did
+# not spill on the phone).
+CHANNELS_SPARE = 3
 _LOOP_PER_STEP = 0.75  # loop control per reduction step (4 steps unrolled)
 _LOADS_PER_VECTOR = 0.6  # paired loads (ldp) on AArch64
 _BLOCK_OVERHEAD = 15
@@ -159,33 +162,56 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
             best = ConvAlgo("winograd", m, kb, nv, cost=cost)
     # channel vectors only with indexed FMAs: on x86 (16 registers, a broadcast per tile)
     # the 512-channel 7 x 7 conv measured 1.61 ms against F(2,3) by tiles' 1.33 ms
-    if tiles <= lanes and cfg.indexed_fma and by_channels is not False:
-        channels = _channels_cost(cfg, lanes, alpha, c, k, tiles, m, epilogue)
+    if cfg.indexed_fma and by_channels is not False:
+        channels = _channels_cost(cfg, lanes, (alpha, m, n_w >= lanes), c, k, tiles, epilogue)
         if channels.cost < best.cost:
             best = channels
     return best
 
 
-def _channels_cost(cfg: MachineConfig, lanes: int, alpha: int, c: int, k: int, tiles: int,
-                   m: int, epilogue: float) -> ConvAlgo:
-    """Winograd with output channels as the vector (all `tiles` by lane of one vector, which
-    needs indexed FMAs): the best ``tiles x nv`` register tile (``kb = nv * L`` channels)."""
+def tiles_padded(tiles: int, block: int, lanes: int) -> int:
+    """``V``'s tile count for blocks of `block` tiles: a multiple of `lanes` that the vector
+    loads of every block (``ceil(P / L)`` vectors from its first tile) stay inside."""
+    block = min(block, tiles)
+    full, tail = divmod(tiles, block)
+    ends = [tiles]
+    if full:
+        ends.append((full - 1) * block + -(-block // lanes) * lanes)
+    if tail:
+        ends.append(full * block + -(-tail // lanes) * lanes)
+    return -(-max(ends) // lanes) * lanes
+
+
+def _channels_cost(cfg: MachineConfig, lanes: int, shape: tuple, c: int, k: int, tiles: int,
+                   epilogue: float) -> ConvAlgo:
+    """Winograd with output channels as the vector (`schedules.winograd_channels`: blocks of
+    ``P`` tiles used by lane, the last block the tiles left): the best ``P x nv`` register
+    tile (``kb = nv * L`` channels); `shape` is ``(alpha, m, by_rows)``."""
+    alpha, m, by_rows = shape
+    table = TRANSFORM_COST[m]
     best = ConvAlgo("winograd", m, cost=float("inf"), by_channels=True)
-    for nv in range(1, 7):
-        if not _fits(cfg, tiles, nv, 1, spare=4):
-            continue
-        kb = nv * lanes
-        chunks = _ceil_div(k, kb)
-        # the tiles play the weights' part: one vector of them used by lane per step
-        step = gemm_step_cost(cfg, lanes, tiles, nv)
-        gemm = alpha * alpha * chunks * (c * step + 2 * tiles * nv + _BLOCK_OVERHEAD)
-        # input transform of one vector of tiles per channel; output transform per tile and
-        # vector of channels
-        table = TRANSFORM_COST[m]
-        cost = (gemm + c * table["gather"] + tiles * chunks * nv * table["output"]
-                + epilogue)
-        if cost < best.cost:
-            best = ConvAlgo("winograd", m, kb, 1, cost=cost, by_channels=True)
+    # whole or half vectors of tiles per block (one load each; other part-vectors take one
+    # load per piece), or all the tiles of a small map
+    sizes = (lanes, lanes + lanes // 2, 2 * lanes)
+    for p in sorted({b for b in sizes if b <= tiles} | {min(tiles, 2 * lanes)}):
+        for nv in range(1, 7):
+            if not _fits(cfg, p, nv, _ceil_div(p, lanes), spare=CHANNELS_SPARE):
+                continue
+            kb = nv * lanes
+            chunks = _ceil_div(k, kb)
+            full, tail = divmod(tiles, p)
+            # the tiles play the weights' part: vectors of them used by lane per step
+            blocks = [(full, p), (1, tail)] if tail else [(full, p)]
+            gemm = alpha * alpha * chunks * sum(
+                count * (c * gemm_step_cost(cfg, lanes, size, nv) + 2 * size * nv
+                         + _BLOCK_OVERHEAD) for count, size in blocks)
+            # input transform of the tiles per channel (as vectors); output transform per
+            # tile and vector of channels
+            vectors = tiles_padded(tiles, p, lanes) // lanes
+            cost = (gemm + c * vectors * table["rows" if by_rows else "gather"]
+                    + tiles * chunks * nv * table["output"] + epilogue)
+            if cost < best.cost:
+                best = ConvAlgo("winograd", m, kb, p, cost=cost, by_channels=True)
     return best
 
 

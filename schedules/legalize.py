@@ -35,7 +35,7 @@ import tvm
 
 from mdl_tvm.core.relax_utils import static_shape
 from schedules import compute, depthwise_kernel, fast_math
-from schedules.algo import ConvAlgo, choose_conv_algo
+from schedules.algo import ConvAlgo, choose_conv_algo, tiles_padded
 from schedules.config import (
     ConvGeometry,
     MachineConfig,
@@ -175,7 +175,8 @@ def _winograd(cfg: MachineConfig, bb, data, weight, algo: ConvAlgo, padding, out
     (oh, ow), block = out_hw, algo.tile_vectors * lanes
     tiles_hw = (-(-oh // m), -(-ow // m))
     tiles = n * tiles_hw[0] * tiles_hw[1]
-    padded = -(-tiles // block) * block
+    padded = (tiles_padded(tiles, algo.tile_vectors, lanes) if algo.by_channels
+              else -(-tiles // block) * block)
     u = transform_weight(wvalue, m, algo.k_block, out_dtype, store_dtype=str(wvalue.dtype))
     func = input_transform_reference(static_shape(data), _dtype(data), padding, m, out_dtype,
                                      padded)

@@ -112,6 +112,7 @@ def _output_tiles(mbuf, epilogue, kc, t0, at, geometry, tile, dtype):
     _, k_out, oh, ow = geometry["out_shape"]
     tiles = geometry["out_shape"][0] * n_h * n_w
     cols = T.alloc_buffer((m * alpha * lanes,), dtype)
+    rows = T.alloc_buffer((m * lanes,), dtype)
     seg = T.alloc_buffer((m,), dtype)
     with T.serial(0, kb) as kk:
         k = kc * kb + kk
@@ -122,6 +123,11 @@ def _output_tiles(mbuf, epilogue, kc, t0, at, geometry, tile, dtype):
                         return mbuf[_vec(e * kb * tp + kk * tp + vi * lanes, lanes)]
 
                     def _row(i, row, k=k, vi=vi):
+                        # computed once: each tile's shuffle below reads the stored vectors
+                        # (an expression would be recomputed in every tile's branch)
+                        for j in range(m):
+                            T.buffer_store(rows, row[j], [_vec(j * lanes, lanes)])
+                        row = [rows[_vec(j * lanes, lanes)] for j in range(m)]
                         for lane in range(lanes):
                             t = t0 + vi * lanes + lane
                             _tile_row(epilogue, seg, row, lane, t, i, k,
@@ -153,22 +159,30 @@ def _tile_row(epilogue, seg, row, lane, t, i, k, dims):
     img, rest = t // (n_h * n_w), t % (n_h * n_w)
     th, tw = rest // n_w, rest % n_w
     y, x0 = th * m + i, tw * m
-    full = n_w * m <= ow  # every tile inside the image horizontally
     with T.If(tirx.all(t < tiles, y < oh)):
         with T.Then():
-            T.buffer_store(seg, tirx.Shuffle(row, [j * lanes + lane for j in range(m)]),
-                           [_vec(0, m)])
+            row_segment(epilogue, seg, row, lane, (img, k, y, x0), (m, ow, lanes),
+                        n_w * m <= ow)
 
-            def _write(loop, end):
-                with loop(0, end) as j:
-                    stmt = epilogue.store([img, k, y, x0 + j], seg[j])
-                    T.buffer_store(stmt.buffer, stmt.value, list(stmt.indices))
 
-            if full:
+def row_segment(epilogue, seg, row, lane, where, dims, full: bool):
+    """Write lane `lane` of the ``m`` vectors `row` as the ``m`` pixels of output row
+    ``where = (img, k, y, x0)`` onwards, through the epilogue: one vector store, or a scalar
+    loop where the segment passes the image's right edge (`full`: it never does)."""
+    img, k, y, x0 = where
+    m, ow, lanes = dims
+    T.buffer_store(seg, tirx.Shuffle(row, [j * lanes + lane for j in range(m)]), [_vec(0, m)])
+
+    def _write(loop, end):
+        with loop(0, end) as j:
+            stmt = epilogue.store([img, k, y, x0 + j], seg[j])
+            T.buffer_store(stmt.buffer, stmt.value, list(stmt.indices))
+
+    if full:
+        _write(T.vectorized, m)
+    else:
+        with T.If(x0 + m <= ow):
+            with T.Then():
                 _write(T.vectorized, m)
-            else:
-                with T.If(x0 + m <= ow):
-                    with T.Then():
-                        _write(T.vectorized, m)
-                    with T.Else():
-                        _write(T.serial, ow - x0)
+            with T.Else():
+                _write(T.serial, ow - x0)
