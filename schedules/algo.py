@@ -267,9 +267,13 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                                           chunks, wanted):
             seg = rows * ow
             segs = batch * _ceil_div(out_rows, rows)
-            blocks = segs * _ceil_div(seg, block) * chunks
-            cost = blocks * (red * gemm_step_cost(cfg, lanes, kb, nv)
-                             + kb * nv * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
+            tail = tail_tile(seg, nv, lanes)
+            tiles = [(seg // block, nv), (1, tail[0])] if tail else [
+                (_ceil_div(seg, block), nv)]
+            cost = segs * chunks * sum(
+                count * (red * gemm_step_cost(cfg, lanes, kb, vectors)
+                         + kb * vectors * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
+                for count, vectors in tiles)
             if im2col:  # one copy per segment, shared by its k-groups
                 cost += segs * red * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
@@ -281,6 +285,19 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                 parallel = algo
     return serial if serial.cost < PARALLEL_MIN_COST or parallel.cost == float("inf") \
         else parallel
+
+
+def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
+    """``(vectors, lanes)`` of the block that ends a segment of `seg` pixels after its whole
+    ``nv * L`` blocks -- fewer vectors, or half-width ones (``.4h`` / ``.2s`` on NEON, ``ymm``
+    under ``zmm``) -- or None when a full block shifted back to the segment's end costs
+    no more (no pixels left, or as many computed)."""
+    left = seg % (nv * lanes)
+    if not left or seg < nv * lanes:
+        return None
+    width = lanes // 2 if left <= lanes // 2 and lanes >= 4 else lanes
+    tile = (-(-left // width), width)
+    return tile if tile[0] * tile[1] < nv * lanes else None
 
 
 def _task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: int,

@@ -26,6 +26,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.algo import tail_tile
 from schedules.common import cast_to as _cast
 from schedules.common import ceil_div as _ceil_div
 from schedules.common import ramp as _vec
@@ -99,16 +100,29 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 # the tile is at an offset `ldp q` / `ldr q` can encode
                 stride = _ceil_div(seg, lanes) * lanes
 
+                tail = tail_tile(seg, nv, lanes)
+                full = seg // tp if tail else n_blk
+                w_lanes = half_block if half_block is not None else (kb if kb >= lanes else 0)
+
+                def _block(kc, img, y0, src, q0, tile):
+                    """One register tile: pixels ``q0 + ...`` of the segment (`src`: the
+                    buffer, its offset of pixel 0 and its row stride)."""
+                    buf, base, rstride = src
+                    acc = T.alloc_buffer((kb * tile[0] * tile[1],), dtype)
+                    reduce_tile(acc, buf, base + q0, rstride, wflat, kc * red * kb, red,
+                                (kb, *tile), dtype, w_lanes=w_lanes)
+                    _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, *tile),
+                           (k_out, ow), kb * chunks != k_out)
+
                 def _gemm(task, img, y0, src, src_base, stride):
                     with T.serial(0, per_group) as kc_inner:
                         kc = task % k_groups * per_group + kc_inner
-                        with T.serial(0, n_blk) as blk:
-                            q0 = T.bind(tirx.min(blk * tp, seg - tp))
-                            acc = T.alloc_buffer((kb * tp,), dtype)
-                            reduce_tile(acc, src, src_base + q0, stride, wflat, kc * red * kb,
-                                        red, (kb, nv, lanes), dtype, w_lanes=half_block)
-                            _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, nv, lanes),
-                                   (k_out, ow), kb * chunks != k_out)
+                        with T.serial(0, full) as blk:
+                            q0 = blk * tp if tail else T.bind(tirx.min(blk * tp, seg - tp))
+                            _block(kc, img, y0, (src, src_base, stride), q0, (nv, lanes))
+                        if tail:  # the pixels left, in fewer or narrower vectors
+                            _block(kc, img, y0, (src, src_base, stride),
+                                   seg - tail[0] * tail[1], tail)
 
                 def _segment(where):
                     return where // n_seg, T.bind(tirx.min(where % n_seg * rows, oh - rows))

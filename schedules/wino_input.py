@@ -35,6 +35,8 @@ from schedules.wino_math import matrices, transform_rows
 # Relax op pattern kind "opaque": FuseOps fuses nothing into a hand-scheduled kernel (its
 # loops are not blocks FuseTIR could merge).
 OPAQUE = 8
+# Tile sizes whose stride-m de-interleave is one structured load (ld2 / ld4 on AArch64).
+_LDN = (2, 4)
 
 
 def _transpose(rows: list, lanes: int) -> list:
@@ -141,8 +143,10 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
                                 base = T.bind(img * plane + th * (m * cols_p) + tw0 * m)
 
                                 def _read_row(r, base=base):
-                                    vecs = [pad[_vec(base + r * cols_p + k * lanes)]
-                                            for k in range(span)]
+                                    start = base + r * cols_p
+                                    if m in _LDN:
+                                        return _deinterleave(pad, start, m, lanes)
+                                    vecs = [pad[_vec(start + k * lanes)] for k in range(span)]
                                     return [tirx.Shuffle(vecs, [q + m * lane
                                                                 for lane in range(lanes)])
                                             for q in range(alpha)]
@@ -172,6 +176,18 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
                             with T.serial(0, alpha * alpha) as e:
                                 T.buffer_store(out, zero, [e, ci, t])
     return ib.get()
+
+
+def _deinterleave(pad, start, m: int, lanes: int) -> list:
+    """The ``m + 2`` vectors ``[pad[start + q + m * t] for t < L]`` (q < m + 2) of a row of
+    ``L`` tiles: the first ``m`` as one structured load (``ld2`` / ``ld4``: LLVM lowers a wide
+    load whose only users are stride-m shuffles to it), the last two as the first two
+    shifted by a lane with the next tile's first pixels appended (``ext`` / ``ins``)."""
+    wide = pad[tirx.Ramp(start, 1, m * lanes)]
+    first = [tirx.Shuffle([wide], [q + m * t for t in range(lanes)]) for q in range(m)]
+    after = pad[tirx.Ramp(start + m * lanes, 1, lanes)]
+    return first + [tirx.Shuffle([first[q], after], list(range(1, lanes)) + [lanes + q])
+                    for q in range(2)]
 
 
 def _pad_planes(data, pad, ci, n, h, w, top, left, plane, cols_p, lanes, dtype):

@@ -1,0 +1,58 @@
+"""The GEMM convolution's last pixel block: fewer or half-width vectors instead of a full
+block shifted back over pixels already computed (`schedules.gemm_kernel.tail_tile`)."""
+
+import numpy as np
+import pytest
+from helpers import lower_and_run, neon_config, relax_module, rules_used
+from tvm import relax
+
+from schedules import algo, legalize
+from schedules.gemm_kernel import tail_tile
+
+
+@pytest.mark.parametrize("seg, nv, lanes, expected", [
+    (49, 1, 8, (1, 4)),  # ResNet-18's 7x7 stride-2 conv in fp16: .4h for the last pixel
+    (49, 1, 4, (1, 2)),  # fp32: .2s
+    (100, 3, 4, (1, 4)),  # 4 pixels left of a 12-pixel block: one vector
+    (28, 3, 4, (1, 4)),
+    (30, 3, 4, (2, 4)),  # 6 left: two vectors, not three
+    (48, 3, 4, None),  # no pixels left
+    (7, 1, 4, None),  # the segment is shorter than a block: the shifted block is it
+    (49, 2, 16, None),  # 17 left of 32: two 16-lane vectors, as many as a full block
+])
+def test_tail_tile_computes_fewer_pixels_than_a_full_block(seg, nv, lanes, expected):
+    assert tail_tile(seg, nv, lanes) == expected
+
+
+@pytest.mark.parametrize("in_c, out_c, kernel, stride, hw, dtype, tile, residual", [
+    (24, 32, 1, 1, (7, 7), "float16", (16, 1, 7), False),  # read in place, 49 = 6 x 8 + .4h
+    (12, 20, 3, 2, (14, 13), "float32", (8, 1, 7), False),  # im2col, 49 = 12 x 4 + .2s
+    (8, 12, 3, 1, (10, 10), "float32", (4, 3, 10), True),  # 100 = 8 x 12 + 4, residual
+    (16, 16, 3, 1, (14, 14), "float16", (8, 2, 14), True),  # 196 = 12 x 16 + 4
+    (6, 10, 3, 1, (5, 6), "float32", (4, 3, 5), False),  # 30 = 2 x 12 + 6: two vectors
+])
+def test_gemm_conv_with_a_tail_block_matches_unscheduled(monkeypatch, rng, in_c, out_c, kernel,
+                                                        stride, hw, dtype, tile, residual):
+    kb, nv, rows = tile
+    monkeypatch.setattr(legalize, "choose_conv_algo", lambda *a, **k: algo.ConvAlgo(
+        "gemm", 0, kb, nv, rows))
+    neon = neon_config()
+    pad = kernel // 2
+    w = (rng.standard_normal((out_c, in_c, kernel, kernel)) / kernel).astype(dtype)
+    bias = rng.standard_normal((1, out_c, 1, 1)).astype(dtype)
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=pad,
+                                       out_dtype=dtype))
+        y = bb.emit(relax.op.add(y, relax.const(bias)))
+        if residual:
+            y = bb.emit(relax.op.add(y, x if in_c == out_c else y))
+        return relax.op.nn.relu(y)
+
+    x = rng.standard_normal((1, in_c, *hw)).astype(dtype)
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon, rules=())
+    lowered, actual = lower_and_run(mod, [x], neon)
+    assert "gemm_conv" in rules_used(lowered).values()
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
