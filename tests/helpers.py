@@ -274,6 +274,17 @@ def lower_and_run(mod, inputs, cfg, rules=None):
     return lowered, out.numpy()
 
 
+def check_rule_numerics(mod, x, cfg, rule: str, dtype: str = "float32"):
+    """Lower `mod` with and without the rules on `cfg` and run both on `x`: rule `rule`
+    scheduled something, and the outputs agree (1e-5 in fp32, 1e-2 in fp16, relative to the
+    largest value)."""
+    _, expected = lower_and_run(mod, [x], cfg, rules=())
+    lowered, actual = lower_and_run(mod, [x], cfg)
+    assert rule in rules_used(lowered).values()
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
 # -- arm64 code --------------------------------------------------------------------------------
 
 

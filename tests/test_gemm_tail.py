@@ -1,9 +1,8 @@
 """The GEMM convolution's last pixel block: fewer or half-width vectors instead of a full
 block shifted back over pixels already computed (`schedules.gemm_kernel.tail_tile`)."""
 
-import numpy as np
 import pytest
-from helpers import lower_and_run, neon_config, relax_module, rules_used
+from helpers import check_rule_numerics, neon_config, relax_module
 from tvm import relax
 
 from schedules import algo, legalize
@@ -50,9 +49,4 @@ def test_gemm_conv_with_a_tail_block_matches_unscheduled(monkeypatch, rng, in_c,
         return relax.op.nn.relu(y)
 
     x = rng.standard_normal((1, in_c, *hw)).astype(dtype)
-    mod = relax_module(x.shape, body, dtype)
-    _, expected = lower_and_run(mod, [x], neon, rules=())
-    lowered, actual = lower_and_run(mod, [x], neon)
-    assert "gemm_conv" in rules_used(lowered).values()
-    tol = 1e-5 if dtype == "float32" else 1e-2
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    check_rule_numerics(relax_module(x.shape, body, dtype), x, neon, "gemm_conv", dtype)

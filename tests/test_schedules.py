@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tvm
-from helpers import lower_and_run, neon_config, relax_module, rules_used
+from helpers import check_rule_numerics, neon_config, relax_module, rules_used
 from tvm import relax, te, tirx, topi
 
 import schedules
@@ -123,12 +123,7 @@ def test_gemm_conv_half_vector_weight_block(rng, in_c, out_c, kernel, hw, dtype)
         return relax.op.nn.relu(y)
 
     x = rng.standard_normal((1, in_c, *hw)).astype(dtype)
-    mod = relax_module(x.shape, body, dtype)
-    _, expected = lower_and_run(mod, [x], neon, rules=())
-    lowered, actual = lower_and_run(mod, [x], neon)
-    assert "gemm_conv" in rules_used(lowered).values()
-    tol = 1e-5 if dtype == "float32" else 1e-2
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    check_rule_numerics(relax_module(x.shape, body, dtype), x, neon, "gemm_conv", dtype)
 
 
 @pytest.mark.parametrize("rows, k, cols, dtype", [
