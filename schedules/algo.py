@@ -176,10 +176,10 @@ def tiles_padded(tiles: int, block: int, lanes: int) -> int:
     full, tail = divmod(tiles, block)
     ends = [tiles]
     if full:
-        ends.append((full - 1) * block + -(-block // lanes) * lanes)
+        ends.append((full - 1) * block + _ceil_div(block, lanes) * lanes)
     if tail:
-        ends.append(full * block + -(-tail // lanes) * lanes)
-    return -(-max(ends) // lanes) * lanes
+        ends.append(full * block + _ceil_div(tail, lanes) * lanes)
+    return _ceil_div(max(ends), lanes) * lanes
 
 
 def _channels_cost(cfg: MachineConfig, lanes: int, shape: tuple, c: int, k: int, tiles: int,
@@ -268,12 +268,12 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
             seg = rows * ow
             segs = batch * _ceil_div(out_rows, rows)
             tail = tail_tile(seg, nv, lanes)
-            tiles = [(seg // block, nv), (1, tail[0])] if tail else [
+            blocks = [(seg // block, nv), (1, tail[0])] if tail else [
                 (_ceil_div(seg, block), nv)]
             cost = segs * chunks * sum(
                 count * (red * gemm_step_cost(cfg, lanes, kb, vectors)
                          + kb * vectors * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
-                for count, vectors in tiles)
+                for count, vectors in blocks)
             if im2col:  # one copy per segment, shared by its k-groups
                 cost += segs * red * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
@@ -296,7 +296,7 @@ def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
     if not left or seg < nv * lanes:
         return None
     width = lanes // 2 if left <= lanes // 2 and lanes >= 4 else lanes
-    tile = (-(-left // width), width)
+    tile = (_ceil_div(left, width), width)
     return tile if tile[0] * tile[1] < nv * lanes else None
 
 

@@ -102,6 +102,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
 
                 tail = tail_tile(seg, nv, lanes)
                 full = seg // tp if tail else n_blk
+                # the weights' load width of a full block, kept by the narrower tail block
+                # (reduce_tile's default would follow the tail's lanes)
                 w_lanes = half_block if half_block is not None else (kb if kb >= lanes else 0)
 
                 def _block(kc, img, y0, src, q0, tile):

@@ -130,18 +130,13 @@ def _output_channels(mbuf, epilogue, kc, at, geometry, tile, dtype):
                         return mbuf[_vec((e * tiles + t) * kb + vi * lanes, lanes)]
 
                     def _row(i, row, img=img, k0=k0, y0=y0, x0=x0):
-                        # stored once, then one shuffle per channel (an expression would be
-                        # recomputed for every channel)
-                        for j in range(m):
-                            T.buffer_store(rows, row[j], [_vec(j * lanes, lanes)])
-                        row = [rows[_vec(j * lanes, lanes)] for j in range(m)]
                         with T.If(y0 + i < oh):
                             with T.Then():
                                 for kl in range(lanes):
                                     _channel(epilogue, seg, row, kl, (img, k0, y0 + i, x0),
                                              (m, ow, lanes, k_out), n_w * m <= ow)
 
-                    output_transform(_m, cols, at, (m, lanes), dtype, _row)
+                    output_transform(_m, (cols, rows), at, (m, lanes), dtype, _row)
 
 
 def _channel(epilogue, seg, row, kl, where, dims, full: bool):

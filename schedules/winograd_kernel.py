@@ -123,25 +123,24 @@ def _output_tiles(mbuf, epilogue, kc, t0, at, geometry, tile, dtype):
                         return mbuf[_vec(e * kb * tp + kk * tp + vi * lanes, lanes)]
 
                     def _row(i, row, k=k, vi=vi):
-                        # computed once: each tile's shuffle below reads the stored vectors
-                        # (an expression would be recomputed in every tile's branch)
-                        for j in range(m):
-                            T.buffer_store(rows, row[j], [_vec(j * lanes, lanes)])
-                        row = [rows[_vec(j * lanes, lanes)] for j in range(m)]
                         for lane in range(lanes):
                             t = t0 + vi * lanes + lane
                             _tile_row(epilogue, seg, row, lane, t, i, k,
                                       (tiles, n_h, n_w, m, oh, ow, lanes))
 
-                    output_transform(_m, cols, at, (m, lanes), dtype, _row)
+                    output_transform(_m, (cols, rows), at, (m, lanes), dtype, _row)
 
 
-def output_transform(read, cols, at, dims, dtype, emit_row):
+def output_transform(read, scratch, at, dims, dtype, emit_row):
     """``A^T M A`` of one vector of Winograd-domain values, as two passes.
 
     ``read(e)`` is the vector at Winograd coordinate ``e < alpha^2``; the column pass writes
-    `cols` (``m * alpha * L`` elements), then a serial loop over output rows ``i`` calls
-    ``emit_row(i, row)`` with the ``m`` vectors of that row (one per output column)."""
+    the first buffer of `scratch` (``m * alpha * L`` elements), then a serial loop over
+    output rows ``i`` stores the ``m`` vectors of row ``i`` (one per output column) in the
+    second (``m * L``) and calls ``emit_row(i, row)`` with them loaded back: stored once, so
+    the callers' per-tile or per-channel shuffles of `row` do not each recompute the row
+    pass (an expression would be recomputed in every branch that uses it)."""
+    cols, rows = scratch
     m, lanes = dims
     alpha = m + 2
     with T.serial(0, alpha) as e2:
@@ -149,8 +148,11 @@ def output_transform(read, cols, at, dims, dtype, emit_row):
         for i in range(m):
             T.buffer_store(cols, col[i], [_vec((i * alpha + e2) * lanes, lanes)])
     with T.serial(0, m) as i:
-        emit_row(i, transform_rows(
-            at, [cols[_vec((i * alpha + e2) * lanes, lanes)] for e2 in range(alpha)], dtype))
+        row = transform_rows(
+            at, [cols[_vec((i * alpha + e2) * lanes, lanes)] for e2 in range(alpha)], dtype)
+        for j in range(m):
+            T.buffer_store(rows, row[j], [_vec(j * lanes, lanes)])
+        emit_row(i, [rows[_vec(j * lanes, lanes)] for j in range(m)])
 
 
 def _tile_row(epilogue, seg, row, lane, t, i, k, dims):
