@@ -6,6 +6,8 @@
     python bench/trust_bench.py calibration --models resnet20 --ratios 0.5 --counts 16 64 256 1000
     # 2b. a MACs target shared out over the groups ("mask:2x") beside the same uniform ratio
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3
+    #    ... and with every consumer refitted once more on the finished network
+    python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3 --sweeps 1
     # 3. fine-tuning at equal budget: ours (mask + recovery + masked fine-tuning), Torch-Pruning's
     #    magnitude pruner at the same MACs (without and with the same fine-tuning), and the
     #    uncompressed model fine-tuned for the same extra epochs
@@ -60,9 +62,9 @@ def accuracy(compiled, images, labels) -> float:
 
 
 def compressor(method: str, recovery: str, ratio: float, calibration, masks=None,
-               speedup: float | None = None):
+               speedup: float | None = None, sweeps: int = 0):
     """The pass object for `method` (``kmeans`` / ``mask``) with `recovery` (`speedup`: a
-    MACs target instead of one ratio)."""
+    MACs target instead of one ratio; `sweeps`: `RecoveryConfig.refit_sweeps`)."""
     from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 
     config = CompressConfig(speedup=speedup) if speedup else CompressConfig(ratio=ratio)
@@ -70,9 +72,10 @@ def compressor(method: str, recovery: str, ratio: float, calibration, masks=None
         if recovery == "none":  # the data-free merge (Neuron Merging's scale)
             return KMeansChannelClustering(config)
         return KMeansChannelClustering(config, calibration=calibration,
-                                       options=RecoveryConfig(recovery=recovery))
+                                       options=RecoveryConfig(recovery=recovery,
+                                                              refit_sweeps=sweeps))
     # mask: the same redundancy-aware selection for every recovery (it needs the data)
-    options = RecoveryConfig(criterion="redundancy", recovery=recovery)
+    options = RecoveryConfig(criterion="redundancy", recovery=recovery, refit_sweeps=sweeps)
     return MaskPruning(config, options, calibration=calibration, masks=masks)
 
 
@@ -120,7 +123,7 @@ class Bench:
 
     def save(self, row) -> None:
         key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs", "seed",
-               "recipe", "speedup")
+               "recipe", "speedup", "sweeps")
         rows = [r for r in self.data["rows"]  # absent: seed 0, the SGD recipe
                 if any(r.get(k, DEFAULTS.get(k, 0)) != row.get(k, DEFAULTS.get(k, 0))
                        for k in key)]
@@ -133,7 +136,7 @@ class Bench:
 
         t = time.perf_counter()
         pruner = compressor(method, recovery, ratio, self.train_x[:count],
-                            speedup=extra.get("speedup"))
+                            speedup=extra.get("speedup"), sweeps=extra.get("sweeps", 0))
         compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
         seconds = round(time.perf_counter() - t, 1)
         if extra.get("speedup"):  # the planned share: report the channels removed in all
@@ -164,11 +167,14 @@ def run_budget(bench, args):
     for name in args.models:
         model = bench.model(name)
         bench.baseline(name, model)
-        for speedup in args.speedups:
-            bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
-                             speedup=speedup)
-        for ratio in args.ratios:
-            bench.compressed(name, model, "mask", "ls", ratio, args.count, "budget")
+        for sweeps in args.sweeps:
+            extra = {"sweeps": sweeps} if sweeps else {}
+            for speedup in args.speedups:
+                bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
+                                 speedup=speedup, **extra)
+            for ratio in args.ratios:
+                bench.compressed(name, model, "mask", "ls", ratio, args.count, "budget",
+                                 **extra)
 
 
 def run_calibration(bench, args):
@@ -280,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=256, help="calibration images")
     parser.add_argument("--speedups", nargs="+", type=float, default=[2.0],
                         help="budget part: MACs reduction targets")
+    parser.add_argument("--sweeps", nargs="+", type=int, default=[0],
+                        help="budget part: refit sweeps after the walk (RecoveryConfig."
+                        "refit_sweeps), one set of points per value")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--recipe", default="own", choices=RECIPES,

@@ -17,6 +17,7 @@ def _label(r) -> str:
         notes += ["Adam"] if r.get("recipe") == "adam" else []
         return r["method"] + (f" ({', '.join(notes)})" if notes else "")
     plan = f" ({r['speedup']:g}x MACs plan)" if r.get("speedup") else ""
+    plan += f" + {r['sweeps']} refit sweep{'s' * (r['sweeps'] > 1)}" if r.get("sweeps") else ""
     return f"{r['method']}+{r['recovery']}{plan}"
 
 

@@ -149,6 +149,12 @@ class RecoveryConfig:
         Calibration inputs used at most.
     max_unknowns : int
         Consumers with more input columns than this get no least squares (memory).
+    refit_sweeps : int
+        After the walk, refit every consumer this many more times, in graph order, on the
+        finished network's inputs against the original network's outputs (held-out
+        decision as in the walk; the current weights win unless a refit does better). The
+        walk fits a layer before the groups after it are pruned; a sweep costs about one
+        more walk.
     check_model : bool
         Compare the whole recovered model with plain removal on the held-out samples and
         keep plain removal if recovery made it worse (two extra host builds).
@@ -167,6 +173,7 @@ class RecoveryConfig:
     positions: int = 16
     max_samples: int = 1024
     max_unknowns: int = 4096
+    refit_sweeps: int = 0
     check_model: bool = True
 
     def __post_init__(self):
@@ -186,6 +193,8 @@ class RecoveryConfig:
             raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
         if self.min_holdout < 1 or self.min_samples < self.min_holdout + 1:
             raise ValueError("min_holdout must be >= 1 and min_samples > min_holdout")
+        if not isinstance(self.refit_sweeps, int) or self.refit_sweeps < 0:
+            raise ValueError(f"refit_sweeps must be an int >= 0, got {self.refit_sweeps!r}")
         if self.positions < 1 or self.max_samples < 1 or self.max_unknowns < 1:
             raise ValueError("positions, max_samples and max_unknowns must be >= 1")
 

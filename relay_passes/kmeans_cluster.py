@@ -207,7 +207,7 @@ class KMeansChannelClustering:
     With `calibration`, the consume matrices are fitted on data (`options`: a
     `RecoveryConfig`, its criterion unused). After a call, ``.reports`` holds one
     `GroupReport` per channel group (and, with data, ``.choices`` / ``.model_error`` /
-    ``.consume`` as `MaskPruning`).
+    ``.consume`` / ``.refits`` as `MaskPruning`).
     `as_tvm_pass()` wraps it as a `tvm.transform` module pass for a `Sequential`.
     """
 
@@ -222,14 +222,14 @@ class KMeansChannelClustering:
         self.config, self.merge, self.reports = config, merge, []
         self.calibration, self.runner, self.options = calibration, runner, options
         self.choices, self.priors, self.model_error = {}, {}, None
-        self.consume = {}
+        self.consume, self.refits = {}, {}
 
     def __call__(self, mod):
         if self.calibration is not None:
             new_mod, self.reports, driver = cluster_channels_refit(
                 mod, self.config, self.calibration, self.options, runner=self.runner)
             self.choices, self.priors = driver.choices, driver.priors
-            self.consume = driver.consume
+            self.consume, self.refits = driver.consume, driver.refits
             self.model_error = driver.model_error
         else:
             new_mod, self.reports = cluster_channels(mod, self.config, self.merge)

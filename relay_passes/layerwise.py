@@ -14,7 +14,10 @@ group:
    whichever is best on held-out samples), so shapes shrink and each layer is never worse
    than plain removal on held-out data.
 
-A group that keeps every channel is skipped: removing nothing changes nothing. At the end
+A group that keeps every channel is skipped: removing nothing changes nothing. With
+``refit_sweeps``, every consumer is then refitted once more per sweep, in graph order, on the
+finished network's inputs (the walk fitted it before the groups after it were pruned), with
+the same held-out decision and the current weights as the simplest candidate. At the end
 (``check_model``) the whole recovered model is compared with the same selection without
 data recovery on the held-out samples, and the latter is kept if recovery made the model's
 output worse. The graph is re-analysed after each group; groups keep their names and
@@ -142,6 +145,7 @@ class LayerwiseDriver:
         self.priors: dict[str, tuple] = {}  # group -> (keep, prior)
         self.consume: dict[str, dict] = {}  # group -> {consumer binding: [(k, C) per ref]}
         self.model_error: dict | None = None
+        self.refits: dict[int, str] = {}  # consumer binding -> choice of the last sweep
 
     # -- probes ------------------------------------------------------------------------
     def _probe(self, mod, bindings: list[int]):
@@ -173,14 +177,19 @@ class LayerwiseDriver:
         index = self.out_index.get(b, np.arange(len(w)))
         return RowPlan(spec, source, orig_spec, w, bias, index)
 
-    def _measure(self, group, specs, original) -> tuple[GroupStats, list]:
+    def _measure(self, group, specs, original, only: int | None = None):
+        """``(GroupStats, site key per consumer ref)`` of `group` (`only`: of that consumer
+        binding's refs alone)."""
         places = self._places(self.mod, group)
         orig_group = analyze(self.original, self.func).groups[group.name]
         sites, keys = {}, []
         for ref, orig_ref in zip(group.consumers, orig_group.consumers, strict=True):
+            if only is not None and ref.binding != only:
+                continue
             key = (places[ref.binding][0], ref.offset, ref.length)
             sites[key] = orig_ref.offset
             keys.append(key)
+        places = {b: p for b, p in places.items() if only is None or b == only}
         rows = {b: plan for b, (_, src) in places.items()
                 if (plan := self._row_plan(b, specs[b], src)) is not None}
         criterion = self.options.criterion
@@ -258,9 +267,38 @@ class LayerwiseDriver:
             prior = selection(keep) if prior is None else prior
             self.priors[name] = (keep, prior)
             self._commit(group, graph, keep, prior, stats, keys, specs)
-        if self.options.check_model and self.samples is not None and self.priors:
-            self._check_model(original)
+        if self.samples is not None and self.priors:
+            for _ in range(self.options.refit_sweeps):
+                self._refit(order, original)
+            if self.options.check_model:
+                self._check_model(original)
         return self.mod, chosen
+
+    def _refit(self, order: list[str], original) -> None:
+        """One sweep: every consumer of the groups in `order`, in graph order, refitted on
+        the current network (see the module docstring); its choice goes to ``refits``."""
+        graph0 = analyze(self.original, self.func)
+        for b, name in sorted({(ref.binding, group_name) for group_name in order
+                               for ref in graph0.groups[group_name].consumers}):
+            group = analyze(self.mod, self.func).groups[name]
+            spec = consumer_spec(self.mod, b, self.func)
+            stats, keys = self._measure(group, {b: spec}, original, only=b)
+            consts = bound_constants(self.mod, self.func)
+            weight, loc = consts[(b, 1)], bias_of(self.mod, b, self.func)
+            keep = np.ones(group.channels, bool)
+            item = ConsumerInput(
+                spec, weight, consts[loc].reshape(-1) if loc else None,
+                [r for r in group.consumers if r.binding == b],
+                [stats.sites[key] for key in keys], stats.rows.get(b),
+                np.arange(len(weight) if spec.kind == "conv2d" else weight.shape[1]), [])
+            result = decide(item, keep, selection(keep), self.options)
+            self.refits[b] = result.choice
+            if result.choice == "removal":
+                continue  # the current weights stay
+            replace = {(b, 1): result.weight.astype(weight.dtype)}
+            if loc is not None:
+                replace[loc] = result.bias.reshape(consts[loc].shape).astype(consts[loc].dtype)
+            self.mod = rewrite(self.mod, [], func_name=self.func, replace=replace)
 
     def _commit(self, group, graph, keep, prior, stats, keys, specs) -> None:
         consts = bound_constants(self.mod, self.func)

@@ -146,6 +146,7 @@ class MaskPruning:
     After a call, ``.reports`` holds the per-group report, ``.masks`` the masks used,
     ``.choices`` each consumer's recovery decision and held-out errors, and
     ``.model_error`` the whole model's held-out output error with and without recovery,
+    ``.refits`` each consumer's choice in the last refit sweep (``refit_sweeps``),
     ``.consume`` each consumer's consume matrices (``{group: {binding: [(k, C)]}}``, the
     start of `mdl_tvm.compiler.finetune.masked_finetune`).
     """
@@ -163,14 +164,14 @@ class MaskPruning:
         self.runner = runner
         self.given_masks, self.masks, self.reports = masks, ChannelMasks(), []
         self.choices, self.priors, self.model_error = {}, {}, None
-        self.consume = {}
+        self.consume, self.refits = {}, {}
 
     def __call__(self, mod):
         new_mod, self.reports, self.masks, driver = prune_channels(
             mod, self.config, self.options, self.calibration, self.given_masks,
             runner=self.runner)
         self.choices, self.priors = driver.choices, driver.priors
-        self.consume = driver.consume
+        self.consume, self.refits = driver.consume, driver.refits
         self.model_error = driver.model_error
         return new_mod
 
