@@ -107,6 +107,8 @@ class Bench:
                    weight_bytes=int(compiled.stats.weight_bytes),
                    latency_ms=compiled.benchmark(self.x[:1], repeat=50, warmup=5)["median_ms"],
                    test_images=len(self.y), eval_s=round(time.perf_counter() - t, 1))
+        base = self.base.get(row["model"])  # the latency ratio is taken within one run
+        row["base_latency_ms"] = base["latency_ms"] if base else row["latency_ms"]
         print(json.dumps(row), flush=True)
         self.save(row)
         return row

@@ -44,10 +44,11 @@ def markdown(data: dict) -> str:
             f"{r['calibration'] or ''} | {r['epochs'] or ''} | {r['accuracy']:.4f} | "
             f"{(b['accuracy'] - r['accuracy']) * 100:+.2f} | {r['macs']:,} | "
             f"{b['macs'] / r['macs']:.2f}x | {r['weight_bytes']:,} | "
-            f"{r['latency_ms'] / b['latency_ms']:.2f} | {held} |")
+            f"{r['latency_ms'] / r.get('base_latency_ms', b['latency_ms']):.2f} | {held} |")
     lines += ["", "Points lost = base top-1 minus the point's top-1, in percentage points "
-              "(negative: better than the base). Phone instruction ratios: not measured in "
-              "this run."]
+              "(negative: better than the base). Host latency ratio: against the base "
+              "measured in the same run (rows without one: the base row above). Phone "
+              "instruction ratios: not measured in this run."]
     same = [(r["model"], r["method"], r["ratio"]) for r in rows if r["part"] == "curve"
             and r["recovery"] == "ls" and any(
                 o["part"] == "curve" and o["recovery"] == "compensation"
