@@ -145,7 +145,8 @@ class LayerwiseDriver:
         self.priors: dict[str, tuple] = {}  # group -> (keep, prior)
         self.consume: dict[str, dict] = {}  # group -> {consumer binding: [(k, C) per ref]}
         self.model_error: dict | None = None
-        self.refits: dict[int, str] = {}  # consumer binding -> choice of the last sweep
+        self.refits: dict[int, str] = {}  # consumer binding -> last sweep's choice ("kept":
+        # its weights stayed)
 
     # -- probes ------------------------------------------------------------------------
     def _probe(self, mod, bindings: list[int]):
@@ -292,9 +293,10 @@ class LayerwiseDriver:
                 [stats.sites[key] for key in keys], stats.rows.get(b),
                 np.arange(len(weight) if spec.kind == "conv2d" else weight.shape[1]), [])
             result = decide(item, keep, selection(keep), self.options)
+            if result.choice == "removal":  # nothing removed: the current weights
+                self.refits[b] = "kept"
+                continue
             self.refits[b] = result.choice
-            if result.choice == "removal":
-                continue  # the current weights stay
             replace = {(b, 1): result.weight.astype(weight.dtype)}
             if loc is not None:
                 replace[loc] = result.bias.reshape(consts[loc].shape).astype(consts[loc].dtype)
