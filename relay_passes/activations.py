@@ -74,6 +74,12 @@ def weight_matrix(spec: ConsumerSpec, weight: np.ndarray) -> np.ndarray:
     return weight.T
 
 
+def output_width(spec: ConsumerSpec, weight: np.ndarray) -> int:
+    """Outputs of the consumer's weight (a conv's ``O``, a matmul's columns), without the
+    copy `weight_matrix` makes of a grouped conv."""
+    return int(weight.shape[0] if spec.kind == "conv2d" else weight.shape[1])
+
+
 def from_matrix(spec: ConsumerSpec, matrix: np.ndarray, like: tuple[int, ...]) -> np.ndarray:
     """Inverse of `weight_matrix`: a ``(outputs, inputs)`` matrix back to the weight shape
     (a grouped conv's diagonal blocks)."""

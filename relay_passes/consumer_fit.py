@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from relay_passes.activations import ConsumerSpec, from_matrix, weight_matrix
+from relay_passes.activations import ConsumerSpec, from_matrix, output_width, weight_matrix
 from relay_passes.channel_rewrite import Edit, apply_edits
 from relay_passes.channel_stats import RowStats, consumer_gram
 from relay_passes.compensation import channel_error, compensate, intercept_shift, selection
@@ -93,8 +93,7 @@ def _mixes(item, keep, prior, options, split, name) -> list:
 
 def _fitted(item, keep, prior, options, split, intercept):
     """Compensated weight and bias fitted on `split` (None: all samples)."""
-    mixes, shift = [], np.zeros(len(item.weight) if item.spec.kind == "conv2d"
-                                else item.weight.shape[1])
+    mixes, shift = [], np.zeros(output_width(item.spec, item.weight))
     for ref, site in zip(item.refs, item.sites, strict=True):
         g, d = compensate(site, keep, prior, options.mu, intercept, split, ref.groups)
         mixes.append(g)

@@ -42,6 +42,7 @@ from relay_passes.activations import (
     default_runner,
     input_width,
     model_input_shape,
+    output_width,
     weight_matrix,
 )
 from relay_passes.calibration import as_samples, require_samples, split_samples
@@ -145,8 +146,7 @@ class LayerwiseDriver:
         self.priors: dict[str, tuple] = {}  # group -> (keep, prior)
         self.consume: dict[str, dict] = {}  # group -> {consumer binding: [(k, C) per ref]}
         self.model_error: dict | None = None
-        self.refits: dict[int, str] = {}  # consumer binding -> last sweep's choice ("kept":
-        # its weights stayed)
+        self.refits: dict[int, str] = {}  # consumer binding -> last sweep's choice or "kept"
 
     # -- probes ------------------------------------------------------------------------
     def _probe(self, mod, bindings: list[int]):
@@ -291,7 +291,7 @@ class LayerwiseDriver:
                 spec, weight, consts[loc].reshape(-1) if loc else None,
                 [r for r in group.consumers if r.binding == b],
                 [stats.sites[key] for key in keys], stats.rows.get(b),
-                np.arange(len(weight) if spec.kind == "conv2d" else weight.shape[1]), [])
+                np.arange(output_width(spec, weight)), [])
             result = decide(item, keep, selection(keep), self.options)
             if result.choice == "removal":  # nothing removed: the current weights
                 self.refits[b] = "kept"
@@ -315,7 +315,7 @@ class LayerwiseDriver:
             loc = bias_of(self.mod, b, self.func)
             out_edits = edits.pop((b, 1), [])
             edits.pop(loc, None)
-            width = len(consts[(b, 1)]) if specs[b].kind == "conv2d" else consts[(b, 1)].shape[1]
+            width = output_width(specs[b], consts[(b, 1)])
             item = ConsumerInput(
                 specs[b], consts[(b, 1)], consts[loc].reshape(-1) if loc else None, refs,
                 sites, stats.rows.get(b) if stats else None,
