@@ -8,6 +8,8 @@
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3
     #    ... and with every consumer refitted once more on the finished network
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3 --sweeps 1
+    #    ... and with layers before a ReLU fitted to their clamped output
+    python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 --relaxed
     # 3. fine-tuning at equal budget: ours (mask + recovery + masked fine-tuning), Torch-Pruning's
     #    magnitude pruner at the same MACs (without and with the same fine-tuning), and the
     #    uncompressed model fine-tuned for the same extra epochs
@@ -62,9 +64,10 @@ def accuracy(compiled, images, labels) -> float:
 
 
 def compressor(method: str, recovery: str, ratio: float, calibration, masks=None,
-               speedup: float | None = None, sweeps: int = 0):
+               speedup: float | None = None, sweeps: int = 0, relaxed: bool = False):
     """The pass object for `method` (``kmeans`` / ``mask``) with `recovery` (`speedup`: a
-    MACs target instead of one ratio; `sweeps`: `RecoveryConfig.refit_sweeps`)."""
+    MACs target instead of one ratio; `sweeps`, `relaxed`: `RecoveryConfig.refit_sweeps`,
+    ``.relaxed_targets``)."""
     from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 
     config = CompressConfig(speedup=speedup) if speedup else CompressConfig(ratio=ratio)
@@ -73,9 +76,11 @@ def compressor(method: str, recovery: str, ratio: float, calibration, masks=None
             return KMeansChannelClustering(config)
         return KMeansChannelClustering(config, calibration=calibration,
                                        options=RecoveryConfig(recovery=recovery,
-                                                              refit_sweeps=sweeps))
+                                                              refit_sweeps=sweeps,
+                                                              relaxed_targets=relaxed))
     # mask: the same redundancy-aware selection for every recovery (it needs the data)
-    options = RecoveryConfig(criterion="redundancy", recovery=recovery, refit_sweeps=sweeps)
+    options = RecoveryConfig(criterion="redundancy", recovery=recovery, refit_sweeps=sweeps,
+                             relaxed_targets=relaxed)
     return MaskPruning(config, options, calibration=calibration, masks=masks)
 
 
@@ -125,7 +130,7 @@ class Bench:
 
     def save(self, row) -> None:
         key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs", "seed",
-               "recipe", "speedup", "sweeps")
+               "recipe", "speedup", "sweeps", "relaxed")
         rows = [r for r in self.data["rows"]  # absent: seed 0, the SGD recipe
                 if any(r.get(k, DEFAULTS.get(k, 0)) != row.get(k, DEFAULTS.get(k, 0))
                        for k in key)]
@@ -138,7 +143,8 @@ class Bench:
 
         t = time.perf_counter()
         pruner = compressor(method, recovery, ratio, self.train_x[:count],
-                            speedup=extra.get("speedup"), sweeps=extra.get("sweeps", 0))
+                            speedup=extra.get("speedup"), sweeps=extra.get("sweeps", 0),
+                            relaxed=extra.get("relaxed", False))
         compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
         seconds = round(time.perf_counter() - t, 1)
         if extra.get("speedup"):  # the planned share: report the channels removed in all
@@ -171,6 +177,7 @@ def run_budget(bench, args):
         bench.baseline(name, model)
         for sweeps in args.sweeps:
             extra = {"sweeps": sweeps} if sweeps else {}
+            extra.update({"relaxed": True} if args.relaxed else {})
             for speedup in args.speedups:
                 bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
                                  speedup=speedup, **extra)
@@ -291,6 +298,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sweeps", nargs="+", type=int, default=[0],
                         help="budget part: refit sweeps after the walk (RecoveryConfig."
                         "refit_sweeps), one set of points per value")
+    parser.add_argument("--relaxed", action="store_true",
+                        help="budget part: fit layers before a ReLU / ReLU6 to the clamped "
+                        "output (RecoveryConfig.relaxed_targets)")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--recipe", default="own", choices=RECIPES,

@@ -18,6 +18,7 @@ def _label(r) -> str:
         return r["method"] + (f" ({', '.join(notes)})" if notes else "")
     plan = f" ({r['speedup']:g}x MACs plan)" if r.get("speedup") else ""
     plan += f" + {r['sweeps']} refit sweep{'s' * (r['sweeps'] > 1)}" if r.get("sweeps") else ""
+    plan += " + relaxed targets" if r.get("relaxed") else ""
     return f"{r['method']}+{r['recovery']}{plan}"
 
 

@@ -52,6 +52,47 @@ def consumer_spec(mod, binding: int, func_name: str = "main") -> ConsumerSpec:
     return ConsumerSpec(binding, "matmul", weight)
 
 
+def bias_of(mod, binding: int, func_name: str = "main"):
+    """``(binding, arg)`` of the constant added to `binding`'s output per channel, or None."""
+    import tvm
+
+    bindings, _ = main_bindings(mod, func_name)
+    var = bindings[binding].var
+    for index in range(binding + 1, len(bindings)):
+        value = bindings[index].value
+        args = list(getattr(value, "args", ()))
+        if getattr(value, "op", None) == tvm.ir.Op.get("relax.add") and len(args) == 2:
+            for i, arg in enumerate(args):
+                other = args[1 - i]
+                if other.same_as(var) and isinstance(arg, tvm.ir.Constant):
+                    return index, i
+        if any(a.same_as(var) for a in args):
+            return None  # first used by something else
+    return None
+
+
+def clamp_after(mod, binding: int, func_name: str = "main") -> tuple[float, float] | None:
+    """``(low, high)`` of the ReLU (``(0, inf)``) or clip (ReLU6: ``(0, 6)``) that is the
+    only user of `binding`'s output (after its per-channel bias, if any); None otherwise."""
+    import tvm
+
+    bindings, func = main_bindings(mod, func_name)
+    loc = bias_of(mod, binding, func_name)
+    var = bindings[loc[0] if loc else binding].var
+    users = [b.value for b in bindings
+             if any(a.same_as(var) for a in (getattr(b.value, "args", None)
+                                               or getattr(b.value, "fields", ())))]
+    if len(users) != 1 or func.body.body.same_as(var):
+        return None
+    op = getattr(users[0], "op", None)
+    if op == tvm.ir.Op.get("relax.nn.relu"):
+        return 0.0, float("inf")
+    if op == tvm.ir.Op.get("relax.clip"):
+        low, high = (float(getattr(a, "value", np.nan)) for a in users[0].args[1:3])
+        return None if np.isnan(low) or np.isnan(high) else (low, high)
+    return None
+
+
 def input_width(spec: ConsumerSpec) -> int:
     """Columns of `weight_matrix` (a conv's: every input channel times its taps)."""
     if spec.kind == "conv2d":

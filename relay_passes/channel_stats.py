@@ -11,8 +11,9 @@ the fit samples and the held-out samples:
   redundancy criterion need nothing else;
 * per consumer, the Gram of ``[X, 1, Y]`` over every output position, where ``X`` are the
   consumer's current input rows (im2col for a conv, all of them) and ``Y`` the original
-  network's output of that layer (bias included, rows of the current output channels):
-  consumer least squares and the held-out error of every candidate weight.
+  network's output of that layer (bias included, rows of the current output channels;
+  for a layer followed by a ReLU or ReLU6, its `relaxed` target): consumer least squares
+  and the held-out error of every candidate weight.
 
 No N x H x W matrix is ever stored. Sites and bindings are positions in the dataflow
 block, which a channel rewrite keeps.
@@ -127,6 +128,7 @@ class RowPlan:
     orig_weight: np.ndarray
     orig_bias: np.ndarray
     out_index: np.ndarray
+    clamp: tuple | None = None  # (current weight (outputs, inputs), bias, low, high): see relaxed
 
 
 @dataclass
@@ -171,12 +173,26 @@ def collect(current, original, samples, split, sites: dict, rows: dict[int, RowP
             x_cur = all_rows(plan.spec, cur[plan.source]).astype(np.float64)
             x_orig = all_rows(plan.orig_spec, orig[plan.source]).astype(np.float64)
             y = x_orig @ plan.orig_weight[plan.out_index].T + plan.orig_bias[plan.out_index]
+            if plan.clamp is not None:
+                w_cur, b_cur, low, high = plan.clamp
+                y = relaxed(y, x_cur @ w_cur.T + b_cur, low, high)  # current output rows
             row_stats[b].grams[which[s]].add(np.hstack([x_cur, np.ones((len(y), 1)), y]))
         if which[s] == "fit":
             for b, (spec, source) in sampled.items():
                 drawn[b].append(sample_rows(spec, cur[source], s, positions, seed))
     return GroupStats(site_stats, row_stats,
                       {b: np.concatenate(r) for b, r in drawn.items() if r}, split)
+
+
+def relaxed(y: np.ndarray, y_cur: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Targets of a layer whose output is clamped to ``[low, high]`` (ReLU, ReLU6).
+
+    Where the original output is at or below `low`, any output at or below `low` gives the
+    same activation, so the target there is the current output capped at `low` (the point
+    of that set nearest to the current layer: one step of the alternating fit of the
+    clamped output); the same above `high`. Elsewhere the original output."""
+    return np.where(y <= low, np.minimum(y_cur, low),
+                    np.where(y >= high, np.maximum(y_cur, high), y))
 
 
 def consumer_gram(weight: np.ndarray, spec: ConsumerSpec, offset: int, length: int,

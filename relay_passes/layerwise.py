@@ -12,7 +12,8 @@ group:
 3. *commit* — producers and per-channel parameters keep rows K; every consumer gets its own
    weights from `consumer_fit.decide` (removal, compensation, + intercept, least squares,
    whichever is best on held-out samples), so shapes shrink and each layer is never worse
-   than plain removal on held-out data.
+   than plain removal on held-out data. With ``relaxed_targets``, a consumer followed by a
+   ReLU or ReLU6 is fitted to its clamped output: values the activation throws away are free.
 
 A group that keeps every channel is skipped: removing nothing changes nothing. With
 ``refit_sweeps``, every consumer is then refitted once more per sweep, in graph order, on the
@@ -38,6 +39,8 @@ from mdl_tvm.core.relax_utils import bound_constants, main_bindings
 from relay_passes.activations import (
     ConsumerSpec,
     Runner,
+    bias_of,
+    clamp_after,
     consumer_spec,
     default_runner,
     input_width,
@@ -105,25 +108,6 @@ class Evidence:
         return terms, posed
 
 
-def bias_of(mod, binding: int, func_name: str = "main"):
-    """``(binding, arg)`` of the constant added to `binding`'s output per channel, or None."""
-    import tvm
-
-    bindings, _ = main_bindings(mod, func_name)
-    var = bindings[binding].var
-    for index in range(binding + 1, len(bindings)):
-        value = bindings[index].value
-        args = list(getattr(value, "args", ()))
-        if getattr(value, "op", None) == tvm.ir.Op.get("relax.add") and len(args) == 2:
-            for i, arg in enumerate(args):
-                other = args[1 - i]
-                if other.same_as(var) and isinstance(arg, tvm.ir.Constant):
-                    return index, i
-        if any(a.same_as(var) for a in args):
-            return None  # first used by something else
-    return None
-
-
 class LayerwiseDriver:
     """Walks the groups of `mod`; see the module docstring."""
 
@@ -176,7 +160,13 @@ class LayerwiseDriver:
         loc = bias_of(self.original, b, self.func)
         bias = orig[loc].reshape(-1).astype(np.float64) if loc else np.zeros(len(w))
         index = self.out_index.get(b, np.arange(len(w)))
-        return RowPlan(spec, source, orig_spec, w, bias, index)
+        clamp = clamp_after(self.original, b, self.func) if self.options.relaxed_targets else None
+        if clamp is not None:  # the current layer's output, for the relaxed targets
+            cur, loc = bound_constants(self.mod, self.func), bias_of(self.mod, b, self.func)
+            w_cur = weight_matrix(spec, cur[(b, 1)].astype(np.float64))
+            b_cur = cur[loc].reshape(-1).astype(np.float64) if loc else np.zeros(len(w_cur))
+            clamp = (w_cur, b_cur, *clamp)
+        return RowPlan(spec, source, orig_spec, w, bias, index, clamp)
 
     def _measure(self, group, specs, original, only: int | None = None):
         """``(GroupStats, site key per consumer ref)`` of `group` (`only`: of that consumer
