@@ -36,6 +36,7 @@ from pathlib import Path
 from deploy import procs
 from mdl_tvm.core.errors import DeviceError
 from mdl_tvm.core.targets import get_profile
+from mdl_tvm.core.tvm_imports import import_tensor_intrinsics
 from schedules import database as dbmod
 from schedules.database import best_seconds, records_of
 from schedules.tuning.measure import (
@@ -329,6 +330,7 @@ class _Session:
     def _search(self, task, report: TaskReport, remaining: int) -> None:
         from tvm.s_tir import meta_schedule as ms
 
+        import_tensor_intrinsics()  # what TuneContext imports, without its 30-50 s
         builder, runner, cost_model = self.tools()
         recorder = Recorder(self.db, task.mod, self.target, report, self.progress, self.farm)
         context = ms.TuneContext(
