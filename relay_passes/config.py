@@ -202,6 +202,9 @@ class RecoveryConfig:
             raise ValueError("min_holdout must be >= 1 and min_samples > min_holdout")
         if not isinstance(self.refit_sweeps, int) or self.refit_sweeps < 0:
             raise ValueError(f"refit_sweeps must be an int >= 0, got {self.refit_sweeps!r}")
+        if not isinstance(self.relaxed_targets, bool):
+            raise TypeError(f"relaxed_targets must be True or False, got "
+                            f"{self.relaxed_targets!r}")
         if self.positions < 1 or self.max_samples < 1 or self.max_unknowns < 1:
             raise ValueError("positions, max_samples and max_unknowns must be >= 1")
 

@@ -4,6 +4,7 @@ the same activation, so the target there is the current output clamped (one step
 alternating fit); elsewhere it is the original output."""
 
 import numpy as np
+import pytest
 import torch
 from helpers import prepared
 from torch import nn
@@ -77,3 +78,8 @@ def test_pruner_fits_relaxed_targets_where_the_network_before_has_changed():
     assert relax[b][1] == plain[b][1]
     assert relax[c][1]["removal"] != plain[c][1]["removal"]
     assert runs[True][1] < runs[False][1]
+
+
+def test_relaxed_targets_must_be_a_bool():
+    with pytest.raises(TypeError, match="relaxed_targets must be True or False"):
+        RecoveryConfig(relaxed_targets="yes")
