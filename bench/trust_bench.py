@@ -177,7 +177,8 @@ def run_budget(bench, args):
         bench.baseline(name, model)
         for sweeps in args.sweeps:
             extra = {"sweeps": sweeps} if sweeps else {}
-            extra.update({"relaxed": True} if args.relaxed else {})
+            if args.relaxed:
+                extra["relaxed"] = True
             for speedup in args.speedups:
                 bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
                                  speedup=speedup, **extra)

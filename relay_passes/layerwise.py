@@ -108,6 +108,14 @@ class Evidence:
         return terms, posed
 
 
+def _layer(mod, b: int, spec: ConsumerSpec, func_name: str):
+    """``(weight as (outputs, inputs), flat bias)`` of consumer `b` in `mod`, in float64
+    (a zero bias when the layer has none)."""
+    consts, loc = bound_constants(mod, func_name), bias_of(mod, b, func_name)
+    w = weight_matrix(spec, consts[(b, 1)].astype(np.float64))
+    return w, consts[loc].reshape(-1).astype(np.float64) if loc else np.zeros(len(w))
+
+
 class LayerwiseDriver:
     """Walks the groups of `mod`; see the module docstring."""
 
@@ -154,18 +162,12 @@ class LayerwiseDriver:
     def _row_plan(self, b: int, spec: ConsumerSpec, source: int) -> RowPlan | None:
         if self.options.recovery == "none" or input_width(spec) > self.options.max_unknowns:
             return None
-        orig = bound_constants(self.original, self.func)
         orig_spec = consumer_spec(self.original, b, self.func)
-        w = weight_matrix(orig_spec, orig[(b, 1)].astype(np.float64))
-        loc = bias_of(self.original, b, self.func)
-        bias = orig[loc].reshape(-1).astype(np.float64) if loc else np.zeros(len(w))
+        w, bias = _layer(self.original, b, orig_spec, self.func)
         index = self.out_index.get(b, np.arange(len(w)))
         clamp = clamp_after(self.original, b, self.func) if self.options.relaxed_targets else None
-        if clamp is not None:  # the current layer's output, for the relaxed targets
-            cur, loc = bound_constants(self.mod, self.func), bias_of(self.mod, b, self.func)
-            w_cur = weight_matrix(spec, cur[(b, 1)].astype(np.float64))
-            b_cur = cur[loc].reshape(-1).astype(np.float64) if loc else np.zeros(len(w_cur))
-            clamp = (w_cur, b_cur, *clamp)
+        if clamp is not None:  # the current layer, whose output the relaxed targets need
+            clamp = (*_layer(self.mod, b, spec, self.func), *clamp)
         return RowPlan(spec, source, orig_spec, w, bias, index, clamp)
 
     def _measure(self, group, specs, original, only: int | None = None):
