@@ -249,11 +249,15 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
 
     With several cores the choice gives ``_TASKS_PER_CORE`` parallel tasks per core where
     it can, unless the convolution is small (`PARALLEL_MIN_COST`: the thread pool's wake-up
-    costs about what the split saves) -- then it is the cheapest on one core."""
+    costs about what the split saves) -- then it is the cheapest on one core. A grouped
+    convolution's tiles stay within one group (``k_block`` divides its outputs; none may:
+    infinite cost) and reduce over that group's inputs only."""
     lanes = cfg.lanes(dtype)
     elem = 2 if str(dtype) == "float16" else 4
     kh, kw = geo.kernel
-    red = geo.in_channels * kh * kw
+    rows_all = geo.in_channels * kh * kw  # im2col rows (every group's)
+    red = rows_all // geo.groups  # reduction of one output channel
+    group_out = geo.out_channels // geo.groups
     ow, k = geo.out_width, geo.out_channels
     im2col = not (geo.kernel == (1, 1) and geo.stride == (1, 1) and not geo.pad_top
                   and not geo.pad_left and geo.in_width == ow)
@@ -261,10 +265,16 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
     serial = parallel = ConvAlgo("gemm", cost=float("inf"))
     # a half-vector block only where a full one would leave half its lanes idle: the
     # model prefers it on LeNet-5's 6-channel conv too, measured 17 % slower (short reduction)
-    for kb, nv in gemm_tiles(cfg, lanes, half=k <= lanes // 2):
+    for kb, nv in gemm_tiles(cfg, lanes, half=group_out <= lanes // 2):
+        if geo.groups > 1 and group_out % kb:
+            continue  # a register tile stays within one group
         block, chunks = nv * lanes, _ceil_div(k, kb)
-        for groups, rows in _task_choices(out_rows, ow, block, red * elem if im2col else 0,
-                                          chunks, wanted):
+        # a grouped im2col conv copies one group's rows per task (no k_groups split)
+        per_group_copy = geo.groups > 1 and im2col
+        choices = (_task_choices(out_rows, ow, block, red * elem, 1, wanted) if per_group_copy
+                   else _task_choices(out_rows, ow, block, rows_all * elem if im2col else 0,
+                                      chunks, wanted))
+        for groups, rows in choices:
             seg = rows * ow
             segs = batch * _ceil_div(out_rows, rows)
             tail = tail_tile(seg, nv, lanes)
@@ -275,13 +285,14 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                          + kb * vectors * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
                 for count, vectors in blocks)
             if im2col:  # one copy per segment, shared by its k-groups
-                cost += segs * red * (
+                cost += segs * rows_all * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
                     + rows * _IM2COL_PER_ROW)
             algo = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
             if cost < serial.cost:
                 serial = algo
-            if segs * groups >= wanted and cost < parallel.cost:
+            tasks = segs * (geo.groups if per_group_copy else groups)
+            if tasks >= wanted and cost < parallel.cost:
                 parallel = algo
     return serial if serial.cost < PARALLEL_MIN_COST or parallel.cost == float("inf") \
         else parallel
@@ -315,8 +326,9 @@ def _task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: in
 
 
 def winograd_eligible(geo: ConvGeometry) -> bool:
-    """3 x 3, stride 1, dilation 1."""
-    return geo.kernel == (3, 3) and geo.stride == (1, 1) and geo.dilation == (1, 1)
+    """3 x 3, stride 1, dilation 1, one group."""
+    return (geo.kernel == (3, 3) and geo.stride == (1, 1) and geo.dilation == (1, 1)
+            and geo.groups == 1)
 
 
 def choose_conv_algo(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,

@@ -130,7 +130,7 @@ def _step_cycles(fmas: int, loads: int, line_bytes: float) -> float:
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Shape of one NCHW convolution (batch and groups aside).
+    """Shape of one NCHW convolution (batch aside).
 
     Attributes
     ----------
@@ -141,6 +141,8 @@ class ConvGeometry:
         ``(h, w)``.
     pad_top, pad_left : int
         Leading padding (the trailing padding is implied by the output size).
+    groups : int
+        Channel groups (each output channel reads ``in_channels / groups`` inputs).
     """
 
     in_channels: int
@@ -153,6 +155,7 @@ class ConvGeometry:
     dilation: tuple = (1, 1)
     pad_top: int = 0
     pad_left: int = 0
+    groups: int = 1
 
     def needs_pad_copy(self, out_rows: int, ow_padded: int) -> bool:
         """Whether the input must be copied into a padded buffer for this width."""

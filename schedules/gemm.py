@@ -1,8 +1,9 @@
-"""Rule for the packed GEMM convolution (groups = 1) with its fused epilogue.
+"""Rule for the packed GEMM convolution (any groups) with its fused epilogue.
 
 Compute (`conv2d_gemm`, made by `schedules.legalize`): the NCHW convolution written
 directly, ``out[n, k, y, x] = sum_(c, ky, kx) data[n, c, y * sh + ky * dh - top, ...]
-* w[k / kb, c, ky, kx, k % kb]`` (zero outside the image) over weights packed by
+* w[k / kb, c, ky, kx, k % kb]`` (zero outside the image; with groups, ``c`` runs over
+``k``'s group's inputs) over weights packed by
 `schedules.compute.pack_conv_weight`; the block carries ``mdl.rule = "gemm_conv"``, the
 register tile (``mdl.tile`` = kb output channels, ``mdl.vector`` = vectors of pixels) and
 the geometry (``mdl.conv``). Unscheduled, it is the reference the tests compare with.
@@ -30,7 +31,8 @@ CONV_KEY = "mdl.conv"
 
 
 def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilation,
-                tile_vectors: int, rows: int, out_dtype: str = "float32", k_groups: int = 1):
+                tile_vectors: int, rows: int, out_dtype: str = "float32", k_groups: int = 1,
+                groups: int = 1):
     """NCHW convolution over packed weights, annotated for `GemmConv`.
 
     Parameters
@@ -51,6 +53,10 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
     k_groups : int
         Parallel tasks per segment, each with ``1 / k_groups`` of the output-channel chunks
         (a divisor of them).
+    groups : int
+        Channel groups: output channel ``k`` reads inputs ``k / (K / groups) * C / groups``
+        onwards (``C / groups`` of them; the packed weights' second axis); ``kb`` divides
+        ``K / groups``.
 
     Returns
     -------
@@ -58,25 +64,30 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
         ``[N, out_channels, OH, OW]``.
     """
     n, c, h, w = (int(v) for v in data.shape)
-    _, _, kh, kw, kb = (int(v) for v in weight_packed.shape)
+    _, cg, kh, kw, kb = (int(v) for v in weight_packed.shape)
+    if c != cg * groups or out_channels % groups or (groups > 1 and out_channels // groups % kb):
+        raise ValueError(f"{groups} groups do not fit {c} inputs, {out_channels} outputs "
+                         f"and weights packed {tuple(weight_packed.shape)}")
+    kg = out_channels // groups
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
     oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
-    rc = te.reduce_axis((0, c), "rc")
+    rc = te.reduce_axis((0, cg), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
 
     def _value(b, k, y, x):
         iy, ix = y * sh + ry * dh - top, x * sw + rx * dw - left
         inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
-        pixel = data[b, rc, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)]
+        ch = rc if groups == 1 else k // kg * cg + rc
+        pixel = data[b, ch, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)]
         pixel = tirx.if_then_else(inside, pixel.astype(out_dtype), tirx.const(0, out_dtype))
         return te.sum(pixel * weight_packed[k // kb, rc, ry, rx, k % kb].astype(out_dtype),
                       axis=[rc, ry, rx])
 
     attrs = {RULE_KEY: "gemm_conv", TILE_KEY: kb, VECTOR_KEY: tile_vectors,
-             CONV_KEY: [sh, sw, top, left, bottom, right, dh, dw, rows, k_groups]}
+             CONV_KEY: [sh, sw, top, left, bottom, right, dh, dw, rows, k_groups, groups]}
     return te.compute((n, out_channels, oh, ow), _value, name="mdl_gemm_conv", attrs=attrs)
 
 
@@ -92,7 +103,7 @@ class GemmConv(Rule):
             return None
         block = sch.get(found[0])
         ann = block.annotations
-        sh, sw, top, left, bottom, right, dh, dw, rows, k_groups = (
+        sh, sw, top, left, bottom, right, dh, dw, rows, k_groups, groups = (
             int(v) for v in ann[CONV_KEY])
         reads = {len(r.source.ty.shape): r.source for r in block.reads}
         data, weight = reads.get(4), reads.get(5)
@@ -108,7 +119,7 @@ class GemmConv(Rule):
         geometry = {"strides": (sh, sw), "padding": (top, left, bottom, right),
                     "dilation": (dh, dw), "out_shape": out_shape,
                     "vectors": int(ann[VECTOR_KEY]), "rows": rows, "dtype": dtype,
-                    "k_groups": k_groups, "by_lane": cfg.indexed_fma}
+                    "k_groups": k_groups, "by_lane": cfg.indexed_fma, "groups": groups}
         new = gemm_conv_func(func, data, weight, geometry, epilogue, cfg.lanes(dtype),
                              parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")

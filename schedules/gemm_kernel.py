@@ -1,7 +1,9 @@
 """The packed GEMM convolution as a hand-scheduled TIR kernel with a fused epilogue.
 
-An NCHW convolution (groups = 1) is ``Y[k, p] = sum_r W[k, r] * X[r, p]`` over output
-pixels ``p = y * OW + x`` and ``r = (c, ky, kx)``. `gemm_conv_func` builds it as:
+An NCHW convolution is ``Y[k, p] = sum_r W[k, r] * X[r, p]`` over output pixels
+``p = y * OW + x`` and ``r = (c, ky, kx)``; with groups, ``r`` runs over output channel
+``k``'s group's rows of ``X`` only (a register tile's ``kb`` channels lie in one group).
+`gemm_conv_func` builds it as:
 
 ``parallel(n, segment, k_group)`` (a group: ``1 / k_groups`` of the output-channel chunks):
 a segment is ``rows`` output rows (``S = rows * OW`` pixels; the
@@ -11,6 +13,11 @@ convolution is 1 x 1, stride 1, unpadded (then ``X`` is the input itself), the s
 de-interleaving shuffles, zeros where the window leaves the image) -- by each segment's
 task, or, when tasks split a segment's output channels (``k_groups > 1``, small maps),
 once per segment by a loop parallel over input channels before the groups' parallel loop.
+A grouped convolution's tasks are (segment, channel group) pairs instead, each copying only
+its group's rows (NCNN's per-group im2col: a small, cache-resident copy) before its chunks;
+read in place (1 x 1), a tile starts at its group's first row. With stride 1 and rows as
+wide as the input's, each tap's rows are one contiguous run, copied as whole vectors even
+when a row is narrower than a vector (7 x 7 maps).
 
 ``k_chunks`` → pixel blocks of ``nv * L`` (the last one shifted left to end at the
 segment's end) → ``R``: a ``kb x nv`` tile of vector accumulators
@@ -56,7 +63,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         (N, K, OH, OW), ``vectors`` (nv), ``rows`` (output rows per segment), ``dtype``
         (accumulation dtype), ``k_groups`` (parallel tasks per segment, a divisor of the
         output-channel chunks; default 1), ``by_lane`` (the core has indexed FMAs: a
-        ``kb`` smaller than the lanes is still loaded as one vector and used by lane).
+        ``kb`` smaller than the lanes is still loaded as one vector and used by lane),
+        ``groups`` (channel groups, default 1; ``kb`` divides a group's outputs).
     epilogue : schedules.epilogue.Epilogue
     lanes : int
     parallel : bool
@@ -66,11 +74,17 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
     tirx.PrimFunc
     """
     n, c, h, w = (int(v) for v in data.ty.shape)
-    chunks, _, kh, kw, kb = (int(v) for v in weight.ty.shape)
+    chunks, cg, kh, kw, kb = (int(v) for v in weight.ty.shape)
     sh, sw = geometry["strides"]
     _, k_out, oh, ow = geometry["out_shape"]
     nv, rows, dtype = geometry["vectors"], geometry["rows"], geometry["dtype"]
-    red = c * kh * kw
+    groups = geometry.get("groups", 1)
+    if cg * groups != c or (groups > 1 and k_out // groups % kb):
+        raise ValueError(f"{groups} groups of {cg} inputs with {kb}-channel blocks do not "
+                         f"fit a {c}-channel input and {k_out} outputs")
+    rows_all, red = c * kh * kw, cg * kh * kw  # im2col rows; one output's reduction
+    # output-channel chunks per group (1 chunk of every output when groups = 1)
+    group_chunks = k_out // groups // kb if groups > 1 else chunks
     seg = rows * ow
     tp = nv * lanes
     if seg < tp:
@@ -82,6 +96,9 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         raise ValueError(f"k_groups={k_groups} does not divide the {chunks} "
                          "output-channel chunks")
     per_group = chunks // k_groups
+    if groups > 1 and k_groups > 1 and not direct:
+        raise ValueError("a grouped im2col convolution's tasks are its channel groups: "
+                         f"k_groups must be 1, not {k_groups}")
     # fewer weights per step than lanes: one short vector used by lane (indexed FMAs)
     half_block = kb if kb < lanes and geometry.get("by_lane") else None
 
@@ -111,14 +128,18 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     buffer, its offset of pixel 0 and its row stride)."""
                     buf, base, rstride = src
                     acc = T.alloc_buffer((kb * tile[0] * tile[1],), dtype)
-                    reduce_tile(acc, buf, base + q0, rstride, wflat, kc * red * kb, red,
+                    # read in place: the tile's group starts `red` rows further per group
+                    x0 = base + q0 + (kc // group_chunks * red * rstride
+                                      if groups > 1 and direct else 0)
+                    reduce_tile(acc, buf, x0, rstride, wflat, kc * red * kb, red,
                                 (kb, *tile), dtype, w_lanes=w_lanes)
                     _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, *tile),
                            (k_out, ow), kb * chunks != k_out)
 
-                def _gemm(task, img, y0, src, src_base, stride):
-                    with T.serial(0, per_group) as kc_inner:
-                        kc = task % k_groups * per_group + kc_inner
+                def _gemm(chunk0, count, img, y0, src, src_base, stride):
+                    """Output-channel chunks ``chunk0 ..`` (`count` of them)."""
+                    with T.serial(0, count) as kc_inner:
+                        kc = chunk0 + kc_inner
                         with T.serial(0, full) as blk:
                             q0 = blk * tp if tail else T.bind(tirx.min(blk * tp, seg - tp))
                             _block(kc, img, y0, (src, src_base, stride), q0, (nv, lanes))
@@ -129,27 +150,38 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 def _segment(where):
                     return where // n_seg, T.bind(tirx.min(where % n_seg * rows, oh - rows))
 
-                if k_groups > 1 and not direct:
+                if groups > 1 and not direct:
+                    # one task per (segment, group), with its own im2col copy of the
+                    # group's input channels only (a cache-sized buffer), then its chunks
+                    with loop(0, n * n_seg * groups) as task:
+                        img, y0 = _segment(task // groups)
+                        grp = task % groups
+                        src = T.alloc_buffer((red * stride,), dtype)
+                        _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
+                                (kh, kw), lanes, dtype, channels=(grp * cg, cg))
+                        _gemm(grp * group_chunks, group_chunks, img, y0, src, 0, stride)
+                elif k_groups > 1 and not direct:
                     # tasks split by output-channel chunks share one im2col copy of the
                     # segment, made first by a loop parallel over input channels
                     with T.serial(0, n * n_seg) as where:
                         img, y0 = _segment(where)
-                        src = T.alloc_buffer((red * stride,), dtype)
+                        src = T.alloc_buffer((rows_all * stride,), dtype)
                         _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
                                 (kh, kw), lanes, dtype, loop)
                         with loop(0, k_groups) as task:
-                            _gemm(task, img, y0, src, 0, stride)
+                            _gemm(task * per_group, per_group, img, y0, src, 0, stride)
                 else:
                     with loop(0, n * n_seg * k_groups) as task:
                         img, y0 = _segment(task // k_groups)
+                        first = task % k_groups * per_group
                         if direct:
-                            _gemm(task, img, y0, dflat, T.bind(img * c * h * w + y0 * ow),
-                                  h * w)
+                            _gemm(first, per_group, img, y0, dflat,
+                                  T.bind(img * c * h * w + y0 * ow), h * w)
                         else:  # one task per segment, with its own im2col copy
-                            src = T.alloc_buffer((red * stride,), dtype)
+                            src = T.alloc_buffer((rows_all * stride,), dtype)
                             _im2col(src, stride, dflat, img, y0, geometry, (n, c, h, w),
                                     (kh, kw), lanes, dtype)
-                            _gemm(task, img, y0, src, 0, stride)
+                            _gemm(first, per_group, img, y0, src, 0, stride)
     return ib.get()
 
 
@@ -177,21 +209,29 @@ def _store(epilogue, acc, img, k0, p0, tile, out_hw, guard: bool):
 
 
 def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dtype,
-            loop=T.serial):
-    """``col[(c, ky, kx) * col_stride + j * OW + x] = data[img, c, (y0 + j) * sh + ky * dh
-    - top, x * sw + kx * dw - left]`` (zero outside the image), row by row; `loop` runs
-    over the input channels."""
+            loop=T.serial, channels=None):
+    """``col[(c, ky, kx) * col_stride + j * OW + x] = data[img, c0 + c, (y0 + j) * sh + ky
+    * dh - top, x * sw + kx * dw - left]`` (zero outside the image), row by row, for the
+    ``channels = (c0, count)`` (default: all); `loop` runs over them."""
     n, c, h, w = shape
+    c0, count = channels or (0, c)
     kh, kw = kernel
     (sh, sw), (dh, dw) = geometry["strides"], geometry["dilation"]
     top, left = geometry["padding"][:2]
     ow, rows = geometry["out_shape"][3], geometry["rows"]
     zero = tirx.const(0, dtype)
-    with loop(0, c) as ch:
+    # stride 1 with rows as wide as the input's: a tap's rows are one contiguous run
+    planar = sh == sw == 1 and w == ow and rows * ow >= lanes
+    with loop(0, count) as local:
+        ch = c0 + local
         for ky in range(kh):
             for kx in range(kw):
-                r = (ch * kh + ky) * kw + kx
+                r = (local * kh + ky) * kw + kx
                 off = kx * dw - left
+                if planar and abs(off) < w:
+                    _copy_plane(col, dflat, r * col_stride, (img * c + ch) * h * w,
+                                y0 + ky * dh - top, off, (rows, ow, h), lanes, dtype)
+                    continue
                 lo = min(ow, max(0, _ceil_div(-off, sw)))
                 hi = max(lo, min(ow, (w - 1 - off) // sw + 1))
                 # whole vectors whose loads (sw * lanes wide) stay inside the row
@@ -210,6 +250,47 @@ def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dty
                         with T.Else():
                             with T.serial(0, ow) as x:
                                 T.buffer_store(col, zero, [dst + x])
+
+
+def _copy_plane(col, dflat, dst, plane, iy0, off, geometry, lanes, dtype):
+    """One tap of a stride-1 im2col whose rows are as wide as the input's (``W == OW``):
+    ``col[dst + j * OW + x] = data[plane + (iy0 + j) * W + x + off]`` for the rows inside
+    the image is a single contiguous run, copied as whole vectors (the last one shifted
+    back over the run's end) however narrow a row is; then the ``|off|`` columns per row
+    the shift carried over from a neighbouring row, and the rows outside, are zeroed."""
+    rows, ow, h = geometry
+    zero = tirx.const(0, dtype)
+    j_lo = T.bind(tirx.max(0, tirx.min(rows, -iy0)))
+    j_hi = T.bind(tirx.max(j_lo, tirx.min(rows, h - iy0)))
+    for a, b in ((0, j_lo), (j_hi, rows)):
+        with T.serial(a * ow, b * ow) as x:
+            T.buffer_store(col, zero, [dst + x])
+    # the run, clipped to the image's rows j_lo..j_hi (no read outside them)
+    skip = max(0, -off)
+    size = T.bind((j_hi - j_lo) * ow - abs(off))
+    d0 = T.bind(dst + j_lo * ow + skip)
+    s0 = T.bind(plane + (iy0 + j_lo) * ow + off + skip)
+
+    def _vector(at):
+        T.buffer_store(col, _cast(dflat[_vec(s0 + at, lanes)], dtype, lanes),
+                       [_vec(d0 + at, lanes)])
+
+    with T.If(size >= lanes):
+        with T.Then():
+            with T.serial(0, size // lanes) as v:
+                _vector(v * lanes)
+            with T.If(size % lanes > 0):
+                with T.Then():
+                    _vector(size - lanes)
+        with T.Else():
+            with T.serial(0, tirx.max(size, 0)) as x:
+                T.buffer_store(col, _cast(dflat[s0 + x], dtype, 1), [d0 + x])
+    # columns whose source fell in the previous (off < 0) or next (off > 0) row
+    edge = range(skip) if off < 0 else range(ow - off, ow)
+    if off:
+        with T.serial(j_lo, j_hi) as j:
+            for x in edge:
+                T.buffer_store(col, zero, [dst + j * ow + x])
 
 
 def _copy_row(col, dflat, dst, row, off, span, sw, ow, lanes, dtype):

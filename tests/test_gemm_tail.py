@@ -29,6 +29,9 @@ def test_tail_tile_computes_fewer_pixels_than_a_full_block(seg, nv, lanes, expec
     (8, 12, 3, 1, (10, 10), "float32", (4, 3, 10), True),  # 100 = 8 x 12 + 4, residual
     (16, 16, 3, 1, (14, 14), "float16", (8, 2, 14), True),  # 196 = 12 x 16 + 4
     (6, 10, 3, 1, (5, 6), "float32", (4, 3, 5), False),  # 30 = 2 x 12 + 6: two vectors
+    # stride 1, rows narrower than a vector: each tap's rows copied as one run
+    (8, 8, 3, 1, (7, 7), "float16", (8, 1, 3), False),  # 3-row segments, the last shifted
+    (6, 8, 5, 1, (6, 6), "float32", (4, 2, 6), True),  # 5x5: runs shifted by up to 2
 ])
 def test_gemm_conv_with_a_tail_block_matches_unscheduled(monkeypatch, rng, in_c, out_c, kernel,
                                                         stride, hw, dtype, tile, residual):

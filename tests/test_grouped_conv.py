@@ -1,4 +1,5 @@
-"""Grouped convolutions (RegNet / ResNeXt) as one packed kernel for every group: against the
+"""Grouped convolutions (RegNet / ResNeXt) as one kernel for every group (the GEMM one, or
+the packed direct one where no GEMM tile divides a group's outputs): against the
 unscheduled TIR on odd geometries, fp32 and fp16, host and phone-like lanes; the per-group
 split where a group's outputs do not fill whole register blocks."""
 
@@ -11,7 +12,9 @@ from tvm import relax
 
 import schedules.legalize as legalize
 from mdl_tvm.core.targets import get_profile
-from schedules.config import MachineConfig
+from schedules import algo
+from schedules.algo import ConvAlgo
+from schedules.config import ConvGeometry, MachineConfig
 
 CONFIGS = {"host": MachineConfig.from_profile(get_profile("host")), "neon": neon_config()}
 
@@ -33,7 +36,11 @@ def _grouped(shape, weight, groups, stride, padding, dtype):
 ])
 def test_grouped_kernel_matches_the_unscheduled_conv(rng, config, dtype, channels, out, groups,
                                                      size, kernel, stride, padding):
+    """One kernel for all groups: the GEMM one (its tiles reduce over their group's rows)
+    wherever a register tile divides a group's outputs and the map holds a vector, else the
+    packed direct one."""
     cfg = CONFIGS[config]
+    gemm = "conv2d" if size == 1 else "gemm_conv"  # direct: a map narrower than a vector
     x = rng.standard_normal((1, channels, size, size)).astype(dtype)
     w = (rng.standard_normal((out, channels // groups, kernel, kernel))
          / np.sqrt(channels // groups * kernel * kernel))
@@ -41,7 +48,7 @@ def test_grouped_kernel_matches_the_unscheduled_conv(rng, config, dtype, channel
     _, expected = lower_and_run(mod, [x], cfg, rules=())
     lowered, actual = lower_and_run(mod, [x], cfg)
     rules = rules_used(lowered)
-    assert [r for n, r in rules.items() if "grouped" in n] == ["conv2d"], rules
+    assert [r for n, r in rules.items() if "grouped" in n] == [gemm], rules
     assert not [n for n in rules if "group_slice" in n]  # one kernel, no per-group copies
     tol = 2e-3 if dtype == "float16" else 1e-5
     scale = float(np.abs(expected.astype(np.float64)).max())
@@ -53,6 +60,7 @@ def test_groups_narrower_than_a_register_block_run_as_split_convs(rng, monkeypat
     """2 outputs per group do not fill a block of 8 output channels (the tile forced here):
     each group is its own ordinary conv over a channel slice, and the result is the same."""
     original = legalize.choose_conv_tile
+    monkeypatch.setattr(legalize, "choose_conv_algo", lambda *a, **k: ConvAlgo("direct"))
     monkeypatch.setattr(legalize, "choose_conv_tile", lambda *a: replace(original(*a),
                                                                          oc_block=8))
     x = rng.standard_normal((1, 8, 6, 6)).astype("float32")
@@ -85,3 +93,32 @@ def test_nhwc_convs_after_a_grouped_one_fall_back_to_generic_rules(rng):
     used = rules_used(lowered)
     assert used["conv2d"] not in (None, "conv2d") and all(used.values()), used
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_grouped_gemm_segments_copy_one_group_at_a_time(rng, config, monkeypatch):
+    """Forced 4-row segments (the last shifted) of a stride-2 and a stride-1 grouped conv:
+    each (segment, group) task copies its own group's rows and computes what the
+    unscheduled TIR does."""
+    monkeypatch.setattr(legalize, "choose_conv_algo", lambda *a, **k: ConvAlgo(
+        "gemm", 0, 8, 1, 4))
+    for stride, size in ((1, 9), (2, 17)):
+        x = rng.standard_normal((1, 24, size, size)).astype("float32")
+        w = rng.standard_normal((48, 8, 3, 3)) / 8  # 3 groups of 8 inputs, 16 outputs
+        mod = _grouped(x.shape, w, 3, stride, 1, "float32")
+        _, expected = lower_and_run(mod, [x], CONFIGS[config], rules=())
+        lowered, actual = lower_and_run(mod, [x], CONFIGS[config])
+        assert "gemm_conv" in rules_used(lowered).values()
+        np.testing.assert_allclose(actual, expected, rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected).max())
+
+
+def test_grouped_gemm_cost_keeps_tiles_inside_a_group():
+    """The cost model's tile divides a group's outputs and its tasks are the groups (no
+    output-channel split); where no tile divides them the GEMM is not a candidate."""
+    geo = ConvGeometry(384, 7, 7, 384, 7, (3, 3), (1, 1), (1, 1), 1, 1, 24)
+    for cfg in CONFIGS.values():
+        chosen = algo.gemm_cost(cfg, "float32", geo, 7)
+        assert 16 % chosen.k_block == 0 and chosen.k_groups == 1, chosen
+    six = ConvGeometry(36, 6, 6, 12, 6, (3, 3), (1, 1), (1, 1), 1, 1, 2)
+    assert algo.gemm_cost(CONFIGS["neon"], "float32", six, 6).cost == float("inf")
