@@ -15,9 +15,9 @@ task, or, when tasks split a segment's output channels (``k_groups > 1``, small 
 once per segment by a loop parallel over input channels before the groups' parallel loop.
 A grouped convolution's tasks are (segment, channel group) pairs instead, each copying only
 its group's rows (NCNN's per-group im2col: a small, cache-resident copy) before its chunks;
-read in place (1 x 1), a tile starts at its group's first row. With stride 1 and rows as
-wide as the input's, each tap's rows are one contiguous run, copied as whole vectors even
-when a row is narrower than a vector (7 x 7 maps).
+read in place (1 x 1), a tile starts at its group's first row. With stride 1, rows as wide
+as the input's and narrower than two vectors (7 x 7, 14 x 14 maps), each tap's rows are one
+contiguous run, copied as whole vectors.
 
 ``k_chunks`` → pixel blocks of ``nv * L`` (the last one shifted left to end at the
 segment's end) → ``R``: a ``kb x nv`` tile of vector accumulators
@@ -220,8 +220,10 @@ def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dty
     top, left = geometry["padding"][:2]
     ow, rows = geometry["out_shape"][3], geometry["rows"]
     zero = tirx.const(0, dtype)
-    # stride 1 with rows as wide as the input's: a tap's rows are one contiguous run
-    planar = sh == sw == 1 and w == ow and rows * ow >= lanes
+    # stride 1 with rows as wide as the input's: a tap's rows are one contiguous run, copied
+    # so where a row holds less than two vectors (the row copy would be mostly scalar;
+    # on wider rows it costs more than the row copy: style transfer fp16 +3 %)
+    planar = sh == sw == 1 and w == ow and rows * ow >= lanes and ow < 2 * lanes
     with loop(0, count) as local:
         ch = c0 + local
         for ky in range(kh):
