@@ -16,8 +16,8 @@ once per segment by a loop parallel over input channels before the groups' paral
 A grouped convolution's tasks are (segment, channel group) pairs instead, each copying only
 its group's rows (NCNN's per-group im2col: a small, cache-resident copy) before its chunks;
 read in place (1 x 1), a tile starts at its group's first row. With stride 1, rows as wide
-as the input's and narrower than two vectors (7 x 7, 14 x 14 maps), each tap's rows are one
-contiguous run, copied as whole vectors.
+as the input's and narrower than two vectors (7 x 7, 14 x 14 maps), on cores with indexed
+FMAs (AArch64), each tap's rows are one contiguous run, copied as whole vectors.
 
 ``k_chunks`` → pixel blocks of ``nv * L`` (the last one shifted left to end at the
 segment's end) → ``R``: a ``kb x nv`` tile of vector accumulators
@@ -222,8 +222,10 @@ def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dty
     zero = tirx.const(0, dtype)
     # stride 1 with rows as wide as the input's: a tap's rows are one contiguous run, copied
     # so where a row holds less than two vectors (the row copy would be mostly scalar;
-    # on wider rows it costs more than the row copy: style transfer fp16 +3 %)
-    planar = sh == sw == 1 and w == ow and rows * ow >= lanes and ow < 2 * lanes
+    # on wider rows it costs more than the row copy: style transfer fp16 +3 %), on cores
+    # with indexed FMAs (measured there; on the AVX-512 host it slowed the demo by 20 %)
+    planar = (geometry.get("by_lane") and sh == sw == 1 and w == ow and rows * ow >= lanes
+              and ow < 2 * lanes)
     with loop(0, count) as local:
         ch = c0 + local
         for ky in range(kh):
