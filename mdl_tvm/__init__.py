@@ -6,11 +6,16 @@
 >>> mdl_tvm.load("host.so").run(x)    # runtime only: the compiler is not imported
 
 Names are imported on first use, so ``import mdl_tvm`` (and ``mdl_tvm.load``) stays light;
-``mdl_tvm.compile`` imports the compiler. Layers, bottom to top: `mdl_tvm.core` → `deploy`
+``mdl_tvm.compile`` imports the compiler. Importing it sets ``TVM_NUM_THREADS`` to the
+number of physical cores when it is unset (`mdl_tvm.core.threads`: TVM alone would use half
+the cores of an x86 machine without SMT). Layers, bottom to top: `mdl_tvm.core` → `deploy`
 → `relay_passes`, `schedules` → `mdl_tvm.compiler` → `schedules.tuning` → `mdl_tvm.cli`.
 """
 
 from mdl_tvm.core.lazy import lazy_exports
+from mdl_tvm.core.threads import default_threads
+
+default_threads()  # one TVM thread per physical core unless TVM_NUM_THREADS says otherwise
 
 _ERRORS = ("MdlError", "DatasetMissingError", "DeviceError", "InputSpecError", "OutputPathError",
            "ModelFormatError", "PrecisionError", "ToolchainError", "UnknownTargetError",

@@ -4,6 +4,7 @@
 * `targets`      named target profiles (CPU, vector width, toolchain, fp16)
 * `io`           the cache root and atomic writes
 * `numerics`     relative error, median timing
+* `threads`      TVM's thread count: one per physical core unless the user sets one
 * `specs`        input / output tensor specs
 * `relax_utils`  small helpers over Relax expressions (shapes, op names, bindings, constants)
 * `graph_stats`  weight bytes, MACs and op counts of a Relax graph
