@@ -98,8 +98,8 @@ def run_demo(phone: bool = True, epochs: int = 2, log=print) -> int:
         "images) and compile for host, arm64 and arm64-fp16")
     packed = {"input_shapes": [shape], "compress": COMPRESS, "calibration": calibration}
     host_c = compile_model(model, "host", **packed)
-    arm_c = compile_model(model, "arm64", **packed)
-    arm_h = compile_model(model, "arm64-fp16", precision="fp16", **packed)
+    arm_c = host_c.for_target("arm64")  # compressed once, compiled for each target
+    arm_h = host_c.for_target("arm64-fp16", precision="fp16")
 
     out_dir = tempfile.mkdtemp(prefix="mdl-tvm-demo-")  # export before running: saving a VM
     # that has run makes TVM warn "Scope Saving" once per function

@@ -75,6 +75,23 @@ def test_dependent_channels_are_recovered_exactly_from_64_inputs(dependent, spec
     assert fresh_error(compiled, fresh, ref) < 1e-3
 
 
+def test_a_compressed_model_compiles_for_another_target_without_compressing_again(dependent):
+    """`CompiledModel.for_target`: the compressed Relax module, built for another profile,
+    with the compression record; built for the host again it computes the same outputs."""
+    import tvm
+
+    model, calibration, fresh, ref = dependent
+    host = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress="mask:0.5",
+                           calibration=calibration)
+    phone = host.for_target("arm64-fp16", precision="fp16")
+    assert phone.profile.name == "arm64-fp16" and phone.precision["mode"] == "fp16"
+    assert phone.compression == host.compression != [] and phone.stats.macs == host.stats.macs
+    tvm.ir.assert_structural_equal(phone.graph_module, host.graph_module)
+    again = host.for_target("host")
+    for x in fresh:
+        np.testing.assert_array_equal(again.run(x)[0], host.run(x)[0])
+
+
 @pytest.mark.parametrize("spec", ["mask:0.0", "mask:0.01"])
 def test_removing_nothing_leaves_the_output_unchanged(dependent, spec):
     """With data recovery on, a ratio that keeps all 8 channels (0.01 rounds to 8 of 8)

@@ -41,6 +41,7 @@ class CompiledModel(HostModel):
         super().__init__(profile, inputs, outputs, stats, module=executable, source=source)
         self.executable = executable
         self.relax_module = relax_module
+        self.graph_module = relax_module  # after compression, before precision (compile)
         self.timings = dict(timings or {})
         self.masks = None  # relay_passes.ChannelMasks of a mask compression (savable)
         self.tuned_functions: list[str] = []  # PrimFuncs scheduled from a tuning database
@@ -52,6 +53,29 @@ class CompiledModel(HostModel):
         meta = super().metadata()
         meta["slow_paths"] = [s.to_json() for s in self.slow_paths]
         return meta
+
+    def for_target(self, target, *, precision="fp32", accumulate=None, tuning_db=None,
+                   default_schedules=True) -> CompiledModel:
+        """This model, compressed as it is, compiled for another target profile.
+
+        Compression (and its calibration probes) ran once, in this compile; the Relax
+        module it produced (`graph_module`: after the graph passes, before precision) is
+        compiled again for `target`. The compression report, masks and source carry over.
+
+        Parameters
+        ----------
+        target : str or TargetProfile
+        precision, accumulate, tuning_db, default_schedules
+            As in `compile`.
+
+        Returns
+        -------
+        CompiledModel
+        """
+        other = compile(self.graph_module, target, precision=precision, accumulate=accumulate,
+                        tuning_db=tuning_db, default_schedules=default_schedules)
+        other.source, other.compression, other.masks = self.source, self.compression, self.masks
+        return other
 
     def summary(self) -> dict:
         """Target, inputs, outputs, weight bytes, MACs, operator counts, compile times."""
@@ -152,6 +176,7 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         source=source,
     )
     compiled.precision = state.options.precision.to_json()
+    compiled.graph_module = state.graph_mod
     if compressor is not None:
         compiled.compression = [vars(r) for r in compressor.reports]
         compiled.masks = getattr(compressor, "masks", None)

@@ -63,6 +63,7 @@ class BuildState:
     mod: object  # tvm.IRModule
     profile: TargetProfile
     options: BuildOptions = BuildOptions()
+    graph_mod: object = None  # the graph after graph passes (compression), before precision
     high_level_mod: object = None  # the graph after graph passes and precision
     executable: object = None  # relax.VMExecutable after `build`
     tuned_functions: list = field(default_factory=list)  # took a tuning record
@@ -96,7 +97,7 @@ def _graph_passes(state: BuildState) -> BuildState:
     """User graph passes (compression) of ``options.graph_passes``."""
     for graph_pass in state.options.graph_passes:
         state.mod = graph_pass(state.mod)
-    state.high_level_mod = state.mod
+    state.graph_mod = state.high_level_mod = state.mod
     return state
 
 
