@@ -263,14 +263,14 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                   and not geo.pad_left and geo.in_width == ow)
     wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
     serial = parallel = ConvAlgo("gemm", cost=float("inf"))
+    # a grouped im2col conv copies one group's rows per task (no k_groups split)
+    per_group_copy = geo.groups > 1 and im2col
     # a half-vector block only where a full one would leave half its lanes idle: the
     # model prefers it on LeNet-5's 6-channel conv too, measured 17 % slower (short reduction)
     for kb, nv in gemm_tiles(cfg, lanes, half=group_out <= lanes // 2):
         if geo.groups > 1 and group_out % kb:
             continue  # a register tile stays within one group
         block, chunks = nv * lanes, _ceil_div(k, kb)
-        # a grouped im2col conv copies one group's rows per task (no k_groups split)
-        per_group_copy = geo.groups > 1 and im2col
         choices = (_task_choices(out_rows, ow, block, red * elem, 1, wanted) if per_group_copy
                    else _task_choices(out_rows, ow, block, rows_all * elem if im2col else 0,
                                       chunks, wanted))
@@ -284,7 +284,7 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                 count * (red * gemm_step_cost(cfg, lanes, kb, vectors)
                          + kb * vectors * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
                 for count, vectors in blocks)
-            if im2col:  # one copy per segment, shared by its k-groups
+            if im2col:  # all rows once per segment: shared by its k-groups, or per group
                 cost += segs * rows_all * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
                     + rows * _IM2COL_PER_ROW)

@@ -78,10 +78,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
     sh, sw = geometry["strides"]
     _, k_out, oh, ow = geometry["out_shape"]
     nv, rows, dtype = geometry["vectors"], geometry["rows"], geometry["dtype"]
-    groups = geometry.get("groups", 1)
-    if cg * groups != c or (groups > 1 and k_out // groups % kb):
-        raise ValueError(f"{groups} groups of {cg} inputs with {kb}-channel blocks do not "
-                         f"fit a {c}-channel input and {k_out} outputs")
+    groups = geometry.get("groups", 1)  # checked against the shapes by `conv2d_gemm`
     rows_all, red = c * kh * kw, cg * kh * kw  # im2col rows; one output's reduction
     # output-channel chunks per group (1 chunk of every output when groups = 1)
     group_chunks = k_out // groups // kb if groups > 1 else chunks
