@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mdl_tvm.core.threads import default_threads, physical_cores
+from mdl_tvm.core.threads import cpu_quota, default_threads, physical_cores, thread_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,16 +33,35 @@ def test_the_users_setting_wins_and_an_unset_one_gets_the_cores():
         before = dict(env)
         assert default_threads(env) is None and env == before
     env = {"TVM_NUM_THREADS": " "}  # blank counts as unset
-    assert default_threads(env) == physical_cores() and env["TVM_NUM_THREADS"] == str(
-        physical_cores())
+    assert default_threads(env) == thread_count() and env["TVM_NUM_THREADS"] == str(
+        thread_count())
+
+
+def test_a_container_cpu_limit_caps_the_count(tmp_path):
+    """cgroup v2 ``cpu.max`` and v1 ``cfs_quota_us``: 1.5 CPUs' worth -> at most 2 threads;
+    no limit ("max", -1, no files) leaves the core count."""
+    cores = _fake_sysfs(tmp_path / "sys", lambda cpu: cpu)
+    v2, v1, none = tmp_path / "v2", tmp_path / "v1" / "cpu", tmp_path / "none"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(v2) == 1.5 and cpu_quota(v1.parent) == 1.0 and cpu_quota(none) is None
+    assert thread_count(cores, v2) == min(2, physical_cores(cores))
+    assert thread_count(cores, v1.parent) == 1
+    assert thread_count(cores, none) == physical_cores(cores)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(v2) is None and cpu_quota(v1.parent) is None
 
 
 def test_importing_mdl_tvm_sizes_the_tvm_pool():
     """TVM alone would halve the count on x86-64 (its hyper-thread guess); after ``import
     mdl_tvm`` the pool has one thread per physical core."""
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
-    code = ("import mdl_tvm, tvm, tvm_ffi; from mdl_tvm.core.threads import physical_cores; "
-            "print(tvm_ffi.get_global_func('runtime.NumThreads')(), physical_cores())")
+    code = ("import mdl_tvm, tvm, tvm_ffi; from mdl_tvm.core.threads import thread_count; "
+            "print(tvm_ffi.get_global_func('runtime.NumThreads')(), thread_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()
     assert out[0] == out[1]

@@ -9,7 +9,9 @@ NCNN's default is one thread per physical core; so is ours:
 
 * `physical_cores` counts the cores this process may run on (its affinity mask), SMT
   siblings once (``/sys/devices/system/cpu/cpuN/topology``);
-* `default_threads` sets ``TVM_NUM_THREADS`` to that count when neither it nor
+* `cpu_quota` reads a container's CPU limit (cgroup v2 ``cpu.max``, v1
+  ``cpu.cfs_quota_us``): ``docker --cpus=2`` on a 64-core machine means two threads;
+* `default_threads` sets ``TVM_NUM_THREADS`` to the smaller of the two when neither it nor
   ``OMP_NUM_THREADS`` is set. TVM reads the variable when a thread first launches a
   parallel kernel (its pool is created then), so it is set when `mdl_tvm` is imported;
   subprocesses (the native runner, workers) inherit it. A value set by the user always
@@ -18,10 +20,12 @@ NCNN's default is one thread per physical core; so is ours:
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 SYS_CPU = Path("/sys/devices/system/cpu")
+CGROUP = Path("/sys/fs/cgroup")
 ENV_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
 
 
@@ -57,8 +61,39 @@ def physical_cores(sys_cpu: Path = SYS_CPU) -> int:
     return max(len(cores), 1)
 
 
+def cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """CPUs' worth of time this process's cgroup may use per period, or None (no limit).
+
+    Parameters
+    ----------
+    cgroup : Path
+        The cgroup mount (a test passes a fake one): v2 ``cpu.max`` (``"200000 100000"``,
+        or ``"max ..."``), else v1 ``cpu/cpu.cfs_quota_us`` (-1: none) over
+        ``cpu/cpu.cfs_period_us``.
+    """
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = float(quota), float(period)
+    except ValueError:  # "max"
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def thread_count(sys_cpu: Path = SYS_CPU, cgroup: Path = CGROUP) -> int:
+    """`physical_cores`, capped by a container's `cpu_quota` (rounded up)."""
+    cores, quota = physical_cores(sys_cpu), cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota - 1e-9)))
+
+
 def default_threads(environ=os.environ) -> int | None:
-    """Set ``TVM_NUM_THREADS`` to `physical_cores` unless it or ``OMP_NUM_THREADS`` is set.
+    """Set ``TVM_NUM_THREADS`` to `thread_count` unless it or ``OMP_NUM_THREADS`` is set.
 
     Parameters
     ----------
@@ -72,6 +107,6 @@ def default_threads(environ=os.environ) -> int | None:
     """
     if any(environ.get(var, "").strip() for var in ENV_VARS):
         return None
-    threads = physical_cores()
+    threads = thread_count()
     environ["TVM_NUM_THREADS"] = str(threads)
     return threads
