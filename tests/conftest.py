@@ -14,12 +14,12 @@ wrap long runs in ``flock /tmp/mdl_heavy.lock``. ``bash scripts/test.sh`` runs e
 Phone fixtures (tracker + emulated arm64 device) live in phone_fixtures.py.
 """
 
-import os
-
 import numpy as np
 import pytest
 
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+from mdl_tvm.core.threads import default_threads
+
+default_threads()  # the rule `import mdl_tvm` applies, before any test starts a process
 
 try:
     from phone_fixtures import *  # noqa: F401,F403

@@ -37,11 +37,12 @@ class CompiledModel(HostModel):
     """
 
     def __init__(self, profile, inputs, outputs, stats, executable=None, relax_module=None,
-                 timings=None, source="relax"):
+                 timings=None, source="relax", graph_module=None):
         super().__init__(profile, inputs, outputs, stats, module=executable, source=source)
         self.executable = executable
         self.relax_module = relax_module
-        self.graph_module = relax_module  # after compression, before precision (compile)
+        # after the graph passes (compression), before precision: what `for_target` rebuilds
+        self.graph_module = graph_module
         self.timings = dict(timings or {})
         self.masks = None  # relay_passes.ChannelMasks of a mask compression (savable)
         self.tuned_functions: list[str] = []  # PrimFuncs scheduled from a tuning database
@@ -172,11 +173,11 @@ def compile(model, target="arm64", *, input_shapes=None, example_inputs=None,
         stats=graph_stats(state.high_level_mod),
         executable=state.executable,
         relax_module=state.high_level_mod,
+        graph_module=state.graph_mod,
         timings=state.timings,
         source=source,
     )
     compiled.precision = state.options.precision.to_json()
-    compiled.graph_module = state.graph_mod
     if compressor is not None:
         compiled.compression = [vars(r) for r in compressor.reports]
         compiled.masks = getattr(compressor, "masks", None)
