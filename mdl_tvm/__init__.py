@@ -8,14 +8,16 @@
 Names are imported on first use, so ``import mdl_tvm`` (and ``mdl_tvm.load``) stays light;
 ``mdl_tvm.compile`` imports the compiler. Importing it sets ``TVM_NUM_THREADS`` to the
 number of physical cores when it is unset (`mdl_tvm.core.threads`: TVM alone would use half
-the cores of an x86 machine without SMT). Layers, bottom to top: `mdl_tvm.core` → `deploy`
+the cores of an x86 machine without SMT) and ``TVM_BIND_THREADS`` to 0 (TVM's pinned threads
+stall on a core another process uses). Layers, bottom to top: `mdl_tvm.core` → `deploy`
 → `relay_passes`, `schedules` → `mdl_tvm.compiler` → `schedules.tuning` → `mdl_tvm.cli`.
 """
 
 from mdl_tvm.core.lazy import lazy_exports
-from mdl_tvm.core.threads import default_threads
+from mdl_tvm.core.threads import default_affinity, default_threads
 
 default_threads()  # one TVM thread per physical core unless TVM_NUM_THREADS says otherwise
+default_affinity()  # threads not pinned to cores unless TVM_BIND_THREADS says otherwise
 
 _ERRORS = ("MdlError", "DatasetMissingError", "DeviceError", "InputSpecError", "OutputPathError",
            "ModelFormatError", "PrecisionError", "ToolchainError", "UnknownTargetError",

@@ -1,12 +1,20 @@
-"""One TVM thread per physical core by default (`mdl_tvm.core.threads`); the user's
-``TVM_NUM_THREADS`` / ``OMP_NUM_THREADS`` always wins."""
+"""One TVM thread per physical core, not pinned, by default (`mdl_tvm.core.threads`); the
+user's ``TVM_NUM_THREADS`` / ``OMP_NUM_THREADS`` / ``TVM_BIND_THREADS`` always wins."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from mdl_tvm.core.threads import cpu_quota, default_threads, physical_cores, thread_count
+import pytest
+
+from mdl_tvm.core.threads import (
+    cpu_quota,
+    default_affinity,
+    default_threads,
+    physical_cores,
+    thread_count,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +73,45 @@ def test_importing_mdl_tvm_sizes_the_tvm_pool():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()
     assert out[0] == out[1]
+
+
+def test_threads_are_unpinned_unless_the_user_says_otherwise():
+    for value in ("1", "0"):
+        env = {"TVM_BIND_THREADS": value}
+        assert default_affinity(env) is False and env == {"TVM_BIND_THREADS": value}
+    env = {}
+    assert default_affinity(env) is True and env == {"TVM_BIND_THREADS": "0"}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to")
+def test_after_import_the_tvm_workers_may_run_on_every_cpu():
+    """TVM alone pins each pool thread to one core; after ``import mdl_tvm`` every thread of
+    the process (main and workers, after a parallel kernel ran) keeps the full CPU set."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    env["TVM_NUM_THREADS"] = "2"
+    code = """
+import os, mdl_tvm, numpy as np, tvm
+from tvm import te
+a = te.placeholder((4096,), name="a")
+b = te.compute(a.shape, lambda i: a[i] * 2.0, name="b")
+sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+sch.parallel(sch.get_loops(sch.get_sblock("b"))[0])
+f = tvm.compile(sch.mod, target="llvm")
+x = tvm.runtime.tensor(np.ones(4096, "float32"))
+y = tvm.runtime.tensor(np.zeros(4096, "float32"))
+f(x, y)
+assert float(y.numpy().sum()) == 8192.0
+tids = os.listdir("/proc/self/task")
+print(len(tids), *sorted({len(os.sched_getaffinity(int(t))) for t in tids}))
+"""
+    for bind in ("1", None):  # TVM's own default first, to show what the default changes
+        run_env = dict(env, TVM_BIND_THREADS=bind) if bind else env
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=run_env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        threads, *sizes = map(int, out.stdout.split())
+        assert threads >= 2  # the pool's worker exists
+        if bind:
+            assert min(sizes) == 1  # pinned: some thread may run on one CPU only
+        else:
+            assert sizes == [len(os.sched_getaffinity(0))]

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: %s MODEL.so [NOT_A_LIBRARY] [OTHER_ARCH.so] [NO_MAIN_ZC.so]\n", argv[0]);
     return 2;
   }
+  const int user_bind = getenv("TVM_BIND_THREADS") != NULL;  /* before the runtime sets it */
   check_load_error(NULL, "NULL", "load NULL");
   check_load_error("/nonexistent/model.so", "cannot open", "load missing file");
   if (argc > 2) check_load_error(argv[2], "not an ELF", "load non-ELF file");
@@ -74,6 +75,8 @@ int main(int argc, char** argv) {
   check_error(mdl_run(NULL), "NULL", "run NULL");
   check_error(mdl_set_num_threads(-1), ">= 0", "threads < 0");
   check(mdl_set_num_threads(1) == 0, "threads 1");
+  const char* bind = getenv("TVM_BIND_THREADS");  /* set by the runtime unless the user did */
+  check(user_bind || (bind != NULL && strcmp(bind, "0") == 0), "threads unpinned by default");
   check(mdl_run(m) == 0 && memcmp(out.data, first, out.nbytes) == 0, "run after errors");
   mdl_free(m);
   mdl_free(NULL);

@@ -110,6 +110,10 @@ void LoadRuntime() {
   static std::once_flag once;
   static std::string failure;
   std::call_once(once, [] {
+    // TVM pins its pool's threads one per core unless TVM_BIND_THREADS=0; a pinned thread
+    // sharing its core with another process stalls every kernel (mdl_tvm/core/threads.py).
+    // The user's setting, if any, stands (no overwrite).
+    setenv("TVM_BIND_THREADS", "0", 0);
     std::string beside = OwnDirectory() + kRuntimeLib;
     if (dlopen(beside.c_str(), RTLD_NOW | RTLD_GLOBAL)) return;
     std::string first = dlerror();

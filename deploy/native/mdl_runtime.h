@@ -65,7 +65,9 @@ MDL_API void mdl_free(mdl_model* m);
 MDL_API const char* mdl_last_error(void);
 
 /* Threads of the TVM runtime's pool for every model (0: one per big core). Call it before
- * the first mdl_run; the environment variable TVM_NUM_THREADS does the same. */
+ * the first mdl_run; the environment variable TVM_NUM_THREADS does the same. Threads are not
+ * pinned to cores (a pinned thread stalls when another process uses its core) unless the
+ * environment sets TVM_BIND_THREADS=1. */
 MDL_API int mdl_set_num_threads(int nthreads);
 
 MDL_API int mdl_num_inputs(const mdl_model* m);
