@@ -17,9 +17,10 @@ Phone fixtures (tracker + emulated arm64 device) live in phone_fixtures.py.
 import numpy as np
 import pytest
 
-from mdl_tvm.core.threads import default_threads
+from mdl_tvm.core.threads import default_affinity, default_threads
 
-default_threads()  # the rule `import mdl_tvm` applies, before any test starts a process
+default_threads()  # the rules `import mdl_tvm` applies, before any test starts a process
+default_affinity()
 
 try:
     from phone_fixtures import *  # noqa: F401,F403
@@ -45,3 +46,23 @@ def pytest_collection_modifyitems(config, items):
 def rng():
     """A seeded generator: every test's random inputs are reproducible."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def arm64_zoo_library(tmp_path_factory):
+    """``get(name) -> path``: zoo model `name` (`mdl_tvm.zoo.build`, default seed and input
+    shape) compiled for ``arm64`` and exported, once per session: the phone zoo test runs the
+    library, the NEON test disassembles the same file (ResNet-18 at 224: ~23 s per build)."""
+    import mdl_tvm
+    from mdl_tvm import zoo
+
+    root, built = tmp_path_factory.mktemp("arm64_zoo"), {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            model = mdl_tvm.compile(zoo.build(name), "arm64",
+                                    input_shapes=[zoo.INPUT_SHAPES[name]])
+            built[name] = model.export(str(root / f"{name}.so"))
+        return built[name]
+
+    return get

@@ -116,8 +116,9 @@ def test_zoo_model_merged_equals_centroid_replaced(name, shape):
 
     small = mdl_tvm.compile(zoo.build(name), "host", input_shapes=[shape],
                             compress="kmeans:0.5")
-    replaced = mdl_tvm.compile(zoo.build(name), "host", input_shapes=[shape],
-                               graph_passes=[KMeansChannelClustering(merge=False)])
+    replaced = mdl_tvm.compile(zoo.build(name), "host", input_shapes=[shape],  # the reference:
+                               graph_passes=[KMeansChannelClustering(merge=False)],  # TVM's
+                               default_schedules=False)  # plain lowering builds faster
     assert small.stats.macs < 0.5 * replaced.stats.macs  # replaced: the original's shapes
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     assert relative_error(small.run(x)[0], replaced.run(x)[0]) < 1e-4

@@ -114,9 +114,8 @@ def test_plain_zero_pipeline_is_still_available(rng):
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])
-def test_arm64_build_uses_neon(name, tmp_path):
-    model = mdl_tvm.compile(zoo.build(name), "arm64", input_shapes=[zoo.INPUT_SHAPES[name]])
-    dis = disassemble(model.export(str(tmp_path / f"{name}.so")))
+def test_arm64_build_uses_neon(name, arm64_zoo_library):
+    dis = disassemble(arm64_zoo_library(name))
     vector_fmla = count_insns(dis, r"\tfmla\tv\d+\.4s")
     assert vector_fmla > 50, f"{vector_fmla} NEON fmla instructions"
 
