@@ -17,10 +17,7 @@ Phone fixtures (tracker + emulated arm64 device) live in phone_fixtures.py.
 import numpy as np
 import pytest
 
-from mdl_tvm.core.threads import default_affinity, default_threads
-
-default_threads()  # the rules `import mdl_tvm` applies, before any test starts a process
-default_affinity()
+import mdl_tvm  # sets its thread defaults before any test starts a process
 
 try:
     from phone_fixtures import *  # noqa: F401,F403
@@ -53,7 +50,6 @@ def arm64_zoo_library(tmp_path_factory):
     """``get(name) -> path``: zoo model `name` (`mdl_tvm.zoo.build`, default seed and input
     shape) compiled for ``arm64`` and exported, once per session: the phone zoo test runs the
     library, the NEON test disassembles the same file (ResNet-18 at 224: ~23 s per build)."""
-    import mdl_tvm
     from mdl_tvm import zoo
 
     root, built = tmp_path_factory.mktemp("arm64_zoo"), {}
