@@ -1,25 +1,24 @@
-"""Which algorithm computes a 3 x 3 convolution: direct (packed, register-blocked) or
-Winograd F(m, 3), with which GEMM register tile -- decided by an instruction-count model.
+"""Which algorithm computes a convolution: the packed GEMM (im2col; vectors over pixels,
+or over output channels on small maps), direct, or Winograd F(m, 3) -- and with which
+register tile, decided by an instruction-count model.
 
 `choose_conv_algo` estimates the instructions one inference spends in each candidate and
 keeps the cheapest (Winograd must win by `WINOGRAD_MARGIN`):
 
-* direct: one vector FMA per ``L`` MACs at `DIRECT_PER_FMA` instructions (the packed
-  kernel's measured rate on the phone), plus one instruction per output for the epilogue;
+* GEMM (`gemm_cost`): per reduction step the register tile's FMAs, loads and loop
+  (`gemm_step_cost`), its blocks' stores, the im2col copy; with indexed FMAs also the tile
+  turned round (`schedules.gemm_channels`: a 7 x 7 map's 49 pixels fill no whole vectors);
 * Winograd F(m, 3): the batched GEMM (``alpha^2 * K * C * T / L`` FMAs at the register
-  tile's rate, `gemm_step_cost`, plus the tile's init and store per block), the input
-  transform per channel and vector of tiles, the output transform per output channel and
-  vector of tiles (`TRANSFORM_COST`, measured on the phone) and the gathering epilogue.
-  Tiles are padded to the GEMM's block and output channels to its ``kb``: small maps
-  (few tiles) and few channels make Winograd lose -- unless all tiles fit one vector and
-  the core has indexed FMAs: then the GEMM may run with output channels as the vector
-  (`schedules.winograd_channels`, ``by_channels``), e.g. F(4,3) on a 7 x 7 map in fp16.
+  tile's rate plus the tile's init and store per block), the input transform per channel
+  and vector of tiles, the output transform per output channel and vector of tiles
+  (`TRANSFORM_COST`, measured on the phone) and the gathering epilogue. Small maps and few
+  channels make it lose -- unless all tiles fit one vector and the core has indexed FMAs:
+  then output channels are the vector (`schedules.winograd_channels`, ``by_channels``).
 
 Rules on top of the model: Winograd only for 3 x 3, stride 1, dilation 1, constant weights;
 fp16 never uses F(6,3) (its transform error is ~1e-1 in fp16, `schedules.wino_math`);
-F(6,3) only when both channel counts are <= `F6_MAX_CHANNELS` (its weights are 64/9 = 7.1x
-the 3 x 3 weights, F(4,3)'s 4x: NCNN's rule, which keeps ResNet-18's 512-channel layers at
-4x).
+F(6,3) only when both channel counts are <= `F6_MAX_CHANNELS` (its weights are 7.1x the
+3 x 3 weights, F(4,3)'s 4x: NCNN's rule).
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ DIRECT_PER_FMA = 1.25
 WINOGRAD_MARGIN = 0.9
 # F(6,3) only when input and output channels are both at most this (weight size).
 F6_MAX_CHANNELS = 128
-# Instructions per (channel, vector of tiles) of the input transform (by rows of tiles,
-# by gathered tiles) and per (output channel, vector of tiles) of the output transform,
-# by tile size m.
+# Instructions per (channel, vector of tiles) of the input transform (by rows of tiles, by
+# gathered tiles) and per (output channel, vector of tiles) of the output transform, by m.
 TRANSFORM_COST = {
     2: {"rows": 60.0, "gather": 80.0, "output": 70.0},
     4: {"rows": 220.0, "gather": 290.0, "output": 240.0},
@@ -44,8 +42,7 @@ TRANSFORM_COST = {
 }
 # Instructions per output pixel of the epilogue that gathers pixels from the tile buffer.
 EPILOGUE_PER_PIXEL = 2.0
-# Registers the channel-vector Winograd GEMM leaves beside its tile (8 x 3 in fp32 did
-# not spill on the phone).
+# Registers a channel-vector GEMM leaves beside its tile (8 x 3 in fp32 did not spill).
 CHANNELS_SPARE = 3
 _LOOP_PER_STEP = 0.75  # loop control per reduction step (4 steps unrolled)
 _LOADS_PER_VECTOR = 0.6  # paired loads (ldp) on AArch64
@@ -75,8 +72,9 @@ class ConvAlgo:
         Parallel tasks per segment of the GEMM convolution, each with its share of the
         output-channel chunks (sharing one im2col copy of the segment).
     by_channels : bool
-        Winograd with output channels as the vector (`schedules.winograd_channels`; all
-        tiles in one vector, ``tile_vectors`` 1, ``k_block`` a multiple of the lanes).
+        Output channels as the vector, ``k_block`` a multiple of the lanes: Winograd
+        (`schedules.winograd_channels`) or GEMM (`schedules.gemm_channels`, with
+        ``tile_vectors`` pixels per block).
     """
 
     kind: str
@@ -102,9 +100,8 @@ def winograd_tile_sizes(dtype: str, in_channels: int, out_channels: int) -> tupl
 
 
 def gemm_step_cost(cfg: MachineConfig, lanes: int, k_block: int, vectors: int) -> float:
-    """Instructions per reduction step of a ``k_block x vectors`` register tile: the FMAs,
-    the loads (tile vectors, plus the weights as vectors with indexed FMAs or one broadcast
-    each without) and the loop."""
+    """Instructions per reduction step of a ``k_block x vectors`` register tile: FMAs, loads
+    (tile vectors; weights as vectors with indexed FMAs, else one broadcast each), loop."""
     weights = _ceil_div(k_block, lanes) if cfg.indexed_fma else k_block
     loads = (vectors + weights) * (_LOADS_PER_VECTOR if cfg.indexed_fma else 1.0)
     return k_block * vectors + loads + _LOOP_PER_STEP
@@ -113,9 +110,8 @@ def gemm_step_cost(cfg: MachineConfig, lanes: int, k_block: int, vectors: int) -
 def gemm_tiles(cfg: MachineConfig, lanes: int, spare: int = 1,
                half: bool = False) -> list[tuple[int, int]]:
     """Candidate ``(k_block, vectors)`` register tiles that fit the register file with
-    `spare` registers left for addresses and temporaries of the loop body; `half` adds a
-    half-vector block of weights (used by lane from a 64-bit load, for convolutions with
-    few output channels, e.g. an RGB output layer) where the core has indexed FMAs."""
+    `spare` registers left for the loop body; `half` adds a half-vector block of weights
+    (used by lane from a 64-bit load: few output channels, e.g. an RGB output layer)."""
     if cfg.indexed_fma:
         blocks = [b for b in (lanes // 2 if half else 0, lanes, 2 * lanes, 4 * lanes)
                   if 2 <= b <= 16]
@@ -129,9 +125,8 @@ def gemm_tiles(cfg: MachineConfig, lanes: int, spare: int = 1,
 
 
 def _fits(cfg: MachineConfig, rows: int, vectors: int, row_regs: int, spare: int) -> bool:
-    """A ``rows x vectors`` tile of accumulators, its `vectors` loaded vectors, `row_regs`
-    registers of by-lane values and `spare` ones fit the register file (and the tile holds
-    at least 4 accumulators)."""
+    """A ``rows x vectors`` tile of (at least 4) accumulators, its `vectors` loaded vectors,
+    `row_regs` registers of by-lane values and `spare` ones fit the register file."""
     return rows * vectors + vectors + row_regs + spare <= cfg.num_regs and rows * vectors >= 4
 
 
@@ -164,8 +159,7 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
     # the 512-channel 7 x 7 conv measured 1.61 ms against F(2,3) by tiles' 1.33 ms
     if cfg.indexed_fma and by_channels is not False:
         channels = _channels_cost(cfg, lanes, (alpha, m, n_w >= lanes), c, k, tiles, epilogue)
-        if channels.cost < best.cost:
-            best = channels
+        best = channels if channels.cost < best.cost else best
     return best
 
 
@@ -229,13 +223,13 @@ def direct_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int
     return macs / lanes * DIRECT_PER_FMA + outputs
 
 
-# im2col: instructions per copied element (unit stride, strided), per copied row.
-_IM2COL_PER_ELEM = {1: 0.5, 2: 1.0}
-_IM2COL_PER_ROW = 10.0
-# Epilogue of the GEMM convolution per accumulator vector (bias, activation, store).
-_GEMM_EPILOGUE_PER_VECTOR = 4.0
+# im2col: instructions per copied element (unit stride, strided), per copied row; GEMM
+# epilogue per accumulator vector (bias, activation, store).
+_IM2COL_PER_ELEM, _IM2COL_PER_ROW, _GEMM_EPILOGUE_PER_VECTOR = {1: 0.5, 2: 1.0}, 10.0, 4.0
 # Bytes of im2col buffer per segment the row choice aims to stay under.
 _IM2COL_BYTES = 256 * 1024
+# ... for channel-vector tiles (a 7 x 7 map's 3 x 3 x 256 rows, 451 KiB, as NCNN's tiles)
+_CHANNELS_IM2COL_BYTES = 512 * 1024
 # Parallel tasks per core the segments should give.
 _TASKS_PER_CORE = 2
 # Estimated instructions under which a GEMM convolution is not split for parallelism.
@@ -263,6 +257,7 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                   and not geo.pad_left and geo.in_width == ow)
     wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
     serial = parallel = ConvAlgo("gemm", cost=float("inf"))
+    found = []  # (algo, parallel tasks)
     # a grouped im2col conv copies one group's rows per task (no k_groups split)
     per_group_copy = geo.groups > 1 and im2col
     # a half-vector block only where a full one would leave half its lanes idle: the
@@ -288,14 +283,51 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                 cost += segs * rows_all * (
                     seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
                     + rows * _IM2COL_PER_ROW)
-            algo = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
-            if cost < serial.cost:
-                serial = algo
             tasks = segs * (geo.groups if per_group_copy else groups)
-            if tasks >= wanted and cost < parallel.cost:
-                parallel = algo
+            found.append((ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups), tasks))
+    for algo, tasks in found + list(_gemm_channels(cfg, lanes, geo, out_rows, batch, wanted)):
+        serial = algo if algo.cost < serial.cost else serial
+        parallel = algo if tasks >= wanted and algo.cost < parallel.cost else parallel
     return serial if serial.cost < PARALLEL_MIN_COST or parallel.cost == float("inf") \
         else parallel
+
+
+def _gemm_channels(cfg: MachineConfig, lanes: int, geo: ConvGeometry, out_rows: int,
+                   batch: int, wanted: int):
+    """``(ConvAlgo, tasks)`` with output channels as the vector (`schedules.gemm_channels`:
+    indexed FMAs, one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors``
+    pixels, always an im2col copy, each accumulator vector stored lane by lane)."""
+    if not cfg.indexed_fma or geo.groups != 1:
+        return
+    red, ow, k = geo.in_channels * geo.kernel[0] * geo.kernel[1], geo.out_width, geo.out_channels
+    elem = 4 if lanes == 4 else 2
+    for nv in (1, 2, 3, 4):
+        if k % (nv * lanes):
+            continue
+        chunks = k // (nv * lanes)
+        for p in range(1, 3 * lanes + 1):
+            if not _fits(cfg, p, nv, _ceil_div(p, lanes), spare=CHANNELS_SPARE):
+                continue
+            for groups, rows in _task_choices(out_rows, ow, p, red * elem, chunks, wanted,
+                                              _CHANNELS_IM2COL_BYTES):
+                seg, segs = rows * ow, batch * _ceil_div(out_rows, rows)
+                blocks = [(seg // p, p)] + ([(1, seg % p)] if seg % p else [])
+                cost = segs * chunks * sum(
+                    count * (red * _channel_step(lanes, size, nv)
+                             + size * nv * (lanes + 2) + _BLOCK_OVERHEAD)
+                    for count, size in blocks)
+                cost += segs * red * (seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
+                                      + rows * _IM2COL_PER_ROW)
+                yield (ConvAlgo("gemm", 0, nv * lanes, p, rows, cost=cost, k_groups=groups,
+                                by_channels=True), segs * groups)
+
+
+def _channel_step(lanes: int, pixels: int, nv: int) -> float:
+    """Instructions per step of a channel-vector tile as LLVM emits it on AArch64: FMAs,
+    whole vectors in pairs (``ldp``), the pixels past them one load per power-of-two piece
+    (7 fp32 pixels: q, d, s), one of loop (measured on ResNet-18's 7 x 7 conv)."""
+    whole, rest = divmod(pixels, lanes)
+    return pixels * nv + _ceil_div(whole, 2) + bin(rest).count("1") + _ceil_div(nv, 2) + 1.0
 
 
 def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
@@ -312,14 +344,14 @@ def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
 
 
 def _task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: int,
-                  wanted: int) -> list[tuple[int, int]]:
+                  wanted: int, budget: int = _IM2COL_BYTES) -> list[tuple[int, int]]:
     """``(k_groups, rows)`` pairs: segments of at least one pixel block with the im2col
     buffer within budget; a direct GEMM (`col_bytes` 0) splits its tasks by every
     output-channel chunk, an im2col one by a divisor of the chunks up to `wanted` (the
     groups share one copy of the segment), so that small maps need not be cut into short
     segments whose last pixel block is mostly waste."""
     fits = [r for r in range(1, out_rows + 1) if r * ow >= block
-            and (r == 1 or r * ow * col_bytes <= _IM2COL_BYTES)]
+            and (r == 1 or r * ow * col_bytes <= budget)]
     groups = [chunks] if not col_bytes else [
         g for g in range(1, min(chunks, wanted) + 1) if chunks % g == 0]
     return [(g, r) for g in groups for r in fits]

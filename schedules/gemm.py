@@ -15,7 +15,9 @@ Recognises
 Schedule
     replaces the function by `schedules.gemm_kernel.gemm_conv_func` (the same parameters):
     im2col per segment of output rows where needed, a ``kb x nv`` register tile of vector
-    accumulators over flattened output pixels, the epilogue applied to the accumulators.
+    accumulators over flattened output pixels, or a ``P x nv`` one over output channels
+    (`schedules.gemm_channels`, when the choice says ``by_channels``), the epilogue applied
+    to the accumulators.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ CONV_KEY = "mdl.conv"
 
 def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilation,
                 tile_vectors: int, rows: int, out_dtype: str = "float32", k_groups: int = 1,
-                groups: int = 1):
+                groups: int = 1, by_channels: bool = False):
     """NCHW convolution over packed weights, annotated for `GemmConv`.
 
     Parameters
@@ -46,7 +48,7 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
     padding : tuple of int
         ``(top, left, bottom, right)``.
     tile_vectors : int
-        Vectors of pixels per register tile.
+        Vectors of pixels per register tile (`by_channels`: pixels per block).
     rows : int
         Output rows per segment (the kernel's parallel and im2col unit).
     out_dtype : str
@@ -57,6 +59,9 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
         Channel groups: output channel ``k`` reads inputs ``k / (K / groups) * C / groups``
         onwards (``C / groups`` of them; the packed weights' second axis); ``kb`` divides
         ``K / groups``.
+    by_channels : bool
+        Output channels as the vector (`schedules.gemm_channels`; one group, ``kb`` a
+        multiple of the lanes dividing `out_channels`).
 
     Returns
     -------
@@ -87,7 +92,8 @@ def conv2d_gemm(data, weight_packed, out_channels: int, strides, padding, dilati
                       axis=[rc, ry, rx])
 
     attrs = {RULE_KEY: "gemm_conv", TILE_KEY: kb, VECTOR_KEY: tile_vectors,
-             CONV_KEY: [sh, sw, top, left, bottom, right, dh, dw, rows, k_groups, groups]}
+             CONV_KEY: [sh, sw, top, left, bottom, right, dh, dw, rows, k_groups, groups,
+                        int(by_channels)]}
     return te.compute((n, out_channels, oh, ow), _value, name="mdl_gemm_conv", attrs=attrs)
 
 
@@ -103,7 +109,7 @@ class GemmConv(Rule):
             return None
         block = sch.get(found[0])
         ann = block.annotations
-        sh, sw, top, left, bottom, right, dh, dw, rows, k_groups, groups = (
+        sh, sw, top, left, bottom, right, dh, dw, rows, k_groups, groups, by_channels = (
             int(v) for v in ann[CONV_KEY])
         reads = {len(r.source.ty.shape): r.source for r in block.reads}
         data, weight = reads.get(4), reads.get(5)
@@ -119,7 +125,8 @@ class GemmConv(Rule):
         geometry = {"strides": (sh, sw), "padding": (top, left, bottom, right),
                     "dilation": (dh, dw), "out_shape": out_shape,
                     "vectors": int(ann[VECTOR_KEY]), "rows": rows, "dtype": dtype,
-                    "k_groups": k_groups, "by_lane": cfg.indexed_fma, "groups": groups}
+                    "k_groups": k_groups, "by_lane": cfg.indexed_fma, "groups": groups,
+                    "by_channels": bool(by_channels)}
         new = gemm_conv_func(func, data, weight, geometry, epilogue, cfg.lanes(dtype),
                              parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")

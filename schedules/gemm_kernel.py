@@ -37,6 +37,7 @@ from schedules.algo import tail_tile
 from schedules.common import cast_to as _cast
 from schedules.common import ceil_div as _ceil_div
 from schedules.common import ramp as _vec
+from schedules.gemm_channels import channel_block, check_channel_tile
 from schedules.register_tile import reduce_tile
 
 OPAQUE = 8  # Relax op pattern "opaque"
@@ -83,10 +84,16 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
     # output-channel chunks per group (1 chunk of every output when groups = 1)
     group_chunks = k_out // groups // kb if groups > 1 else chunks
     seg = rows * ow
-    tp = nv * lanes
-    if seg < tp:
+    # channel vectors (`schedules.gemm_channels`): `vectors` is the block's pixel count
+    by_channels = bool(geometry.get("by_channels"))
+    tp = nv if by_channels else nv * lanes
+    if by_channels:
+        check_channel_tile(kb, lanes, k_out, groups, seg, tp)
+    elif seg < tp:
         raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
-    direct = kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
+    # (channel vectors always copy: a block's by-lane loads may pass the input's end)
+    direct = (kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
+              and not by_channels)
     n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
     k_groups = geometry.get("k_groups", 1)
     if chunks % k_groups:
@@ -112,9 +119,10 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 loop = T.parallel if parallel else T.serial
                 # rows of the im2col copy a whole number of vectors apart: every load of
                 # the tile is at an offset `ldp q` / `ldr q` can encode
-                stride = _ceil_div(seg, lanes) * lanes
+                # (channel vectors: one vector more, for a block's loads past its end)
+                stride = _ceil_div(seg, lanes) * lanes + (lanes if by_channels else 0)
 
-                tail = tail_tile(seg, nv, lanes)
+                tail = (seg % tp or None) if by_channels else tail_tile(seg, nv, lanes)
                 full = seg // tp if tail else n_blk
                 # the weights' load width of a full block, kept by the narrower tail block
                 # (reduce_tile's default would follow the tail's lanes)
@@ -137,6 +145,16 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     """Output-channel chunks ``chunk0 ..`` (`count` of them)."""
                     with T.serial(0, count) as kc_inner:
                         kc = chunk0 + kc_inner
+                        if by_channels:  # whole blocks, then one of the pixels left
+                            operands = (wflat, red, (src, src_base, stride))
+                            with T.serial(0, full) as blk:
+                                channel_block(epilogue, dtype, operands,
+                                              (kc, img, y0 * ow, blk * tp), (tp, kb, lanes, ow))
+                            if tail:
+                                channel_block(epilogue, dtype, operands,
+                                              (kc, img, y0 * ow, seg - tail),
+                                              (tail, kb, lanes, ow))
+                            return
                         with T.serial(0, full) as blk:
                             q0 = blk * tp if tail else T.bind(tirx.min(blk * tp, seg - tp))
                             _block(kc, img, y0, (src, src_base, stride), q0, (nv, lanes))

@@ -104,8 +104,8 @@ def _conv2d(cfg: MachineConfig, bb, call):
             packed = bb.emit_te(compute.pack_conv_weight, weight, algo.k_block,
                                 primfunc_name_hint="mdl_pack_conv_weight")
             return bb.call_te(conv2d_gemm, data, packed, out_c, strides, padding, dilation,
-                              algo.tile_vectors, algo.rows, out_dtype, algo.k_groups,
-                              primfunc_name_hint="mdl_conv2d_gemm")
+                              algo.tile_vectors, algo.rows, out_dtype, algo.k_groups, 1,
+                              algo.by_channels, primfunc_name_hint="mdl_conv2d_gemm")
         tile = choose_conv_tile(cfg, out_dtype, geo, oh)
         packed = bb.emit_te(compute.pack_conv_weight, weight, tile.oc_block,
                             primfunc_name_hint="mdl_pack_conv_weight")

@@ -1,0 +1,80 @@
+"""The GEMM convolution with output channels as the vector (`schedules.gemm_channels`):
+numerics against the unscheduled TIR on odd geometries, and the choice between it and the
+pixel-vector tile."""
+
+import pytest
+from helpers import check_rule_numerics, neon_config, relax_module
+from tvm import relax
+
+from schedules import algo, legalize
+from schedules.config import ConvGeometry, MachineConfig
+
+
+@pytest.mark.parametrize("in_c, out_c, kernel, stride, hw, dtype, tile, residual", [
+    (12, 16, 3, 2, (14, 13), "float32", (8, 12, 7), False),  # 49 = 4 x 12 + 1
+    (10, 8, 3, 2, (14, 14), "float32", (8, 7, 2), True),  # 7 pixels: q + d + s loads
+    (9, 16, 1, 1, (7, 7), "float16", (16, 11, 7), True),  # 1 x 1 stride 1 (copied)
+    (8, 24, 3, 1, (5, 6), "float32", (12, 8, 2), False),  # segments shifted (5 rows by 2)
+    (6, 8, 3, 1, (1, 1), "float16", (8, 1, 1), True),  # a 1-pixel map
+    (5, 8, 5, 2, (9, 9), "float32", (4, 5, 5), False),  # 5 x 5, few input channels
+    (16, 32, 3, 1, (3, 3), "float16", (32, 4, 3), False),  # kb = 4 vectors, 9 = 4 + 4 + 1
+])
+def test_channel_tile_matches_unscheduled(monkeypatch, rng, in_c, out_c, kernel, stride, hw,
+                                          dtype, tile, residual):
+    kb, pixels, rows = tile
+    monkeypatch.setattr(legalize, "choose_conv_algo", lambda *a, **k: algo.ConvAlgo(
+        "gemm", 0, kb, pixels, rows, by_channels=True))
+    pad = kernel // 2
+    w = (rng.standard_normal((out_c, in_c, kernel, kernel)) / kernel).astype(dtype)
+    bias = rng.standard_normal((1, out_c, 1, 1)).astype(dtype)
+    out_hw = [(n + 2 * pad - kernel) // stride + 1 for n in hw]
+    res = rng.standard_normal((1, out_c, *out_hw)).astype(dtype)  # gathered by lane
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=pad,
+                                       out_dtype=dtype))
+        y = bb.emit(relax.op.add(y, relax.const(bias)))
+        if residual:
+            y = bb.emit(relax.op.add(y, relax.const(res)))
+        return relax.op.nn.relu(y)
+
+    x = rng.standard_normal((1, in_c, *hw)).astype(dtype)
+    check_rule_numerics(relax_module(x.shape, body, dtype), x, neon_config(), "gemm_conv",
+                        dtype)
+
+
+def test_channel_tile_rejects_a_partial_chunk():
+    from schedules.gemm_channels import check_channel_tile
+
+    with pytest.raises(ValueError, match="multiple of the 4 lanes dividing the 12"):
+        check_channel_tile(8, 4, 12, 1, 49, 12)
+    with pytest.raises(ValueError, match="do not fit a segment of 7"):
+        check_channel_tile(8, 4, 16, 1, 7, 12)
+
+
+def _geo(c, k, hw, ks, stride):
+    ow = (hw + 2 * (ks // 2) - ks) // stride + 1
+    return ConvGeometry(c, hw, hw, k, ow, (ks, ks), (stride, stride), (1, 1), ks // 2,
+                        ks // 2), ow
+
+
+@pytest.mark.parametrize("c, k, hw, ks, stride, dtype, channels", [
+    (256, 512, 14, 3, 2, "float32", True),  # ResNet-18's 7 x 7 stride-2 conv
+    (256, 512, 14, 3, 2, "float16", True),
+    (128, 256, 28, 3, 2, "float16", True),  # 14 x 14
+    (64, 128, 56, 3, 2, "float32", False),  # 28 x 28: whole pixel vectors
+    (3, 64, 224, 7, 2, "float32", False),  # the stem
+    (256, 510, 14, 3, 2, "float32", False),  # no kb divides 510: pixel vectors
+])
+def test_cost_model_picks_channel_vectors_on_small_maps(c, k, hw, ks, stride, dtype, channels):
+    geo, ow = _geo(c, k, hw, ks, stride)
+    arm = MachineConfig(vector_bits=128, num_regs=32, num_cores=4, fp16_arith=True,
+                        indexed_fma=True)
+    chosen = algo.choose_conv_algo(arm, dtype, geo, ow)
+    assert chosen.kind == "gemm" and chosen.by_channels is channels
+
+
+def test_cost_model_keeps_pixel_vectors_without_indexed_fmas():
+    geo, ow = _geo(256, 512, 14, 3, 2)
+    x86 = MachineConfig(vector_bits=256, num_regs=16, num_cores=2)
+    assert not algo.choose_conv_algo(x86, "float32", geo, ow).by_channels
