@@ -186,7 +186,7 @@ def _channels_cost(cfg: MachineConfig, lanes: int, shape: tuple, c: int, k: int,
     best = ConvAlgo("winograd", m, cost=float("inf"), by_channels=True)
     # whole or half vectors of tiles per block (one load each; other part-vectors take one
     # load per piece), or all the tiles of a small map
-    sizes = (lanes, lanes + lanes // 2, 2 * lanes)
+    sizes = (lanes, lanes + lanes // 2, 2 * lanes, 3 * lanes)
     for p in sorted({b for b in sizes if b <= tiles} | {min(tiles, 2 * lanes)}):
         for nv in range(1, 7):
             if not _fits(cfg, p, nv, _ceil_div(p, lanes), spare=CHANNELS_SPARE):
@@ -254,7 +254,8 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
     group_out = geo.out_channels // geo.groups
     ow, k = geo.out_width, geo.out_channels
     im2col = not (geo.kernel == (1, 1) and geo.stride == (1, 1) and not geo.pad_top
-                  and not geo.pad_left and geo.in_width == ow)
+                  and not geo.pad_left and geo.in_width == ow
+                  and not (cfg.indexed_fma and geo.in_height * geo.in_width % lanes))
     wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
     serial = parallel = ConvAlgo("gemm", cost=float("inf"))
     found = []  # (algo, parallel tasks)

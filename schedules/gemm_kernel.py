@@ -91,9 +91,12 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         check_channel_tile(kb, lanes, k_out, groups, seg, tp)
     elif seg < tp:
         raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
-    # (channel vectors always copy: a block's by-lane loads may pass the input's end)
+    # read in place only where each input plane is a whole number of vectors on AArch64
+    # (`ldr q` offsets are multiples of 16 bytes: fp16 14 x 14 planes cost an address
+    # computation per load), and never by channel vectors (their by-lane loads may pass
+    # the input's end)
     direct = (kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
-              and not by_channels)
+              and not by_channels and not (geometry.get("by_lane") and h * w % lanes))
     n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
     k_groups = geometry.get("k_groups", 1)
     if chunks % k_groups:
