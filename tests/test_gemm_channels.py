@@ -12,6 +12,7 @@ from schedules.config import ConvGeometry, MachineConfig
 
 @pytest.mark.parametrize("in_c, out_c, kernel, stride, hw, dtype, tile, residual", [
     (12, 16, 3, 2, (14, 13), "float32", (8, 12, 7), False),  # 49 = 4 x 12 + 1
+    (12, 16, 3, 2, (2, 14, 13), "float32", (8, 12, 7), True),  # batch 2
     (10, 8, 3, 2, (14, 14), "float32", (8, 7, 2), True),  # 7 pixels: q + d + s loads
     (9, 16, 1, 1, (7, 7), "float16", (16, 11, 7), True),  # 1 x 1 stride 1 (copied)
     (8, 24, 3, 1, (5, 6), "float32", (12, 8, 2), False),  # segments shifted (5 rows by 2)
@@ -27,8 +28,9 @@ def test_channel_tile_matches_unscheduled(monkeypatch, rng, in_c, out_c, kernel,
     pad = kernel // 2
     w = (rng.standard_normal((out_c, in_c, kernel, kernel)) / kernel).astype(dtype)
     bias = rng.standard_normal((1, out_c, 1, 1)).astype(dtype)
+    batch, hw = (hw[0], hw[1:]) if len(hw) == 3 else (1, hw)
     out_hw = [(n + 2 * pad - kernel) // stride + 1 for n in hw]
-    res = rng.standard_normal((1, out_c, *out_hw)).astype(dtype)  # gathered by lane
+    res = rng.standard_normal((batch, out_c, *out_hw)).astype(dtype)  # gathered by lane
 
     def body(bb, x):
         y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=pad,
@@ -38,7 +40,7 @@ def test_channel_tile_matches_unscheduled(monkeypatch, rng, in_c, out_c, kernel,
             y = bb.emit(relax.op.add(y, relax.const(res)))
         return relax.op.nn.relu(y)
 
-    x = rng.standard_normal((1, in_c, *hw)).astype(dtype)
+    x = rng.standard_normal((batch, in_c, *hw)).astype(dtype)
     check_rule_numerics(relax_module(x.shape, body, dtype), x, neon_config(), "gemm_conv",
                         dtype)
 
