@@ -42,8 +42,7 @@ TRANSFORM_COST = {
 }
 # Instructions per output pixel of the epilogue that gathers pixels from the tile buffer.
 EPILOGUE_PER_PIXEL = 2.0
-# Registers a channel-vector GEMM leaves beside its tile (8 x 3 in fp32 did not spill).
-CHANNELS_SPARE = 3
+CHANNELS_SPARE = 3  # registers a channel-vector GEMM leaves beside its tile (8 x 3 fp32)
 _LOOP_PER_STEP = 0.75  # loop control per reduction step (4 steps unrolled)
 _LOADS_PER_VECTOR = 0.6  # paired loads (ldp) on AArch64
 _BLOCK_OVERHEAD = 15
@@ -298,7 +297,8 @@ def _gemm_channels(cfg: MachineConfig, lanes: int, geo: ConvGeometry, out_rows: 
     """``(ConvAlgo, tasks)`` with output channels as the vector (`schedules.gemm_channels`:
     indexed FMAs, one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors``
     pixels, always an im2col copy, each accumulator vector stored lane by lane)."""
-    if not cfg.indexed_fma or geo.groups != 1:
+    # maps under a vector stay direct (its rule takes squeeze-excite's fused channel scale)
+    if not cfg.indexed_fma or geo.groups != 1 or out_rows * geo.out_width < lanes:
         return
     red, ow, k = geo.in_channels * geo.kernel[0] * geo.kernel[1], geo.out_width, geo.out_channels
     elem = 4 if lanes == 4 else 2

@@ -67,13 +67,14 @@ def _geo(c, k, hw, ks, stride):
     (64, 128, 56, 3, 2, "float32", False),  # 28 x 28: whole pixel vectors
     (3, 64, 224, 7, 2, "float32", False),  # the stem
     (256, 510, 14, 3, 2, "float32", False),  # no kb divides 510: pixel vectors
+    (240, 960, 1, 1, 1, "float16", False),  # squeeze-excite's 1 x 1 map: the direct kernel
 ])
 def test_cost_model_picks_channel_vectors_on_small_maps(c, k, hw, ks, stride, dtype, channels):
     geo, ow = _geo(c, k, hw, ks, stride)
     arm = MachineConfig(vector_bits=128, num_regs=32, num_cores=4, fp16_arith=True,
                         indexed_fma=True)
     chosen = algo.choose_conv_algo(arm, dtype, geo, ow)
-    assert chosen.kind == "gemm" and chosen.by_channels is channels
+    assert chosen.kind == ("gemm" if hw > 1 else "direct") and chosen.by_channels is channels
 
 
 def test_cost_model_keeps_pixel_vectors_without_indexed_fmas():
