@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedules.config import ConvGeometry, MachineConfig
+from schedules.config import ConvGeometry, MachineConfig, reads_in_place
 
 # Instructions per vector FMA of the direct packed kernel (0.31 per MAC in fp32).
 DIRECT_PER_FMA = 1.25
@@ -225,14 +225,11 @@ def direct_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int
 # im2col: instructions per copied element (unit stride, strided), per copied row; GEMM
 # epilogue per accumulator vector (bias, activation, store).
 _IM2COL_PER_ELEM, _IM2COL_PER_ROW, _GEMM_EPILOGUE_PER_VECTOR = {1: 0.5, 2: 1.0}, 10.0, 4.0
-# Bytes of im2col buffer per segment the row choice aims to stay under.
-_IM2COL_BYTES = 256 * 1024
+_IM2COL_BYTES = 256 * 1024  # im2col bytes per segment the row choice aims to stay under
 # ... for channel-vector tiles (a 7 x 7 map's 3 x 3 x 256 rows, 451 KiB, as NCNN's tiles)
 _CHANNELS_IM2COL_BYTES = 512 * 1024
-# Parallel tasks per core the segments should give.
-_TASKS_PER_CORE = 2
-# Estimated instructions under which a GEMM convolution is not split for parallelism.
-PARALLEL_MIN_COST = 250_000
+_TASKS_PER_CORE = 2  # parallel tasks per core the segments should give
+PARALLEL_MIN_COST = 250_000  # estimated instructions under which a GEMM conv is not split
 
 
 def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
@@ -252,9 +249,9 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
     red = rows_all // geo.groups  # reduction of one output channel
     group_out = geo.out_channels // geo.groups
     ow, k = geo.out_width, geo.out_channels
-    im2col = not (geo.kernel == (1, 1) and geo.stride == (1, 1) and not geo.pad_top
-                  and not geo.pad_left and geo.in_width == ow
-                  and not (cfg.indexed_fma and geo.in_height * geo.in_width % lanes))
+    im2col = not reads_in_place(geo.kernel, geo.stride, geo.pad_top or geo.pad_left
+                                or geo.in_width != ow, geo.in_height * geo.in_width, lanes,
+                                cfg.indexed_fma)
     wanted = _TASKS_PER_CORE * cfg.num_cores if cfg.num_cores > 1 else 1
     serial = parallel = ConvAlgo("gemm", cost=float("inf"))
     found = []  # (algo, parallel tasks)
@@ -280,28 +277,27 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
                          + kb * vectors * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
                 for count, vectors in blocks)
             if im2col:  # all rows once per segment: shared by its k-groups, or per group
-                cost += segs * rows_all * (
-                    seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
-                    + rows * _IM2COL_PER_ROW)
+                cost += segs * rows_all * _im2col_row_cost(geo, seg, rows, lanes)
             tasks = segs * (geo.groups if per_group_copy else groups)
             found.append((ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups), tasks))
-    for algo, tasks in found + list(_gemm_channels(cfg, lanes, geo, out_rows, batch, wanted)):
+    found += _gemm_channels(cfg, (lanes, elem), geo, out_rows, batch, wanted)
+    for algo, tasks in found:
         serial = algo if algo.cost < serial.cost else serial
         parallel = algo if tasks >= wanted and algo.cost < parallel.cost else parallel
     return serial if serial.cost < PARALLEL_MIN_COST or parallel.cost == float("inf") \
         else parallel
 
 
-def _gemm_channels(cfg: MachineConfig, lanes: int, geo: ConvGeometry, out_rows: int,
+def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_rows: int,
                    batch: int, wanted: int):
     """``(ConvAlgo, tasks)`` with output channels as the vector (`schedules.gemm_channels`:
     indexed FMAs, one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors``
-    pixels, always an im2col copy, each accumulator vector stored lane by lane)."""
+    pixels, always an im2col copy, stores lane by lane); `widths`: lanes, element bytes."""
+    lanes, elem = widths
     # maps under a vector stay direct (its rule takes squeeze-excite's fused channel scale)
     if not cfg.indexed_fma or geo.groups != 1 or out_rows * geo.out_width < lanes:
         return
     red, ow, k = geo.in_channels * geo.kernel[0] * geo.kernel[1], geo.out_width, geo.out_channels
-    elem = 4 if lanes == 4 else 2
     for nv in (1, 2, 3, 4):
         if k % (nv * lanes):
             continue
@@ -317,10 +313,14 @@ def _gemm_channels(cfg: MachineConfig, lanes: int, geo: ConvGeometry, out_rows: 
                     count * (red * _channel_step(lanes, size, nv)
                              + size * nv * (lanes + 2) + _BLOCK_OVERHEAD)
                     for count, size in blocks)
-                cost += segs * red * (seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes
-                                      + rows * _IM2COL_PER_ROW)
+                cost += segs * red * _im2col_row_cost(geo, seg, rows, lanes)
                 yield (ConvAlgo("gemm", 0, nv * lanes, p, rows, cost=cost, k_groups=groups,
                                 by_channels=True), segs * groups)
+
+
+def _im2col_row_cost(geo: ConvGeometry, seg: int, rows: int, lanes: int) -> float:
+    """Instructions to copy one im2col row of a segment (`seg` pixels in `rows` rows)."""
+    return seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes + rows * _IM2COL_PER_ROW
 
 
 def _channel_step(lanes: int, pixels: int, nv: int) -> float:

@@ -308,3 +308,13 @@ def choose_row_tile(cfg: MachineConfig, dtype: str, out_width: int) -> int:
         if cost < best_cost - 1e-9:
             best, best_cost = tile, cost
     return best
+
+
+def reads_in_place(kernel, stride, padded: bool, plane: int, lanes: int,
+                   by_lane: bool) -> bool:
+    """Whether the GEMM convolution reads its input in place instead of an im2col copy:
+    1 x 1, stride 1, unpadded -- and, on cores with indexed FMAs (AArch64, where ``ldr q``
+    offsets are multiples of 16 bytes), input planes of whole vectors (a 392-byte fp16
+    14 x 14 plane costs an address computation per load)."""
+    return (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and not padded
+            and not (by_lane and plane % lanes))

@@ -37,6 +37,7 @@ from schedules.algo import tail_tile
 from schedules.common import cast_to as _cast
 from schedules.common import ceil_div as _ceil_div
 from schedules.common import ramp as _vec
+from schedules.config import reads_in_place
 from schedules.gemm_channels import channel_block, check_channel_tile
 from schedules.register_tile import reduce_tile
 
@@ -91,12 +92,9 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         check_channel_tile(kb, lanes, k_out, groups, seg, tp)
     elif seg < tp:
         raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
-    # read in place only where each input plane is a whole number of vectors on AArch64
-    # (`ldr q` offsets are multiples of 16 bytes: fp16 14 x 14 planes cost an address
-    # computation per load), and never by channel vectors (their by-lane loads may pass
-    # the input's end)
-    direct = (kh == kw == 1 and sh == sw == 1 and not any(geometry["padding"])
-              and not by_channels and not (geometry.get("by_lane") and h * w % lanes))
+    # never in place by channel vectors (their by-lane loads may pass the input's end)
+    direct = not by_channels and reads_in_place(
+        (kh, kw), (sh, sw), any(geometry["padding"]), h * w, lanes, geometry.get("by_lane"))
     n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
     k_groups = geometry.get("k_groups", 1)
     if chunks % k_groups:
