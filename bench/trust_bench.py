@@ -10,6 +10,11 @@
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3 --sweeps 1
     #    ... and with layers before a ReLU fitted to their clamped output
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 --relaxed
+    # ... with the output-sensitivity plan; without residual targets (the method before them)
+    python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 \
+        --sensitivity
+    python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 \
+        --no-residual
     # 3. fine-tuning at equal budget: ours (mask + recovery + masked fine-tuning), Torch-Pruning's
     #    magnitude pruner at the same MACs (without and with the same fine-tuning), and the
     #    uncompressed model fine-tuned for the same extra epochs
@@ -64,10 +69,12 @@ def accuracy(compiled, images, labels) -> float:
 
 
 def compressor(method: str, recovery: str, ratio: float, calibration, masks=None,
-               speedup: float | None = None, sweeps: int = 0, relaxed: bool = False):
+               speedup: float | None = None, sweeps: int = 0, relaxed: bool = False,
+               residual: bool = True, sensitivity: bool = False):
     """The pass object for `method` (``kmeans`` / ``mask``) with `recovery` (`speedup`: a
-    MACs target instead of one ratio; `sweeps`, `relaxed`: `RecoveryConfig.refit_sweeps`,
-    ``.relaxed_targets``)."""
+    MACs target instead of one ratio; `sweeps`, `relaxed`, `residual`, `sensitivity`:
+    `RecoveryConfig.refit_sweeps`, ``.relaxed_targets``, ``.residual_targets``,
+    ``.output_sensitivity``)."""
     from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 
     config = CompressConfig(speedup=speedup) if speedup else CompressConfig(ratio=ratio)
@@ -77,10 +84,13 @@ def compressor(method: str, recovery: str, ratio: float, calibration, masks=None
         return KMeansChannelClustering(config, calibration=calibration,
                                        options=RecoveryConfig(recovery=recovery,
                                                               refit_sweeps=sweeps,
-                                                              relaxed_targets=relaxed))
+                                                              relaxed_targets=relaxed,
+                                                              residual_targets=residual,
+                                                              output_sensitivity=sensitivity))
     # mask: the same redundancy-aware selection for every recovery (it needs the data)
     options = RecoveryConfig(criterion="redundancy", recovery=recovery, refit_sweeps=sweeps,
-                             relaxed_targets=relaxed)
+                             relaxed_targets=relaxed, residual_targets=residual,
+                             output_sensitivity=sensitivity)
     return MaskPruning(config, options, calibration=calibration, masks=masks)
 
 
@@ -95,7 +105,8 @@ class Bench:
         torch.set_num_threads(1)
         self.args, self.start = args, time.perf_counter()
         self.x, self.y = load_fashion_mnist("test", limit=args.test_limit)
-        self.train_x, _ = load_fashion_mnist("train", limit=1000)
+        self.train_x, _ = load_fashion_mnist("train", limit=max(1000, args.count,
+                                                                 *args.counts))
         self.path = Path(args.out) / f"{STEM}.json"
         self.data = (json.loads(self.path.read_text()) if self.path.exists()
                      else {"meta": {}, "rows": []})
@@ -130,7 +141,7 @@ class Bench:
 
     def save(self, row) -> None:
         key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs", "seed",
-               "recipe", "speedup", "sweeps", "relaxed")
+               "recipe", "speedup", "sweeps", "relaxed", "residual", "sensitivity")
         rows = [r for r in self.data["rows"]  # absent: seed 0, the SGD recipe
                 if any(r.get(k, DEFAULTS.get(k, 0)) != row.get(k, DEFAULTS.get(k, 0))
                        for k in key)]
@@ -144,7 +155,9 @@ class Bench:
         t = time.perf_counter()
         pruner = compressor(method, recovery, ratio, self.train_x[:count],
                             speedup=extra.get("speedup"), sweeps=extra.get("sweeps", 0),
-                            relaxed=extra.get("relaxed", False))
+                            relaxed=extra.get("relaxed", False),
+                            residual=extra.get("residual", True),
+                            sensitivity=extra.get("sensitivity", False))
         compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
         seconds = round(time.perf_counter() - t, 1)
         if extra.get("speedup"):  # the planned share: report the channels removed in all
@@ -179,6 +192,9 @@ def run_budget(bench, args):
             extra = {"sweeps": sweeps} if sweeps else {}
             if args.relaxed:
                 extra["relaxed"] = True
+            extra["residual"] = not args.no_residual  # rows before: absent (False)
+            if args.sensitivity:
+                extra["sensitivity"] = True
             for speedup in args.speedups:
                 bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
                                  speedup=speedup, **extra)
@@ -302,6 +318,12 @@ def main(argv=None) -> int:
     parser.add_argument("--relaxed", action="store_true",
                         help="budget part: fit layers before a ReLU / ReLU6 to the clamped "
                         "output (RecoveryConfig.relaxed_targets)")
+    parser.add_argument("--no-residual", action="store_true",
+                        help="budget part: without residual targets "
+                        "(RecoveryConfig.residual_targets=False)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="budget part: plan the MACs budget on output-sensitivity scaled "
+                        "curves (RecoveryConfig.output_sensitivity)")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--recipe", default="own", choices=RECIPES,

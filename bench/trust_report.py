@@ -19,6 +19,8 @@ def _label(r) -> str:
     plan = f" ({r['speedup']:g}x MACs plan)" if r.get("speedup") else ""
     plan += f" + {r['sweeps']} refit sweep{'s' * (r['sweeps'] > 1)}" if r.get("sweeps") else ""
     plan += " + relaxed targets" if r.get("relaxed") else ""
+    plan += " + residual targets" if r.get("residual") else ""
+    plan += " + output-sensitivity plan" if r.get("sensitivity") and r.get("speedup") else ""
     return f"{r['method']}+{r['recovery']}{plan}"
 
 

@@ -93,6 +93,29 @@ def clamp_after(mod, binding: int, func_name: str = "main") -> tuple[float, floa
     return None
 
 
+def residual_after(mod, binding: int, func_name: str = "main") -> int | None:
+    """Binding of the other operand of the residual ``add`` that is the only user of
+    `binding`'s output (after its per-channel bias, if any); None otherwise (or when the
+    other operand is a constant, the function's input or of another shape)."""
+    import tvm
+
+    bindings, _ = main_bindings(mod, func_name)
+    position = {hash(b.var): i for i, b in enumerate(bindings)}
+    loc = bias_of(mod, binding, func_name)
+    var = bindings[loc[0] if loc else binding].var
+    users = [b.value for b in bindings
+             if any(a.same_as(var) for a in (getattr(b.value, "args", None)
+                                               or getattr(b.value, "fields", ())))]
+    if len(users) != 1 or getattr(users[0], "op", None) != tvm.ir.Op.get("relax.add"):
+        return None
+    args = list(users[0].args)
+    if len(args) != 2 or args[0].same_as(args[1]):
+        return None
+    other = args[1] if args[0].same_as(var) else args[0]
+    same = [[int(d) for d in v.ty.shape] for v in (var, other)]
+    return position.get(hash(other)) if same[0] == same[1] else None  # no broadcasts
+
+
 def input_width(spec: ConsumerSpec) -> int:
     """Columns of `weight_matrix` (a conv's: every input channel times its taps)."""
     if spec.kind == "conv2d":

@@ -12,8 +12,9 @@ the fit samples and the held-out samples:
 * per consumer, the Gram of ``[X, 1, Y]`` over every output position, where ``X`` are the
   consumer's current input rows (im2col for a conv, all of them) and ``Y`` the original
   network's output of that layer (bias included, rows of the current output channels;
-  for a layer followed by a ReLU or ReLU6, its `relaxed` target): consumer least squares
-  and the held-out error of every candidate weight.
+  for a layer followed by a ReLU or ReLU6, its `relaxed` target; for a layer added to a
+  residual, plus what the residual lost, `residual`): consumer least squares and the
+  held-out error of every candidate weight.
 
 No N x H x W matrix is ever stored. Sites and bindings are positions in the dataflow
 block, which a channel rewrite keeps.
@@ -129,6 +130,7 @@ class RowPlan:
     orig_bias: np.ndarray
     out_index: np.ndarray
     clamp: tuple | None = None  # (current weight (outputs, inputs), bias, low, high): see relaxed
+    skip: int | None = None  # binding of the residual added to the output: see residual
 
 
 @dataclass
@@ -176,6 +178,8 @@ def collect(current, original, samples, split, sites: dict, rows: dict[int, RowP
             if plan.clamp is not None:
                 w_cur, b_cur, low, high = plan.clamp
                 y = relaxed(y, x_cur @ w_cur.T + b_cur, low, high)  # current output rows
+            if plan.skip is not None:
+                y = y + residual(orig[plan.skip], cur[plan.skip], plan.out_index)
             row_stats[b].grams[which[s]].add(np.hstack([x_cur, np.ones((len(y), 1)), y]))
         if which[s] == "fit":
             for b, (spec, source) in sampled.items():
@@ -193,6 +197,16 @@ def relaxed(y: np.ndarray, y_cur: np.ndarray, low: float, high: float) -> np.nda
     clamped output); the same above `high`. Elsewhere the original output."""
     return np.where(y <= low, np.minimum(y_cur, low),
                     np.where(y >= high, np.maximum(y_cur, high), y))
+
+
+def residual(orig_skip: np.ndarray, cur_skip: np.ndarray, out_index: np.ndarray) -> np.ndarray:
+    """What a layer whose output is added to a residual must add to its original output
+    so that the *sum* matches the original network's: ``skip_orig − skip_cur`` as rows
+    (pixels, kept output channels). The layer then absorbs the error the residual stream
+    carries from upstream instead of passing it on (the multi-branch target of He et al.,
+    "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV 2017)."""
+    orig = pixels(orig_skip, 0, orig_skip.shape[1])[:, out_index]
+    return orig - pixels(cur_skip, 0, cur_skip.shape[1])
 
 
 def consumer_gram(weight: np.ndarray, spec: ConsumerSpec, offset: int, length: int,

@@ -44,6 +44,7 @@ import warnings
 import numpy as np
 
 from mdl_tvm.core.relax_utils import bound_constants
+from relay_passes.budget_curves import planning_curves
 from relay_passes.channel_graph import ChannelGroup, analyze, weight_rows
 from relay_passes.channel_rewrite import Edit, rewrite
 from relay_passes.config import DEFAULT_CONFIG, CompressConfig, RecoveryConfig, kept_channels
@@ -182,8 +183,8 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
     reports = report_frozen(graph, config)
     driver = LayerwiseDriver(mod, config, options, calibration, func_name, runner)
     if config.speedup is not None:
-        config = driver.config = planned_config(mod, config, order,
-                                                driver.removal_curves(order), func_name)
+        curves = planning_curves(driver, order, config.speedup)
+        config = driver.config = planned_config(mod, config, order, curves, func_name)
 
     def choose(evidence):
         group = evidence.group
@@ -207,7 +208,7 @@ class KMeansChannelClustering:
     With `calibration`, the consume matrices are fitted on data (`options`: a
     `RecoveryConfig`, its criterion unused). After a call, ``.reports`` holds one
     `GroupReport` per channel group (and, with data, ``.choices`` / ``.model_error`` /
-    ``.consume`` / ``.refits`` as `MaskPruning`).
+    ``.consume`` / ``.refits`` / ``.sensitivity`` as `MaskPruning`).
     `as_tvm_pass()` wraps it as a `tvm.transform` module pass for a `Sequential`.
     """
 
@@ -222,7 +223,7 @@ class KMeansChannelClustering:
         self.config, self.merge, self.reports = config, merge, []
         self.calibration, self.runner, self.options = calibration, runner, options
         self.choices, self.priors, self.model_error = {}, {}, None
-        self.consume, self.refits = {}, {}
+        self.consume, self.refits, self.sensitivity = {}, {}, {}
 
     def __call__(self, mod):
         if self.calibration is not None:
@@ -230,6 +231,7 @@ class KMeansChannelClustering:
                 mod, self.config, self.calibration, self.options, runner=self.runner)
             self.choices, self.priors = driver.choices, driver.priors
             self.consume, self.refits = driver.consume, driver.refits
+            self.sensitivity = driver.sensitivity
             self.model_error = driver.model_error
         else:
             new_mod, self.reports = cluster_channels(mod, self.config, self.merge)

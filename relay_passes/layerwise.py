@@ -12,8 +12,10 @@ group:
 3. *commit* — producers and per-channel parameters keep rows K; every consumer gets its own
    weights from `consumer_fit.decide` (removal, compensation, + intercept, least squares,
    whichever is best on held-out samples), so shapes shrink and each layer is never worse
-   than plain removal on held-out data. With ``relaxed_targets``, a consumer followed by a
-   ReLU or ReLU6 is fitted to its clamped output: values the activation throws away are free.
+   than plain removal on held-out data. With ``residual_targets`` (default), a consumer
+   whose output is added to a residual is fitted to the sum (it absorbs what the residual
+   stream lost upstream); with ``relaxed_targets``, a consumer followed by a ReLU or ReLU6
+   is fitted to its clamped output: values the activation throws away are free.
 
 A group that keeps every channel is skipped: removing nothing changes nothing. With
 ``refit_sweeps``, every consumer is then refitted once more per sweep, in graph order, on the
@@ -46,11 +48,11 @@ from relay_passes.activations import (
     input_width,
     model_input_shape,
     output_width,
+    residual_after,
     weight_matrix,
 )
 from relay_passes.calibration import as_samples, require_samples, split_samples
 from relay_passes.channel_graph import ChannelGroup, analyze
-from relay_passes.channel_masks import redundancy_path
 from relay_passes.channel_rewrite import Edit, apply_edits, rewrite
 from relay_passes.channel_stats import (
     GroupStats,
@@ -139,9 +141,12 @@ class LayerwiseDriver:
         self.consume: dict[str, dict] = {}  # group -> {consumer binding: [(k, C) per ref]}
         self.model_error: dict | None = None
         self.refits: dict[int, str] = {}  # consumer binding -> last sweep's choice or "kept"
+        self._held_out_outputs: list | None = None
+        self.sensitivity: dict[str, tuple] = {}  # group -> (kept, output error, curve cost)
 
     # -- probes ------------------------------------------------------------------------
-    def _probe(self, mod, bindings: list[int]):
+    def probe(self, mod, bindings: list[int]):
+        """``run(x) -> {binding: value, OUTPUT: model output}`` of `mod` built by the runner."""
         run = self.runner(rewrite(mod, [], func_name=self.func, outputs=tuple(bindings)))
 
         def values(x):
@@ -151,7 +156,7 @@ class LayerwiseDriver:
             return found
         return values
 
-    def _places(self, mod, group) -> dict[int, tuple[int, int]]:
+    def places(self, mod, group) -> dict[int, tuple[int, int]]:
         """``{consumer binding: (site, data input)}``."""
         bindings, _ = main_bindings(mod, self.func)
         position = {hash(b.var): i for i, b in enumerate(bindings)}
@@ -168,12 +173,17 @@ class LayerwiseDriver:
         clamp = clamp_after(self.original, b, self.func) if self.options.relaxed_targets else None
         if clamp is not None:  # the current layer, whose output the relaxed targets need
             clamp = (*_layer(self.mod, b, spec, self.func), *clamp)
-        return RowPlan(spec, source, orig_spec, w, bias, index, clamp)
+        return RowPlan(spec, source, orig_spec, w, bias, index, clamp, self._skip(b))
+
+    def _skip(self, b: int) -> int | None:
+        """The residual added to consumer `b`'s output, when its target includes it."""
+        return (residual_after(self.original, b, self.func)
+                if self.options.residual_targets else None)
 
     def _measure(self, group, specs, original, only: int | None = None):
         """``(GroupStats, site key per consumer ref)`` of `group` (`only`: of that consumer
         binding's refs alone)."""
-        places = self._places(self.mod, group)
+        places = self.places(self.mod, group)
         orig_group = analyze(self.original, self.func).groups[group.name]
         sites, keys = {}, []
         for ref, orig_ref in zip(group.consumers, orig_group.consumers, strict=True):
@@ -188,44 +198,11 @@ class LayerwiseDriver:
         criterion = self.options.criterion
         sampled = ({b: (specs[b], src) for b, (_, src) in places.items()}
                    if criterion in ("activation", "greedy") else {})
-        wanted = sorted({i for pair in places.values() for i in pair})
-        stats = collect(self._probe(self.mod, wanted), original, self.samples, self.split,
+        wanted = sorted({i for pair in places.values() for i in pair}
+                        | {p.skip for p in rows.values() if p.skip is not None})
+        stats = collect(self.probe(self.mod, wanted), original, self.samples, self.split,
                         sites, rows, sampled, self.options.positions, self.config.seed)
         return stats, keys
-
-    def removal_curves(self, order: list[str]) -> dict[str, np.ndarray]:
-        """``{group: increments}``: each group's compensated removal cost, channel by
-        channel (`channel_masks.redundancy_path`), on the original network (the curves of a
-        MACs budget, `macs_budget.plan_kept`)."""
-        graph = analyze(self.original, self.func)
-        consts = bound_constants(self.original, self.func)
-        sites, keys = {}, {}  # keys: group -> the site key of each consumer ref
-        for name in order:
-            places = self._places(self.original, graph.groups[name])
-            keys[name] = [(places[ref.binding][0], ref.offset, ref.length)
-                          for ref in graph.groups[name].consumers]
-            sites.update({key: key[1] for key in keys[name]})
-        probe = self._probe(self.original, sorted({key[0] for key in sites}))
-        memo = {}
-
-        def once(x):  # the same network on both sides of the regression: run it once
-            if memo.get("x") is not x:
-                memo.update(x=x, values=probe(x))
-            return memo["values"]
-
-        stats = collect(once, once, self.samples, self.split, sites, {}, {}, 1,
-                        self.config.seed)
-        curves = {}
-        for name in order:
-            terms = []
-            for ref, key in zip(graph.groups[name].consumers, keys[name], strict=True):
-                aa = stats.sites[key].blocks()[2]
-                spec = consumer_spec(self.original, ref.binding, self.func)
-                q = consumer_gram(consts[(ref.binding, 1)], spec, ref.offset, ref.length,
-                                  ref.span)
-                terms.append((aa, aa, aa, q))
-            curves[name] = redundancy_path(terms)[1]
-        return curves
 
     # -- the walk ----------------------------------------------------------------------
     def run(self, order: list[str], choose: Callable):
@@ -237,10 +214,12 @@ class LayerwiseDriver:
         original = None
         if self.samples is not None:
             graph0 = analyze(self.original, self.func)
-            wanted = sorted({i for name in order
-                             for pair in self._places(self.original, graph0.groups[name]).values()
-                             for i in pair})
-            original = self._probe(self.original, wanted)
+            wanted = set()
+            for name in order:
+                for b, pair in self.places(self.original, graph0.groups[name]).items():
+                    wanted |= set(pair) | ({self._skip(b)} - {None})
+            wanted = sorted(wanted)
+            original = self.probe(self.original, wanted)
         chosen = {}
         for name in order:
             graph = analyze(self.mod, self.func)
@@ -329,6 +308,18 @@ class LayerwiseDriver:
             self.out_index[ref.binding] = rows[keep]
         self.choices[group.name] = choices
 
+    def held_out_error(self, mod, original=None) -> float:
+        """Mean relative squared output error of `mod` against the original network on
+        the held-out calibration samples (`original`: a probe of it already built)."""
+        if self._held_out_outputs is None:  # the original's, built and run once
+            base = original or self.probe(self.original, [])
+            self._held_out_outputs = [base(self.samples[s])[OUTPUT] for s in self.split[1]]
+        run, err = self.runner(mod), 0.0
+        for s, want in zip(self.split[1], self._held_out_outputs, strict=True):
+            err += float(np.sum((run(self.samples[s])[0] - want) ** 2)) / max(
+                float(np.sum(want ** 2)), 1e-300)
+        return err / len(self.split[1])
+
     def _check_model(self, original) -> None:
         """Keep the data-free result if recovery made the whole model worse (held out)."""
         graph = analyze(self.original, self.func)
@@ -340,20 +331,12 @@ class LayerwiseDriver:
         plain = rewrite(self.original, edits, {b for n in self.priors
                                                for b in graph.groups[n].depthwise},
                         set(graph.flatten_reshapes), self.func)
-        runs = [self.runner(m) for m in (self.mod, plain)]
-        err = np.zeros(2)
-        for s in self.split[1]:
-            x = self.samples[s]
-            base = original(x)[OUTPUT]
-            for i, run in enumerate(runs):
-                err[i] += float(np.sum((run(x)[0] - base) ** 2)) / max(
-                    float(np.sum(base ** 2)), 1e-300)
-        n = len(self.split[1])
-        self.model_error = {"recovered": err[0] / n, "data_free": err[1] / n,
-                            "held_out_samples": n}
+        err = np.array([self.held_out_error(m, original) for m in (self.mod, plain)])
+        self.model_error = {"recovered": err[0], "data_free": err[1],
+                            "held_out_samples": len(self.split[1])}
         if err[0] > err[1]:
-            warnings.warn(f"recovery raised the held-out output error ({err[0] / n:.3g} vs "
-                          f"{err[1] / n:.3g} without it); keeping the result without data "
+            warnings.warn(f"recovery raised the held-out output error ({err[0]:.3g} vs "
+                          f"{err[1]:.3g} without it); keeping the result without data "
                           "recovery", stacklevel=3)
             self.mod, self.model_error["kept"] = plain, "data_free"
         else:

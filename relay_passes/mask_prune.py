@@ -36,6 +36,7 @@ from dataclasses import replace
 import numpy as np
 
 from relay_passes.activations import weight_matrix
+from relay_passes.budget_curves import planning_curves
 from relay_passes.channel_graph import analyze, weight_rows
 from relay_passes.channel_masks import (
     ChannelMasks,
@@ -103,7 +104,8 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
         warnings.warn(f"speedup={config.speedup:g} is ignored: the given masks decide what "
                       "each group keeps (drop masks= to plan a new pruning)", stacklevel=3)
     elif config.speedup is not None:
-        curves = driver.removal_curves(order) if driver.samples is not None else None
+        curves = (planning_curves(driver, order, config.speedup)
+                  if driver.samples is not None else None)
         config = driver.config = planned_config(mod, config, order, curves, func_name)
 
     def choose(evidence: Evidence):
@@ -147,6 +149,8 @@ class MaskPruning:
     ``.choices`` each consumer's recovery decision and held-out errors, and
     ``.model_error`` the whole model's held-out output error with and without recovery,
     ``.refits`` each consumer's choice in the last refit sweep (``refit_sweeps``),
+    ``.sensitivity`` each group's ``(kept, held-out output error, curve cost)`` of a MACs
+    plan (``output_sensitivity``),
     ``.consume`` each consumer's consume matrices (``{group: {binding: [(k, C)]}}``, the
     start of `mdl_tvm.compiler.finetune.masked_finetune`).
     """
@@ -164,7 +168,7 @@ class MaskPruning:
         self.runner = runner
         self.given_masks, self.masks, self.reports = masks, ChannelMasks(), []
         self.choices, self.priors, self.model_error = {}, {}, None
-        self.consume, self.refits = {}, {}
+        self.consume, self.refits, self.sensitivity = {}, {}, {}
 
     def __call__(self, mod):
         new_mod, self.reports, self.masks, driver = prune_channels(
@@ -172,6 +176,7 @@ class MaskPruning:
             runner=self.runner)
         self.choices, self.priors = driver.choices, driver.priors
         self.consume, self.refits = driver.consume, driver.refits
+        self.sensitivity = driver.sensitivity
         self.model_error = driver.model_error
         return new_mod
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schedules.config import ConvGeometry, MachineConfig, reads_in_place
+from schedules.config import ConvGeometry, MachineConfig, ceil_div, reads_in_place
 
 # Instructions per vector FMA of the direct packed kernel (0.31 per MAC in fp32).
 DIRECT_PER_FMA = 1.25
@@ -86,10 +86,6 @@ class ConvAlgo:
     by_channels: bool = False
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def winograd_tile_sizes(dtype: str, in_channels: int, out_channels: int) -> tuple:
     """The F(m, 3) tile sizes allowed for a convolution (see the module docstring)."""
     sizes = (2, 4) if str(dtype) == "float16" else (2, 4, 6)
@@ -101,7 +97,7 @@ def winograd_tile_sizes(dtype: str, in_channels: int, out_channels: int) -> tupl
 def gemm_step_cost(cfg: MachineConfig, lanes: int, k_block: int, vectors: int) -> float:
     """Instructions per reduction step of a ``k_block x vectors`` register tile: FMAs, loads
     (tile vectors; weights as vectors with indexed FMAs, else one broadcast each), loop."""
-    weights = _ceil_div(k_block, lanes) if cfg.indexed_fma else k_block
+    weights = ceil_div(k_block, lanes) if cfg.indexed_fma else k_block
     loads = (vectors + weights) * (_LOADS_PER_VECTOR if cfg.indexed_fma else 1.0)
     return k_block * vectors + loads + _LOOP_PER_STEP
 
@@ -118,7 +114,7 @@ def gemm_tiles(cfg: MachineConfig, lanes: int, spare: int = 1,
         blocks = list(range(1, 13))
     found = []
     for kb in blocks:
-        weight_regs = _ceil_div(kb, lanes) if cfg.indexed_fma else 1
+        weight_regs = ceil_div(kb, lanes) if cfg.indexed_fma else 1
         found += [(kb, nv) for nv in range(1, 7) if _fits(cfg, kb, nv, weight_regs, spare)]
     return found
 
@@ -137,16 +133,16 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
     lanes = cfg.lanes(dtype)
     alpha = m + 2
     c, k = geo.in_channels, geo.out_channels
-    n_w = _ceil_div(geo.out_width, m)
-    tiles = batch * _ceil_div(out_rows, m) * n_w
+    n_w = ceil_div(geo.out_width, m)
+    tiles = batch * ceil_div(out_rows, m) * n_w
     best = ConvAlgo("winograd", m, cost=float("inf"))
     epilogue = batch * k * out_rows * geo.out_width * EPILOGUE_PER_PIXEL
     # 24 fp32 accumulators spill in the Winograd GEMM (its loop keeps more addresses live)
     candidates = [] if by_channels else gemm_tiles(cfg, lanes, spare=4 if lanes == 4 else 1)
     for kb, nv in candidates:
         block = nv * lanes
-        padded = _ceil_div(tiles, block) * block
-        k_chunks = _ceil_div(k, kb)
+        padded = ceil_div(tiles, block) * block
+        k_chunks = ceil_div(k, kb)
         steps = alpha * alpha * k_chunks * (padded // block) * c
         blocks = alpha * alpha * k_chunks * (padded // block)
         gemm = (steps * gemm_step_cost(cfg, lanes, kb, nv)
@@ -169,10 +165,10 @@ def tiles_padded(tiles: int, block: int, lanes: int) -> int:
     full, tail = divmod(tiles, block)
     ends = [tiles]
     if full:
-        ends.append((full - 1) * block + _ceil_div(block, lanes) * lanes)
+        ends.append((full - 1) * block + ceil_div(block, lanes) * lanes)
     if tail:
-        ends.append(full * block + _ceil_div(tail, lanes) * lanes)
-    return _ceil_div(max(ends), lanes) * lanes
+        ends.append(full * block + ceil_div(tail, lanes) * lanes)
+    return ceil_div(max(ends), lanes) * lanes
 
 
 def _channels_cost(cfg: MachineConfig, lanes: int, shape: tuple, c: int, k: int, tiles: int,
@@ -188,10 +184,10 @@ def _channels_cost(cfg: MachineConfig, lanes: int, shape: tuple, c: int, k: int,
     sizes = (lanes, lanes + lanes // 2, 2 * lanes, 3 * lanes)
     for p in sorted({b for b in sizes if b <= tiles} | {min(tiles, 2 * lanes)}):
         for nv in range(1, 7):
-            if not _fits(cfg, p, nv, _ceil_div(p, lanes), spare=CHANNELS_SPARE):
+            if not _fits(cfg, p, nv, ceil_div(p, lanes), spare=CHANNELS_SPARE):
                 continue
             kb = nv * lanes
-            chunks = _ceil_div(k, kb)
+            chunks = ceil_div(k, kb)
             full, tail = divmod(tiles, p)
             # the tiles play the weights' part: vectors of them used by lane per step
             blocks = [(full, p), (1, tail)] if tail else [(full, p)]
@@ -262,16 +258,16 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
     for kb, nv in gemm_tiles(cfg, lanes, half=group_out <= lanes // 2):
         if geo.groups > 1 and group_out % kb:
             continue  # a register tile stays within one group
-        block, chunks = nv * lanes, _ceil_div(k, kb)
+        block, chunks = nv * lanes, ceil_div(k, kb)
         choices = (_task_choices(out_rows, ow, block, red * elem, 1, wanted) if per_group_copy
                    else _task_choices(out_rows, ow, block, rows_all * elem if im2col else 0,
                                       chunks, wanted))
         for groups, rows in choices:
             seg = rows * ow
-            segs = batch * _ceil_div(out_rows, rows)
+            segs = batch * ceil_div(out_rows, rows)
             tail = tail_tile(seg, nv, lanes)
             blocks = [(seg // block, nv), (1, tail[0])] if tail else [
-                (_ceil_div(seg, block), nv)]
+                (ceil_div(seg, block), nv)]
             cost = segs * chunks * sum(
                 count * (red * gemm_step_cost(cfg, lanes, kb, vectors)
                          + kb * vectors * (1 + _GEMM_EPILOGUE_PER_VECTOR) + _BLOCK_OVERHEAD)
@@ -303,11 +299,11 @@ def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_row
             continue
         chunks = k // (nv * lanes)
         for p in range(1, 3 * lanes + 1):
-            if not _fits(cfg, p, nv, _ceil_div(p, lanes), spare=CHANNELS_SPARE):
+            if not _fits(cfg, p, nv, ceil_div(p, lanes), spare=CHANNELS_SPARE):
                 continue
             for groups, rows in _task_choices(out_rows, ow, p, red * elem, chunks, wanted,
                                               _CHANNELS_IM2COL_BYTES):
-                seg, segs = rows * ow, batch * _ceil_div(out_rows, rows)
+                seg, segs = rows * ow, batch * ceil_div(out_rows, rows)
                 blocks = [(seg // p, p)] + ([(1, seg % p)] if seg % p else [])
                 cost = segs * chunks * sum(
                     count * (red * _channel_step(lanes, size, nv)
@@ -328,7 +324,7 @@ def _channel_step(lanes: int, pixels: int, nv: int) -> float:
     whole vectors in pairs (``ldp``), the pixels past them one load per power-of-two piece
     (7 fp32 pixels: q, d, s), one of loop (measured on ResNet-18's 7 x 7 conv)."""
     whole, rest = divmod(pixels, lanes)
-    return pixels * nv + _ceil_div(whole, 2) + bin(rest).count("1") + _ceil_div(nv, 2) + 1.0
+    return pixels * nv + ceil_div(whole, 2) + bin(rest).count("1") + ceil_div(nv, 2) + 1.0
 
 
 def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
@@ -340,7 +336,7 @@ def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
     if not left or seg < nv * lanes:
         return None
     width = lanes // 2 if left <= lanes // 2 and lanes >= 4 else lanes
-    tile = (_ceil_div(left, width), width)
+    tile = (ceil_div(left, width), width)
     return tile if tile[0] * tile[1] < nv * lanes else None
 
 

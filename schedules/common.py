@@ -271,11 +271,6 @@ def schedule_pad(sch: s_tir.Schedule, block, cfg, lanes: int, parallel: bool = T
 
 
 # -- small builders shared by the hand-written kernels (IRBuilder) ---------------------------
-def ceil_div(a: int, b: int) -> int:
-    """``ceil(a / b)`` for positive integers."""
-    return -(-a // b)
-
-
 def ramp(base, lanes: int):
     """The `lanes` consecutive indices from `base` (a vector index)."""
     return tirx.Ramp(base, 1, lanes)

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from schedules.config import ceil_div
+
 RULE_KEY = "mdl.rule"
 TILE_KEY = "mdl.tile"
 VECTOR_KEY = "mdl.vector"
 ROLE_KEY = "mdl.role"
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _zero(dtype):
@@ -52,7 +50,7 @@ def pack_conv_weight(weight: te.Tensor, oc_block: int) -> te.Tensor:
     te.Tensor
     """
     out_c, in_c, kh, kw = (int(v) for v in weight.shape)
-    chunks = _ceil_div(out_c, oc_block)
+    chunks = ceil_div(out_c, oc_block)
 
     def _value(o, i, y, x, b):
         oc = o * oc_block + b
@@ -113,7 +111,7 @@ def conv2d_packed(data, weight_packed, out_channels, strides, padding, dilation,
     top, left, bottom, right = padding
     oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
-    ow_padded = _ceil_div(ow, ow_tile) * ow_tile
+    ow_padded = ceil_div(ow, ow_tile) * ow_tile
     rows = (oh - 1) * sh + dh * (kh - 1) + 1
     cols = (ow_padded - 1) * sw + dw * (kw - 1) + 1
     padded = _pad_input(data, top, left, rows, cols)
@@ -183,7 +181,7 @@ def depthwise_conv2d(data, weight, strides, padding, dilation, row_tile, out_dty
     top, left, bottom, right = padding
     oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
-    ow_padded = _ceil_div(ow, row_tile) * row_tile
+    ow_padded = ceil_div(ow, row_tile) * row_tile
     rows = (oh - 1) * sh + dh * (kh - 1) + 1
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -221,7 +219,7 @@ def depthwise_conv2d(data, weight, strides, padding, dilation, row_tile, out_dty
 def pack_dense_weight(weight: te.Tensor, n_block: int) -> te.Tensor:
     """Re-lay ``[K, N]`` weights as ``[N / n_block, K, n_block]``, zero-padding N."""
     k, cols = (int(v) for v in weight.shape)
-    chunks = _ceil_div(cols, n_block)
+    chunks = ceil_div(cols, n_block)
 
     def _value(j, r, b):
         col = j * n_block + b

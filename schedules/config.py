@@ -82,7 +82,8 @@ class MachineConfig:
         return max(1, self.num_regs - operand_vectors - 2)
 
 
-def _ceil_div(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive integers."""
     return -(-a // b)
 
 
@@ -177,7 +178,7 @@ def _broadcast_loads(cfg: MachineConfig, count: int, elem: int, contiguous: bool
 def _epilogue_cycles(oc: int, ow: int, lanes: int, by_width: bool) -> float:
     """Cycles per output row of unpacking the tile into NCHW: whole vectors along the row
     (``"ow"``) or one transposed scalar store per output (``"oc"``)."""
-    return oc * (_ceil_div(ow, lanes) if by_width else ow) * _EPILOGUE_CYCLES
+    return oc * (ceil_div(ow, lanes) if by_width else ow) * _EPILOGUE_CYCLES
 
 
 def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
@@ -244,15 +245,15 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
             if by_width:  # count = output channels, vectors of `block` pixels
                 line = (block * elem + _LINE) / kw
                 step = _step_cycles(vecs * count, vecs + loads, count * elem + line)
-                width = _ceil_div(ow, block) * block
+                width = ceil_div(ow, block) * block
                 tile = ConvTile("ow", count, block)
-                tiles = _ceil_div(oc, count) * width // block
+                tiles = ceil_div(oc, count) * width // block
             else:  # count = output pixels, vectors of `block` channels
                 line = (count * geo.stride[1] * elem + _LINE) / kw
                 step = _step_cycles(vecs * count, vecs + loads, block * elem + line)
-                width = _ceil_div(ow, count) * count
+                width = ceil_div(ow, count) * count
                 tile = ConvTile("oc", block, count)
-                tiles = _ceil_div(oc, block) * width // count
+                tiles = ceil_div(oc, block) * width // count
             cost = _cost(tiles, width, step) + _epilogue_cycles(oc, ow, lanes, by_width)
             if cost < best_cost - 1e-9:
                 best, best_cost = tile, cost
@@ -276,7 +277,7 @@ def choose_dense_tile(cfg: MachineConfig, dtype: str, rows: int, cols: int):
             if rows % m_tile:
                 continue
             acc = vecs * m_tile
-            padded = _ceil_div(cols, lanes * vecs) * lanes * vecs * rows
+            padded = ceil_div(cols, lanes * vecs) * lanes * vecs * rows
             loads_per_fma = (vecs + m_tile) / acc
             slowdown = max(1.0, _FMA_IN_FLIGHT / acc, loads_per_fma / 0.75)
             cost = padded * slowdown
@@ -304,7 +305,7 @@ def choose_row_tile(cfg: MachineConfig, dtype: str, out_width: int) -> int:
         tile = lanes * vecs
         if vecs > 1 and tile - lanes >= out_width:
             break
-        cost = _ceil_div(out_width, tile) * tile * max(1.0, 4.0 / vecs)
+        cost = ceil_div(out_width, tile) * tile * max(1.0, 4.0 / vecs)
         if cost < best_cost - 1e-9:
             best, best_cost = tile, cost
     return best

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from tvm.script.ir_builder import tirx as T
 
-from schedules.common import ceil_div as _ceil_div
+from schedules.config import ceil_div
 from schedules.register_tile import reduce_tile
 
 
@@ -62,7 +62,7 @@ def channel_block(epilogue, acc_dtype: str, operands, where, tile) -> None:
     nv = kb // lanes
     acc = T.alloc_buffer((pixels * kb,), acc_dtype)
     reduce_tile(acc, wflat, kc * red * kb, kb, buf, base + q0, red, (pixels, nv, lanes),
-                acc_dtype, w_stride=rstride, w_lanes=_ceil_div(pixels, lanes) * lanes)
+                acc_dtype, w_stride=rstride, w_lanes=ceil_div(pixels, lanes) * lanes)
     for p in range(pixels):
         pix = p0 + q0 + p
         for v in range(nv):

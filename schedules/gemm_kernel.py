@@ -35,9 +35,8 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.algo import tail_tile
 from schedules.common import cast_to as _cast
-from schedules.common import ceil_div as _ceil_div
 from schedules.common import ramp as _vec
-from schedules.config import reads_in_place
+from schedules.config import ceil_div, reads_in_place
 from schedules.gemm_channels import channel_block, check_channel_tile
 from schedules.register_tile import reduce_tile
 
@@ -95,7 +94,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
     # never in place by channel vectors (their by-lane loads may pass the input's end)
     direct = not by_channels and reads_in_place(
         (kh, kw), (sh, sw), any(geometry["padding"]), h * w, lanes, geometry.get("by_lane"))
-    n_seg, n_blk = _ceil_div(oh, rows), _ceil_div(seg, tp)
+    n_seg, n_blk = ceil_div(oh, rows), ceil_div(seg, tp)
     k_groups = geometry.get("k_groups", 1)
     if chunks % k_groups:
         raise ValueError(f"k_groups={k_groups} does not divide the {chunks} "
@@ -121,7 +120,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 # rows of the im2col copy a whole number of vectors apart: every load of
                 # the tile is at an offset `ldp q` / `ldr q` can encode
                 # (channel vectors: one vector more, for a block's loads past its end)
-                stride = _ceil_div(seg, lanes) * lanes + (lanes if by_channels else 0)
+                stride = ceil_div(seg, lanes) * lanes + (lanes if by_channels else 0)
 
                 tail = (seg % tp or None) if by_channels else tail_tile(seg, nv, lanes)
                 full = seg // tp if tail else n_blk
@@ -252,7 +251,7 @@ def _im2col(col, col_stride, dflat, img, y0, geometry, shape, kernel, lanes, dty
                     _copy_plane(col, dflat, r * col_stride, (img * c + ch) * h * w,
                                 y0 + ky * dh - top, off, (rows, ow, h), lanes, dtype)
                     continue
-                lo = min(ow, max(0, _ceil_div(-off, sw)))
+                lo = min(ow, max(0, ceil_div(-off, sw)))
                 hi = max(lo, min(ow, (w - 1 - off) // sw + 1))
                 # whole vectors whose loads (sw * lanes wide) stay inside the row
                 nvec = 0

@@ -24,7 +24,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from schedules.common import ceil_div as _ceil_div
+from schedules.config import ceil_div
 
 # Relax op pattern kind "opaque": FuseOps fuses nothing into a hand-scheduled kernel (its
 # loops are not blocks FuseTIR could merge).
@@ -36,7 +36,7 @@ def vector_range(in_width: int, out_width: int, kernel: int, stride: int, pad_le
     """``(first, count, last)``: the output columns ``first + v * lanes`` (``v < count``)
     and, if not None, ``last`` (the vector ending at the last output it can reach, past the
     others) whose vector of `lanes` outputs reads only columns inside the image."""
-    first = _ceil_div(pad_left, stride)
+    first = ceil_div(pad_left, stride)
     needed = (lanes - 1) * stride + kernel
 
     def fits(x0: int) -> bool:
@@ -75,7 +75,7 @@ def pool_lanes(in_width: int, out_width: int, kernel, stride: int, pad_left: int
         if width < 4 and width != lanes:
             continue
         iters, scalar = _scalar_outputs(in_width, out_width, kw, stride, pad_left, width)
-        nvec = _ceil_div((width - 1) * stride + kw, width)
+        nvec = ceil_div((width - 1) * stride + kw, width)
         cost = iters * (kh * nvec + 2 * kw) + scalar * 2 * kh * kw
         if best_cost is None or cost < best_cost:
             best, best_cost = width, cost
@@ -126,7 +126,7 @@ def max_pool2d_func(shape, dtype: str, kernel, stride, padding, out_hw, lanes: i
     lanes = pool_lanes(w, ow, (kh, kw), sw, left, lanes)
     first, count, last = vector_range(w, ow, kw, sw, left, lanes)
     needed = (lanes - 1) * sw + kw
-    nvec = _ceil_div(needed, lanes)
+    nvec = ceil_div(needed, lanes)
     # vector j loads columns from offset j * lanes; the last one ends at `needed`
     offsets = [j * lanes for j in range(nvec - 1)] + [needed - lanes]
 

@@ -29,7 +29,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from schedules.common import ceil_div as _ceil_div
+from schedules.config import ceil_div
 from schedules.wino_math import matrices, transform_rows
 
 # Relax op pattern kind "opaque": FuseOps fuses nothing into a hand-scheduled kernel (its
@@ -93,13 +93,13 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
     top, left, bottom, right = padding
     alpha = m + 2
     oh, ow = h + top + bottom - 2, w + left + right - 2
-    n_h, n_w = _ceil_div(oh, m), _ceil_div(ow, m)
+    n_h, n_w = ceil_div(oh, m), ceil_div(ow, m)
     tiles = n * n_h * n_w
     if tiles_padded % lanes or tiles_padded < tiles:
         raise ValueError(f"tiles_padded {tiles_padded} must be a multiple of {lanes} "
                          f">= {tiles}")
     rows_p = n_h * m + 2
-    cols_p = _ceil_div(n_w * m + 2 + lanes, lanes) * lanes
+    cols_p = ceil_div(n_w * m + 2 + lanes, lanes) * lanes
     plane = rows_p * cols_p
     _, _, bt = matrices(m, dtype)
     by_rows = n_w >= lanes
@@ -135,9 +135,9 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
                                 T.buffer_store(out, col[e1], [e1 * alpha + e2, ci, store])
 
                     if by_rows:
-                        span = _ceil_div(lanes * m + 2, lanes)
+                        span = ceil_div(lanes * m + 2, lanes)
                         with T.serial(0, n * n_h) as row_id:
-                            with T.serial(0, _ceil_div(n_w, lanes)) as tv:
+                            with T.serial(0, ceil_div(n_w, lanes)) as tv:
                                 tw0 = T.bind(tirx.min(tv * lanes, n_w - lanes))
                                 img, th = row_id // n_h, row_id % n_h
                                 base = T.bind(img * plane + th * (m * cols_p) + tw0 * m)
@@ -153,7 +153,7 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
 
                                 _transform(_read_row, _vec(row_id * n_w + tw0))
                     else:
-                        per_row = _ceil_div(alpha, lanes)
+                        per_row = ceil_div(alpha, lanes)
                         with T.serial(0, tiles_padded // lanes) as tb:
                             bases = []
                             for lane in range(lanes):
