@@ -71,24 +71,30 @@ def bias_of(mod, binding: int, func_name: str = "main"):
     return None
 
 
-def clamp_after(mod, binding: int, func_name: str = "main") -> tuple[float, float] | None:
-    """``(low, high)`` of the ReLU (``(0, inf)``) or clip (ReLU6: ``(0, 6)``) that is the
-    only user of `binding`'s output (after its per-channel bias, if any); None otherwise."""
-    import tvm
-
+def _sole_user(mod, binding: int, func_name: str):
+    """``(bindings, var, user)``: `binding`'s output after its per-channel bias (if any) and
+    the one expression that uses it (None when several do or it is the model output)."""
     bindings, func = main_bindings(mod, func_name)
     loc = bias_of(mod, binding, func_name)
     var = bindings[loc[0] if loc else binding].var
     users = [b.value for b in bindings
              if any(a.same_as(var) for a in (getattr(b.value, "args", None)
                                                or getattr(b.value, "fields", ())))]
-    if len(users) != 1 or func.body.body.same_as(var):
-        return None
-    op = getattr(users[0], "op", None)
+    alone = len(users) == 1 and not func.body.body.same_as(var)
+    return bindings, var, users[0] if alone else None
+
+
+def clamp_after(mod, binding: int, func_name: str = "main") -> tuple[float, float] | None:
+    """``(low, high)`` of the ReLU (``(0, inf)``) or clip (ReLU6: ``(0, 6)``) that is the
+    only user of `binding`'s output (after its per-channel bias, if any); None otherwise."""
+    import tvm
+
+    _, _, user = _sole_user(mod, binding, func_name)
+    op = getattr(user, "op", None)
     if op == tvm.ir.Op.get("relax.nn.relu"):
         return 0.0, float("inf")
     if op == tvm.ir.Op.get("relax.clip"):
-        low, high = (float(getattr(a, "value", np.nan)) for a in users[0].args[1:3])
+        low, high = (float(getattr(a, "value", np.nan)) for a in user.args[1:3])
         return None if np.isnan(low) or np.isnan(high) else (low, high)
     return None
 
@@ -99,20 +105,15 @@ def residual_after(mod, binding: int, func_name: str = "main") -> int | None:
     other operand is a constant, the function's input or of another shape)."""
     import tvm
 
-    bindings, _ = main_bindings(mod, func_name)
-    position = {hash(b.var): i for i, b in enumerate(bindings)}
-    loc = bias_of(mod, binding, func_name)
-    var = bindings[loc[0] if loc else binding].var
-    users = [b.value for b in bindings
-             if any(a.same_as(var) for a in (getattr(b.value, "args", None)
-                                               or getattr(b.value, "fields", ())))]
-    if len(users) != 1 or getattr(users[0], "op", None) != tvm.ir.Op.get("relax.add"):
+    bindings, var, user = _sole_user(mod, binding, func_name)
+    if getattr(user, "op", None) != tvm.ir.Op.get("relax.add"):
         return None
-    args = list(users[0].args)
+    args = list(user.args)
     if len(args) != 2 or args[0].same_as(args[1]):
         return None
     other = args[1] if args[0].same_as(var) else args[0]
     same = [[int(d) for d in v.ty.shape] for v in (var, other)]
+    position = {hash(b.var): i for i, b in enumerate(bindings)}
     return position.get(hash(other)) if same[0] == same[1] else None  # no broadcasts
 
 

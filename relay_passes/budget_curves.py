@@ -41,12 +41,11 @@ SENSITIVITY_SAMPLES = 256  # fit samples a group's lone pruning is recovered fro
 
 @dataclass
 class Curves:
-    """Per group: the removal increments, the channels in removal order, and the site
-    statistics of each consumer ref (original network, all calibration samples)."""
+    """Per group: the removal increments and the channels in removal order (original
+    network, all calibration samples)."""
 
     increments: dict  # group -> (C - 1,) cost of the 1st, 2nd, ... removal
     removed: dict  # group -> channel indices in removal order
-    sites: dict  # group -> [SiteStats per consumer ref]
 
 
 def removal_curves(driver: LayerwiseDriver, order: list[str]) -> Curves:
@@ -59,22 +58,14 @@ def removal_curves(driver: LayerwiseDriver, order: list[str]) -> Curves:
         keys[name] = [(places[ref.binding][0], ref.offset, ref.length)
                       for ref in graph.groups[name].consumers]
         sites.update({key: key[1] for key in keys[name]})
-    probe = driver.probe(mod, sorted({key[0] for key in sites}))
-    memo = {}
-
-    def once(x):  # the same network on both sides of the regression: run it once
-        if memo.get("x") is not x:
-            memo.update(x=x, values=probe(x))
-        return memo["values"]
-
-    stats = collect(once, once, driver.samples, driver.split, sites, {}, {}, 1,
+    probe = driver.probe(mod, sorted({key[0] for key in sites}))  # both sides of the regression
+    stats = collect(probe, probe, driver.samples, driver.split, sites, {}, {}, 1,
                     driver.config.seed)
-    curves = Curves({}, {}, {})
+    curves = Curves({}, {})
     for name in order:
-        terms, group = [], graph.groups[name]
-        curves.sites[name] = [stats.sites[key] for key in keys[name]]
-        for ref, site in zip(group.consumers, curves.sites[name], strict=True):
-            aa = site.blocks()[2]
+        terms = []
+        for ref, key in zip(graph.groups[name].consumers, keys[name], strict=True):
+            aa = stats.sites[key].blocks()[2]
             q = consumer_gram(consts[(ref.binding, 1)], consumer_spec(mod, ref.binding, func),
                               ref.offset, ref.length, ref.span)
             terms.append((aa, aa, aa, q))

@@ -146,14 +146,18 @@ class LayerwiseDriver:
 
     # -- probes ------------------------------------------------------------------------
     def probe(self, mod, bindings: list[int]):
-        """``run(x) -> {binding: value, OUTPUT: model output}`` of `mod` built by the runner."""
+        """``run(x) -> {binding: value, OUTPUT: model output}`` of `mod` built by the runner;
+        the same sample twice in a row (`collect`'s two sides on one network) runs once."""
         run = self.runner(rewrite(mod, [], func_name=self.func, outputs=tuple(bindings)))
+        last = {}
 
         def values(x):
-            outs = run(x)
-            found = dict(zip(bindings, outs[len(outs) - len(bindings):], strict=True))
-            found[OUTPUT] = outs[0]
-            return found
+            if last.get("x") is not x:
+                outs = run(x)
+                found = dict(zip(bindings, outs[len(outs) - len(bindings):], strict=True))
+                found[OUTPUT] = outs[0]
+                last.update(x=x, found=found)
+            return last["found"]
         return values
 
     def places(self, mod, group) -> dict[int, tuple[int, int]]:
@@ -200,8 +204,10 @@ class LayerwiseDriver:
                    if criterion in ("activation", "greedy") else {})
         wanted = sorted({i for pair in places.values() for i in pair}
                         | {p.skip for p in rows.values() if p.skip is not None})
-        stats = collect(self.probe(self.mod, wanted), original, self.samples, self.split,
-                        sites, rows, sampled, self.options.positions, self.config.seed)
+        # nothing committed yet: the current network is the original, whose probe has these
+        current = original if self.mod is self.original else self.probe(self.mod, wanted)
+        stats = collect(current, original, self.samples, self.split, sites, rows, sampled,
+                        self.options.positions, self.config.seed)
         return stats, keys
 
     # -- the walk ----------------------------------------------------------------------
