@@ -25,6 +25,7 @@ from deploy import plugins
 from deploy.device import DeviceEnv, setup
 from deploy.emulator import checked_inputs, count_guest, counting_workdir, library_cpu
 from deploy.runners import guest_runner, runner_mode
+from mdl_tvm.core.elf import read_elf
 from mdl_tvm.core.errors import DeviceError
 
 RUNTIME = "(runtime: VM, Python, libc)"
@@ -94,6 +95,15 @@ def _symbols(so_path: Path) -> list[tuple[int, int, str]]:
     return found
 
 
+def code_end(so_path: Path, symbols) -> int:
+    """Offset where the library's code ends: its ``.text`` section, not the last symbol (the
+    last kernel's parallel-loop bodies lie past the end of its symbol)."""
+    last = max(start + size for start, size, _ in symbols)
+    with open(so_path, "rb") as f:
+        text = read_elf(f, Path(so_path).stat().st_size).section(".text")
+    return max(last, text.offset + text.size) if text else last
+
+
 def _read_counts(path: Path) -> tuple[dict[int, int], dict[int, int]]:
     """``({address: count}, {address: instruction word})`` from the plugin's file."""
     counts, words = {}, {}
@@ -104,12 +114,13 @@ def _read_counts(path: Path) -> tuple[dict[int, int], dict[int, int]]:
     return counts, words
 
 
-def find_base(counts: dict, words: dict, symbols, code: bytes) -> int:
+def find_base(counts: dict, words: dict, symbols, code: bytes, end: int | None = None) -> int:
     """Where the library was loaded, from what ran (asking the guest would perturb the
     runtime's count). Candidates: page-aligned bases at which a kernel's ``__tvm_ffi_X``
     wrapper and ``X_compute_`` body start equally often (once per call); the answer is the
     first, by votes, at which every executed instruction in the library's range has the
-    library's own instruction word (`code`: the file, whose code is mapped at offset 0)."""
+    library's own instruction word (`code`: the file, whose code is mapped at offset 0, up
+    to `end`, by default the end of the last symbol)."""
     named = {name: start for start, _, name in symbols}
     pairs = [(start, named[name[len("__tvm_ffi_"):] + "_compute_"])
              for name, start in named.items()
@@ -120,7 +131,7 @@ def find_base(counts: dict, words: dict, symbols, code: bytes) -> int:
             base = addr - wrapper
             if base % _PAGE == 0 and counts.get(base + body) == n:
                 votes[base] += 1
-    end = max(start + size for start, size, _ in symbols)
+    end = end or max(start + size for start, size, _ in symbols)
     for base, _ in votes.most_common():
         inside = [a - base for a in counts if 0 <= a - base < end]
         if inside and all(words[base + off] == int.from_bytes(code[off:off + 4], "little")
@@ -130,12 +141,13 @@ def find_base(counts: dict, words: dict, symbols, code: bytes) -> int:
 
 
 def attribute(per_address: dict[int, float], symbols, base: int,
-              runtime: str = RUNTIME) -> Counter:
+              runtime: str = RUNTIME, end: int | None = None) -> Counter:
     """Sum `per_address` counts by kernel: an address in the library's code goes to the
     function symbol at or before it (TVM's parallel-loop bodies have no symbol of their own
-    and follow the kernel that launches them); the rest to the row `runtime`."""
+    and follow the kernel that launches them, up to `end`: `code_end`); the rest to the row
+    `runtime`."""
     starts = [s for s, _, _ in symbols]
-    end = max(s + size for s, size, _ in symbols)
+    end = end or max(s + size for s, size, _ in symbols)
     out: Counter = Counter()
     for addr, n in per_address.items():
         offset = addr - base
@@ -195,8 +207,9 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
                                      meta=meta, program=guest.program))
             for n in (runs, 2 * runs))
     per_address = {a: (twice.get(a, 0) - once.get(a, 0)) / runs for a in set(once) | set(twice)}
-    base = find_base(twice, words, symbols, Path(so_path).read_bytes())
+    end = code_end(Path(so_path), symbols)
+    base = find_base(twice, words, symbols, Path(so_path).read_bytes(), end)
     by_kernel = attribute({a: n for a, n in per_address.items() if n}, symbols, base,
-                          RUNTIME if guest.name == "python" else NATIVE_RUNTIME)
+                          RUNTIME if guest.name == "python" else NATIVE_RUNTIME, end)
     kernels = {k: round(v) for k, v in by_kernel.most_common() if round(v)}
     return KernelProfile(kernels, sum(kernels.values()))

@@ -25,6 +25,9 @@ from schedules.wino_input import OPAQUE, input_transform_func
 from schedules.wino_math import matrices, pick, transform_rows
 
 GEOMETRY_KEY = "mdl.winograd_input"
+# Channel ranges per core of the parallel loop: each allocates its scratch once (a runtime
+# call per allocation), enough of them to balance the cores.
+_TASKS_PER_CORE = 4
 
 
 def input_transform_reference(data_shape, data_dtype: str, padding, m: int, dtype: str,
@@ -83,6 +86,7 @@ class WinogradInput(Rule):
             return None
         new = input_transform_func(tuple(int(v) for v in data.ty.shape), str(data.ty.dtype),
                                    (top, left, bottom, right), m, dtype, lanes, tiles_padded,
-                                   parallel=cfg.num_cores > 1)
+                                   parallel=cfg.num_cores > 1,
+                                   tasks=_TASKS_PER_CORE * cfg.num_cores)
         new = new.without_attr("global_symbol")
         return s_tir.Schedule(new.with_attrs(dict(func.attrs)) if func.attrs else new)

@@ -185,8 +185,32 @@ def _lin(coeffs, xs, dtype: str):
     return out
 
 
+def _column_pairs(mt: np.ndarray) -> list:
+    """Pairs of columns ``(a, b)`` whose coefficients are equal or opposite in every row
+    (both zero, or ``mt[i, a] = +-mt[i, b] != 0``), used by at least two rows: each row then
+    reads ``x_a + x_b`` or ``x_a - x_b``, computed once (the output transform's ``A^T``)."""
+    nz = np.abs(mt) > _ZERO
+    pairs, used = [], set()
+    for a in range(mt.shape[1]):
+        for b in range(a + 1, mt.shape[1]):
+            if a in used or b in used or (nz[:, a] != nz[:, b]).any() or nz[:, a].sum() < 2:
+                continue
+            if np.allclose(np.abs(mt[:, a]), np.abs(mt[:, b])):
+                pairs.append((a, b))
+                used |= {a, b}
+    return pairs
+
+
+def _row_cost(row: np.ndarray) -> int:
+    """Operations `_lin` spends on one row (a multiply when no coefficient is +1)."""
+    nz = np.abs(row) > _ZERO
+    return max(int(nz.sum()) - 1, 0) + int(nz.any() and not np.isclose(row[nz], 1).any())
+
+
 def transform_rows(mt: np.ndarray, xs: list, dtype: str) -> list:
-    """The expressions ``mt @ xs`` (one per row of `mt`), sharing even / odd parts.
+    """The expressions ``mt @ xs`` (one per row of `mt`): inputs paired where the rows
+    use them as sums / differences (`_column_pairs`), when that costs fewer operations, and
+    rows sharing even / odd parts.
 
     Parameters
     ----------
@@ -201,6 +225,30 @@ def transform_rows(mt: np.ndarray, xs: list, dtype: str) -> list:
     -------
     list of tirx.PrimExpr
     """
+    pairs = _column_pairs(mt)
+    if pairs:
+        cols, ins, extra = [], [], 0
+        paired = {i for pair in pairs for i in pair}
+        for j in range(mt.shape[1]):
+            if j not in paired:
+                cols.append(mt[:, j])
+                ins.append(xs[j])
+        for a, b in pairs:
+            same = np.isclose(mt[:, a], mt[:, b])
+            for keep, value in ((same, xs[a] + xs[b]), (~same, xs[a] - xs[b])):
+                col = np.where(keep, mt[:, a], 0.0)
+                if (np.abs(col) > _ZERO).any():
+                    cols.append(col)
+                    ins.append(value)
+                    extra += 1
+        new = np.stack(cols, axis=1)
+        if extra + sum(map(_row_cost, new)) < sum(map(_row_cost, mt)):
+            return _shared_rows(new, ins, dtype)
+    return _shared_rows(mt, xs, dtype)
+
+
+def _shared_rows(mt: np.ndarray, xs: list, dtype: str) -> list:
+    """``mt @ xs`` with rows sharing even / odd parts (pairs ``e + o`` / ``e - o``)."""
     nonzero = np.abs(mt) > _ZERO
     outs: list = [None] * mt.shape[0]
     for i in range(mt.shape[0]):

@@ -41,6 +41,10 @@ def test_attribute_charges_addresses_to_kernels_and_the_rest_to_the_runtime():
                    BASE + 0x284: 30, 0x1234: 70}
     rows = attribute(per_address, SYMBOLS, BASE)
     assert rows == {"conv": 91, "pool": 35, RUNTIME: 70}
+    # the last kernel's parallel-loop body past its symbol: the kernel's up to the code's end
+    past = {BASE + 0x2C8: 4, BASE + 0x310: 2}
+    assert attribute(past, SYMBOLS, BASE) == {RUNTIME: 6}
+    assert attribute(past, SYMBOLS, BASE, end=0x300) == {"pool": 4, RUNTIME: 2}
     assert kernel_name("__tvm_ffi_fused_conv2d_relu") == "fused_conv2d_relu"
     assert kernel_name("fused_conv2d_relu_compute_") == "fused_conv2d_relu"
     table = KernelProfile({"conv": 91, RUNTIME: 70}, 161).markdown(

@@ -42,6 +42,44 @@ def test_transforms_compute_the_correlation_and_report_their_error(rng, m):
     assert at.shape == (m, m + 2) and g.shape == (m + 2, 3) and bt.shape == (m + 2, m + 2)
 
 
+@pytest.mark.parametrize("m, matrix, most", [(4, 0, 10), (6, 0, 22), (4, 2, 16)])
+def test_transform_rows_share_sums_and_differences(rng, m, matrix, most):
+    """The expressions are ``mt @ x`` and spend at most `most` operations: the output
+    transform A^T computes each pair ``x_a +- x_b`` it reads once (F(4,3): 10, as NCNN's
+    hand-written transform, not the 14 of one expression per row)."""
+    from tvm import tirx
+
+    mt = wino_math.matrices(m, "float64")[matrix]
+    xs = [tirx.Var(f"x{i}", "float64") for i in range(mt.shape[1])]
+    exprs = wino_math.transform_rows(mt, xs, "float64")
+    ops = set()  # distinct operations (equal subtrees are one value for LLVM; a product
+    # added or subtracted is one fmla / fmls)
+
+    def _visit(e, fused=False):
+        if isinstance(e, (tirx.Add, tirx.Sub, tirx.Mul)):
+            if not (fused and isinstance(e, tirx.Mul)):
+                ops.add(str(e))
+            add = not isinstance(e, tirx.Mul)
+            _visit(e.a, add)
+            _visit(e.b, add)
+
+    for e in exprs:
+        _visit(e)
+    assert len(ops) <= most
+    values = dict(zip(xs, rng.standard_normal(len(xs)), strict=True))
+
+    def _eval(e):
+        if isinstance(e, tirx.Var):
+            return values[e]
+        if isinstance(e, tirx.FloatImm):
+            return e.value
+        a, b = _eval(e.a), _eval(e.b)
+        return {tirx.Add: a + b, tirx.Sub: a - b, tirx.Mul: a * b}[type(e)]
+
+    expected = mt @ np.array(list(values.values()))
+    np.testing.assert_allclose([_eval(e) for e in exprs], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_weight_transform_is_packed_by_output_channel_blocks(rng):
     w = rng.standard_normal((5, 3, 3, 3)).astype("float32")
     u = wino_math.transform_weight(w, 4, 4, "float32")
@@ -91,6 +129,8 @@ def _conv_net(shape, w, bias, padding, residual, dtype):
         # F(4,3) by rows of tiles (shuffled out of row vectors), last vector of a row shifted
         (NEON, 1, 8, 12, (9, 22), (1, 1, 1, 1), 4, "float32", False),
         (NEON, 2, 8, 8, (5, 35), (1, 1, 1, 1), 4, "float16", False),
+        # 11 channels in parallel ranges of 2 (the last range 1), two groups of tile vectors
+        (NEON, 1, 11, 8, (30, 22), (1, 1, 1, 1), 4, "float32", False),
         # output channels as the vector (all tiles in one vector): 7 x 7 as in ResNet layer4,
         # channels not a multiple of the block, one tile, batch 2, fp32
         (NEON, 1, 24, 40, (7, 7), (1, 1, 1, 1), 4, "float16", True),
@@ -231,18 +271,21 @@ def test_cost_model_turns_the_gemm_where_tile_vectors_would_be_padded():
 
 
 def test_input_transform_scratch_is_private_to_each_thread():
-    """The padded plane is allocated inside the parallel channel loop: one per thread (a plane
-    shared by the threads raced, and the style network's output changed from run to run)."""
+    """The padded plane and the passes' scratch are allocated inside the parallel loop over
+    channel ranges: one per thread (a plane shared by the threads raced, and the style
+    network's output changed from run to run)."""
     import tvm
     import tvm.s_tir.transform as st
 
     from schedules.wino_input import input_transform_func
 
-    func = input_transform_func((1, 8, 10, 10), "float32", (1, 1, 1, 1), 4, "float32", 4, 12)
+    func = input_transform_func((1, 8, 10, 10), "float32", (1, 1, 1, 1), 4, "float32", 4, 12,
+                                tasks=3)
     lowered = tvm.transform.Sequential([
         st.ConvertBlocksToOpaque(), st.PlanAndUpdateBufferAllocationLocation(),
         st.CompactBufferAllocation(), st.LowerOpaqueBlock()])(tvm.IRModule({"main": func}))
     lines = lowered.script().split("\n")
     first_parallel = next(i for i, line in enumerate(lines) if "T.parallel" in line)
     allocs = [i for i, line in enumerate(lines) if "alloc_buffer" in line]
-    assert allocs and min(allocs) > first_parallel
+    assert len(allocs) == 2 and min(allocs) > first_parallel
+    assert "T.parallel(3)" in lines[first_parallel]  # 8 channels in ranges of 3, 3, 2
