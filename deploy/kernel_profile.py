@@ -15,6 +15,7 @@ ratio, what the VM costs per call.
 from __future__ import annotations
 
 import bisect
+import io
 import shutil
 import subprocess
 from collections import Counter
@@ -95,12 +96,12 @@ def _symbols(so_path: Path) -> list[tuple[int, int, str]]:
     return found
 
 
-def code_end(so_path: Path, symbols) -> int:
-    """Offset where the library's code ends: its ``.text`` section, not the last symbol (the
-    last kernel's parallel-loop bodies lie past the end of its symbol)."""
+def code_end(code: bytes, symbols) -> int:
+    """Offset where the library's code (`code`: the file's bytes) ends: its ``.text``
+    section, not the last symbol (the last kernel's parallel-loop bodies lie past the end of
+    its symbol)."""
     last = max(start + size for start, size, _ in symbols)
-    with open(so_path, "rb") as f:
-        text = read_elf(f, Path(so_path).stat().st_size).section(".text")
+    text = read_elf(io.BytesIO(code), len(code)).section(".text")
     return max(last, text.offset + text.size) if text else last
 
 
@@ -207,8 +208,9 @@ def profile_instructions(so_path, inputs, runs: int = 10, timeout: float = 900.0
                                      meta=meta, program=guest.program))
             for n in (runs, 2 * runs))
     per_address = {a: (twice.get(a, 0) - once.get(a, 0)) / runs for a in set(once) | set(twice)}
-    end = code_end(Path(so_path), symbols)
-    base = find_base(twice, words, symbols, Path(so_path).read_bytes(), end)
+    code = Path(so_path).read_bytes()
+    end = code_end(code, symbols)
+    base = find_base(twice, words, symbols, code, end)
     by_kernel = attribute({a: n for a, n in per_address.items() if n}, symbols, base,
                           RUNTIME if guest.name == "python" else NATIVE_RUNTIME, end)
     kernels = {k: round(v) for k, v in by_kernel.most_common() if round(v)}

@@ -138,8 +138,11 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
                         span = ceil_div(lanes * m + 2, lanes)
                         n_tv = ceil_div(n_w, lanes)
 
+                        def _tw0(i):  # a row's last vector shifted back to end at its end
+                            return tirx.min(i % n_tv * lanes, n_w - lanes)
+
                         def _reader(i):
-                            tw0 = T.bind(tirx.min(i % n_tv * lanes, n_w - lanes))
+                            tw0 = T.bind(_tw0(i))
                             img, th = i // n_tv // n_h, i // n_tv % n_h
                             base = T.bind(img * plane + th * (m * cols_p) + tw0 * m)
 
@@ -153,7 +156,7 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
                             return _read_row
 
                         def _first_tile(i):
-                            return i // n_tv * n_w + tirx.min(i % n_tv * lanes, n_w - lanes)
+                            return i // n_tv * n_w + _tw0(i)
 
                         _two_passes(out, ci, count, _reader, _first_tile, rows, bt, lanes,
                                     dtype)
@@ -201,7 +204,6 @@ def _channels(c: int, per: int, task, body):
     extent = per if c % per == 0 else tirx.min(per, c - task * per)
     with T.serial(0, extent) as i:
         body(task * per + i)
-
 
 
 def _two_passes(out, ci, count: int, reader, first_tile, rows, bt, lanes: int, dtype: str):
