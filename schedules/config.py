@@ -34,6 +34,9 @@ class MachineConfig:
         True when an FMA can take its scalar operand from a vector register lane
         (AArch64 ``fmla v.4s, v.4s, v.s[i]``): broadcast operands are then loaded a vector
         at a time.
+    neon_tiles : bool
+        The target is AArch64 code: register tiles may use the hand-written micro-kernels of
+        `schedules.neon_tile` (False in configurations whose kernels run on another host).
     """
 
     vector_bits: int = 128
@@ -41,6 +44,7 @@ class MachineConfig:
     num_cores: int = 4
     fp16_arith: bool = False
     indexed_fma: bool = False
+    neon_tiles: bool = False
 
     @classmethod
     def from_profile(cls, profile) -> MachineConfig:
@@ -62,6 +66,7 @@ class MachineConfig:
             num_cores=max(1, int(profile.num_cores)),
             fp16_arith=bool(profile.fp16_arith),
             indexed_fma=arm,
+            neon_tiles=arm,
         )
 
     def lanes(self, dtype: str) -> int:

@@ -126,7 +126,7 @@ class GemmConv(Rule):
                     "dilation": (dh, dw), "out_shape": out_shape,
                     "vectors": int(ann[VECTOR_KEY]), "rows": rows, "dtype": dtype,
                     "k_groups": k_groups, "by_lane": cfg.indexed_fma, "groups": groups,
-                    "by_channels": bool(by_channels)}
+                    "by_channels": bool(by_channels), "neon": cfg.neon_tiles}
         new = gemm_conv_func(func, data, weight, geometry, epilogue, cfg.lanes(dtype),
                              parallel=cfg.num_cores > 1)
         new = new.without_attr("global_symbol")

@@ -48,21 +48,22 @@ def channel_block(epilogue, acc_dtype: str, operands, where, tile) -> None:
     epilogue : schedules.epilogue.Epilogue
     acc_dtype : str
     operands : tuple
-        ``(wflat, red, (buf, base, rstride))``: the packed weights, the reduction length,
-        and the im2col buffer with its offset of pixel 0 and row stride.
+        ``(wflat, red, (buf, base, rstride), neon)``: the packed weights, the reduction
+        length, the im2col buffer with its offset of pixel 0 and row stride, and whether
+        the NEON micro-kernels apply (`schedules.register_tile.reduce_tile`).
     where : tuple
         ``(kc, img, p0, q0)``: the chunk, the image, the segment's first output pixel and
         the block's first pixel in the segment.
     tile : tuple of int
         ``(pixels, kb, lanes, ow)``.
     """
-    wflat, red, (buf, base, rstride) = operands
+    wflat, red, (buf, base, rstride), neon = operands
     kc, img, p0, q0 = where
     pixels, kb, lanes, ow = tile
     nv = kb // lanes
     acc = T.alloc_buffer((pixels * kb,), acc_dtype)
     reduce_tile(acc, wflat, kc * red * kb, kb, buf, base + q0, red, (pixels, nv, lanes),
-                acc_dtype, w_stride=rstride, w_lanes=ceil_div(pixels, lanes) * lanes)
+                acc_dtype, w_stride=rstride, w_lanes=ceil_div(pixels, lanes) * lanes, neon=neon)
     for p in range(pixels):
         pix = p0 + q0 + p
         for v in range(nv):

@@ -105,6 +105,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                          f"k_groups must be 1, not {k_groups}")
     # fewer weights per step than lanes: one short vector used by lane (indexed FMAs)
     half_block = kb if kb < lanes and geometry.get("by_lane") else None
+    neon = bool(geometry.get("neon"))  # AArch64 code: NEON micro-kernels (`neon_tile`)
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -137,7 +138,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     x0 = base + q0 + (kc // group_chunks * red * rstride
                                       if groups > 1 and direct else 0)
                     reduce_tile(acc, buf, x0, rstride, wflat, kc * red * kb, red,
-                                (kb, *tile), dtype, w_lanes=w_lanes)
+                                (kb, *tile), dtype, w_lanes=w_lanes, neon=neon)
                     _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, *tile),
                            (k_out, ow), kb * chunks != k_out)
 
@@ -146,7 +147,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     with T.serial(0, count) as kc_inner:
                         kc = chunk0 + kc_inner
                         if by_channels:  # whole blocks, then one of the pixels left
-                            operands = (wflat, red, (src, src_base, stride))
+                            operands = (wflat, red, (src, src_base, stride), neon)
                             with T.serial(0, full) as blk:
                                 channel_block(epilogue, dtype, operands,
                                               (kc, img, y0 * ow, blk * tp), (tp, kb, lanes, ow))

@@ -22,12 +22,24 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.common import cast_to as _cast
 from schedules.common import ramp as _vec
+from schedules.neon_tile import tile_fits, tile_kernel
 
 REDUCE_UNROLL = 4
 
 
+def neon_applies(xbuf, wbuf, tile, dtype: str, w_lanes: int) -> bool:
+    """Whether `reduce_tile` with ``neon=True`` runs the NEON micro-kernel for this tile:
+    by-lane weights loaded as whole vectors, one dtype for both operands and the
+    accumulators, and a kernel that fits the registers (`schedules.neon_tile.tile_fits`)."""
+    kb, nv, lanes = tile
+    return (w_lanes > 0 and w_lanes % lanes == 0
+            and str(xbuf.dtype) == str(wbuf.dtype) == str(dtype)
+            and tile_fits(kb, nv, w_lanes // lanes, str(dtype), lanes))
+
+
 def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype: str,
-                w_stride: int | None = None, w_lanes: int | None = None):
+                w_stride: int | None = None, w_lanes: int | None = None, neon: bool = False,
+                acc_base=0):
     """Emit the reduction of one register tile into `acc` (``kb * nv * L`` elements).
 
     Parameters
@@ -50,6 +62,12 @@ def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype
         Load ``W``'s step as one vector of this many lanes (at least ``kb``; may read past
         the ``kb`` used weights, within the step's `w_stride`) and use it by lane; 0
         broadcasts each weight. Default: ``kb`` lanes when ``kb >= L``, else 0.
+    neon : bool
+        The target is AArch64: use the hand-written micro-kernel (`schedules.neon_tile`)
+        where it has one for the tile (`neon_applies`).
+    acc_base : PrimExpr or int
+        Offset of the tile in `acc`; non-zero only where the micro-kernel runs (TIR
+        accumulators must stay a small local buffer that LLVM keeps in registers).
     """
     if red < 1:
         raise ValueError(f"a register tile needs a reduction of at least 1, not {red}")
@@ -60,6 +78,12 @@ def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype
         raise ValueError(f"w_lanes {w_lanes} must cover the {kb} weights of a step and stay "
                          f"within its stride {w_stride}")
     by_lane = w_lanes > 0
+    if neon and neon_applies(xbuf, wbuf, tile, dtype, w_lanes):
+        _neon_tile((acc, acc_base), (xbuf, x_base, x_stride), (wbuf, w_base, w_stride), red,
+                   (kb, nv, w_lanes // lanes), str(dtype))
+        return
+    if not isinstance(acc_base, int) or acc_base:
+        raise ValueError("acc_base is for the NEON micro-kernel only")
 
     def _step(r, first: bool):
         wv = (_cast(wbuf[_vec(w_base + r * w_stride, w_lanes)], dtype, w_lanes)
@@ -85,3 +109,18 @@ def reduce_tile(acc, xbuf, x_base, x_stride, wbuf, w_base, red: int, tile, dtype
         with T.serial(0, (red - head) // REDUCE_UNROLL) as ro:
             for ri in range(REDUCE_UNROLL):
                 _step(head + ro * REDUCE_UNROLL + ri, first=False)
+
+
+def _neon_tile(acc, x, w, red: int, tile, dtype: str):
+    """The reduction as a call of the inlined NEON micro-kernel (`schedules.neon_tile`)."""
+    (acc, acc_base), (xbuf, x_base, x_stride), (wbuf, w_base, w_stride) = acc, x, w
+    name, ir = tile_kernel(*tile, red, dtype)
+    elem = {"float32": 4, "float16": 2}[dtype]
+
+    def _bytes(stride):
+        return tirx.Cast("int64", stride) * elem
+
+    with T.attr(0, "pragma_import_llvm", ir):
+        T.evaluate(T.call_extern("int32", name, T.address_of(acc[acc_base]),
+                                 T.address_of(xbuf[x_base]), T.address_of(wbuf[w_base]),
+                                 _bytes(x_stride), _bytes(w_stride)))

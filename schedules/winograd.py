@@ -127,7 +127,7 @@ class WinogradConv(Rule):
         out = annotated_block(sch, "winograd_out")
         out_shape = tuple(int(x) for x in sch.get(out[0]).writes[0].source.ty.shape)
         geometry = {"m": m, "vectors": int(ann[VECTOR_KEY]), "tiles_hw": (n_h, n_w),
-                    "out_shape": out_shape, "dtype": dtype}
+                    "out_shape": out_shape, "dtype": dtype, "neon": cfg.neon_tiles}
         kernel = winograd_channels_func if by_channels else winograd_output_func
         new = kernel(func, v, u, geometry, epilogue, cfg.lanes(dtype),
                      parallel=cfg.num_cores > 1)

@@ -31,7 +31,7 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.algo import tiles_padded
 from schedules.common import ramp as _vec
-from schedules.register_tile import reduce_tile
+from schedules.register_tile import neon_applies, reduce_tile
 from schedules.wino_math import matrices
 from schedules.winograd_kernel import output_transform, row_segment, winograd_frame
 
@@ -76,6 +76,7 @@ def winograd_channels_func(func, v, u, geometry: dict, epilogue, lanes: int,
         raise ValueError(f"channel-vector Winograd needs {tiles_padded(tiles, block, lanes)} "
                          f"padded tiles (has {padded}) and kb {kb} a multiple of the lanes")
     nv = kb // lanes
+    neon = bool(geometry.get("neon"))
     at, _, _ = matrices(m, dtype)
     full, tail = divmod(tiles, block)
     with winograd_frame(func, "mdl_winograd_channels", v, u,
@@ -88,12 +89,17 @@ def winograd_channels_func(func, v, u, geometry: dict, epilogue, lanes: int,
             def _block(t0, count):
                 w_lanes = -(-count // lanes) * lanes
                 with T.serial(0, e_count) as e:
-                    reduce_tile(acc, uflat, (e * chunks + kc) * c * kb, kb, vflat,
-                                e * c * padded + t0, c, (count, nv, lanes), dtype,
-                                w_stride=padded, w_lanes=w_lanes)
-                    for i in range(count * nv):
-                        T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
-                                       [_vec(e * count * kb + i * lanes, lanes)])
+                    args = (uflat, (e * chunks + kc) * c * kb, kb, vflat, e * c * padded + t0,
+                            c, (count, nv, lanes), dtype)
+                    if neon and neon_applies(uflat, vflat, (count, nv, lanes), dtype, w_lanes):
+                        # the micro-kernel stores its tile straight into M
+                        reduce_tile(mbuf, *args, w_stride=padded, w_lanes=w_lanes, neon=True,
+                                    acc_base=e * count * kb)
+                    else:
+                        reduce_tile(acc, *args, w_stride=padded, w_lanes=w_lanes)
+                        for i in range(count * nv):
+                            T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
+                                           [_vec(e * count * kb + i * lanes, lanes)])
                 _output_channels(mbuf, epilogue, kc, at, geometry, (t0, count, kb, lanes),
                                  dtype)
 

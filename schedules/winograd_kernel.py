@@ -23,7 +23,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from schedules.common import ramp as _vec
-from schedules.register_tile import reduce_tile
+from schedules.register_tile import neon_applies, reduce_tile
 from schedules.wino_math import matrices, transform_rows
 
 OPAQUE = 8  # Relax op pattern "opaque"
@@ -63,7 +63,8 @@ def winograd_output_func(func, v, u, geometry: dict, epilogue, lanes: int,
                 t0 = blk * tp
                 with T.serial(0, e_count) as e:
                     _gemm_tile(mbuf, vflat, uflat, e, kc, t0,
-                               (c, tiles_padded, chunks, kb, nv, lanes), dtype)
+                               (c, tiles_padded, chunks, kb, nv, lanes), dtype,
+                               bool(geometry.get("neon")))
                 _output_tiles(mbuf, epilogue, kc, t0, at, geometry, (kb, nv, lanes), dtype)
     return ib.get()
 
@@ -90,13 +91,18 @@ def winograd_frame(func, name: str, v, u, attrs: dict | None = None):
                 yield ib, vflat, uflat
 
 
-def _gemm_tile(mbuf, vflat, uflat, e, kc, t0, dims, dtype):
+def _gemm_tile(mbuf, vflat, uflat, e, kc, t0, dims, dtype, neon: bool):
     """``mbuf[e, kk, :] = sum_c U[e, kc, c, kk] * V[e, c, t0 : t0 + tp]``."""
     c, tiles_padded, chunks, kb, nv, lanes = dims
     tp = nv * lanes
+    args = (vflat, e * c * tiles_padded + t0, tiles_padded, uflat, (e * chunks + kc) * c * kb,
+            c, (kb, nv, lanes), dtype)
+    if neon and kb >= lanes and neon_applies(vflat, uflat, (kb, nv, lanes), dtype, kb):
+        # the micro-kernel stores its tile straight into M
+        reduce_tile(mbuf, *args, neon=True, acc_base=e * kb * tp)
+        return
     acc = T.alloc_buffer((kb * tp,), dtype)
-    reduce_tile(acc, vflat, e * c * tiles_padded + t0, tiles_padded, uflat,
-                (e * chunks + kc) * c * kb, c, (kb, nv, lanes), dtype)
+    reduce_tile(acc, *args)
     for i in range(kb * nv):
         T.buffer_store(mbuf, acc[_vec(i * lanes, lanes)],
                        [_vec(e * kb * tp + i * lanes, lanes)])
