@@ -33,7 +33,7 @@ def tile_fits(kb: int, nv: int, w_vectors: int, dtype: str, lanes: int) -> bool:
     """Whether `tile_kernel` has a kernel for this tile."""
     spec = _SUFFIX.get(str(dtype))
     return (spec is not None and spec[2] == lanes and kb >= 1 and nv >= 1
-            and 1 <= w_vectors <= 4 and nv <= 4 and w_vectors * lanes >= kb
+            and 1 <= w_vectors <= 4 and w_vectors * lanes >= kb
             and w_vectors + nv + kb * nv <= NUM_REGS)
 
 
@@ -44,7 +44,11 @@ def _regs(first: int, count: int, arrangement: str) -> str:
 def _step(kb: int, nv: int, w_vectors: int, dtype: str, first: bool) -> list[str]:
     arr, elem, lanes = _SUFFIX[dtype]
     x0, acc0 = w_vectors, w_vectors + nv
-    lines = [f"ld1 {_regs(x0, nv, arr)}, [x9], $3", f"ld1 {_regs(0, w_vectors, arr)}, [x10], $4"]
+    # X in loads of at most 4 registers: whole 64-byte chunks, the last one advancing
+    # to the next step (x13 = stride less the chunks before it)
+    lines = [f"ld1 {_regs(x0 + i, 4, arr)}, [x9], #64" for i in range(0, nv - 1 - (nv - 1) % 4, 4)]
+    lines += [f"ld1 {_regs(x0 + nv - 1 - (nv - 1) % 4, (nv - 1) % 4 + 1, arr)}, [x9], "
+              + ("x13" if nv > 4 else "$3"), f"ld1 {_regs(0, w_vectors, arr)}, [x10], $4"]
     op = "fmul" if first else "fmla"
     for kk in range(kb):
         for v in range(nv):
@@ -88,7 +92,10 @@ def tile_kernel(kb: int, nv: int, w_vectors: int, red: int, dtype: str) -> tuple
     dtype = str(dtype)
     arr = _SUFFIX[dtype][0]
     groups, rest = divmod(red - 1, UNROLL)
-    lines = ["mov x9, $1", "mov x10, $2"] + _step(kb, nv, w_vectors, dtype, True)
+    lines = ["mov x9, $1", "mov x10, $2"]
+    if nv > 4:
+        lines.append(f"sub x13, $3, #{64 * ((nv - 1) // 4)}")
+    lines += _step(kb, nv, w_vectors, dtype, True)
     for _ in range(rest):
         lines += _step(kb, nv, w_vectors, dtype, False)
     if groups:
@@ -98,7 +105,7 @@ def tile_kernel(kb: int, nv: int, w_vectors: int, red: int, dtype: str) -> tuple
         lines += ["subs x12, x12, #1", "b.ne 1b"]
     lines += ["mov x11, $0"] + _stores(kb * nv, w_vectors + nv, arr)
     used = w_vectors + nv + kb * nv
-    clobbers = ",".join([f"~{{x{r}}}" for r in (9, 10, 11, 12)]
+    clobbers = ",".join([f"~{{x{r}}}" for r in (9, 10, 11, 12, 13)]
                         + [f"~{{q{r}}}" for r in range(used)] + ["~{memory}", "~{cc}"])
     name = f"mdl_neon_tile_{kb}x{nv}w{w_vectors}_{dtype}_r{red}"
     text = "\\0A".join(lines)

@@ -21,6 +21,7 @@ from schedules.neon_tile import tile_fits, tile_kernel
     ((8, 3, 1, "float16", 4), False),   # fp16 computed in fp32 lanes: mixed, TIR path
     ((8, 3, 2, "float64", 2), False),
     ((12, 2, 2, "float32", 4), False),  # 2 vectors hold 8 of the 12 weights
+    ((4, 5, 1, "float32", 4), True),    # 5 data vectors: loaded as 4 + 1
 ])
 def test_tile_fits_registers_and_dtypes(tile, fits):
     assert tile_fits(*tile) is fits
@@ -40,6 +41,15 @@ def test_kernel_has_one_fma_per_weight_and_vector_per_step(red):
     # the 24 accumulators v5..v28 stored in order, four registers per st1
     stores = [line for line in asm if line.startswith("st1")]
     assert stores[0].startswith("st1 {v5.4s, v6.4s, v7.4s, v8.4s}") and len(stores) == 6
+
+
+def test_wide_tiles_load_in_chunks_of_four_registers():
+    _, ir = tile_kernel(4, 5, 1, 3, "float32")
+    asm = ir.split('asm sideeffect "')[1].split('"')[0].split("\\0A")
+    # 64 bytes post-increment, then the last register to the next step (stride - 64)
+    assert "sub x13, $3, #64" in asm
+    assert asm.count("ld1 {v1.4s, v2.4s, v3.4s, v4.4s}, [x9], #64") == 3
+    assert asm.count("ld1 {v5.4s}, [x9], x13") == 3
 
 
 def test_kernel_rejects_what_it_cannot_build():
