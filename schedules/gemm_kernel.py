@@ -128,6 +128,9 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                 # the weights' load width of a full block, kept by the narrower tail block
                 # (reduce_tile's default would follow the tail's lanes)
                 w_lanes = half_block if half_block is not None else (kb if kb >= lanes else 0)
+                # one chunk wider than the output channels (an RGB output layer): only the
+                # used channels are reduced (the TIR tile's unused FMAs were dead code)
+                k_used = min(kb, k_out) if chunks == 1 else kb
 
                 def _block(kc, img, y0, src, q0, tile):
                     """One register tile: pixels ``q0 + ...`` of the segment (`src`: the
@@ -138,7 +141,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     x0 = base + q0 + (kc // group_chunks * red * rstride
                                       if groups > 1 and direct else 0)
                     reduce_tile(acc, buf, x0, rstride, wflat, kc * red * kb, red,
-                                (kb, *tile), dtype, w_lanes=w_lanes, neon=neon)
+                                (k_used, *tile), dtype, w_stride=kb, w_lanes=w_lanes,
+                                neon=neon)
                     _store(epilogue, acc, img, kc * kb, y0 * ow + q0, (kb, *tile),
                            (k_out, ow), kb * chunks != k_out)
 

@@ -62,7 +62,8 @@ def test_kernel_rejects_what_it_cannot_build():
 class _OddNet(torch.nn.Module):
     """Winograd on 11 -> 13 channels of a 18 x 14 map (a part block of tiles), a stride-2
     GEMM, a 1 x 1 conv read in place and 3 x 3 / 1 x 1 convs on a 7 x 7 map (channel
-    vectors), with residual adds and ReLUs in the epilogues."""
+    vectors), with residual adds and ReLUs in the epilogues; a 5 x 5 conv to 3 channels (one
+    weight block wider than the outputs: only 3 of its 4 channels reduced)."""
 
     def __init__(self):
         super().__init__()
@@ -72,14 +73,15 @@ class _OddNet(torch.nn.Module):
         self.d = torch.nn.Conv2d(24, 40, 3, 2, 1)
         self.e = torch.nn.Conv2d(40, 40, 3, 1, 1)
         self.f = torch.nn.Conv2d(40, 36, 1)
+        self.g = torch.nn.Conv2d(13, 3, 5, 1, 2)
 
     def forward(self, x):
-        y = torch.relu(self.a(x))
-        y = torch.relu(self.b(y))
+        a = torch.relu(self.a(x))
+        y = torch.relu(self.b(a))
         y = torch.relu(self.c(y) + y)
         y = torch.relu(self.d(y))
         y = torch.relu(self.e(y) + y)
-        return self.f(y)
+        return torch.cat([self.f(y).flatten(1), self.g(a).flatten(1)], 1)
 
 
 @pytest.mark.phone
