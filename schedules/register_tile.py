@@ -13,6 +13,9 @@ accumulators (``kk < kb`` output channels, ``v < nv`` vectors of pixels or tiles
   step, ``kb * nv`` FMAs).
 
 Mixed dtypes (fp16 storage with fp32 accumulation) widen the loaded vectors to ``dtype``.
+On AArch64 (``neon=True``) a tile with one dtype and whole-vector weights is a call of the
+hand-written NEON micro-kernel instead (`schedules.neon_tile`: ``ld1`` of several registers
+per operand and step, which LLVM does not emit from TIR).
 """
 
 from __future__ import annotations
