@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schedules.config import ConvGeometry, MachineConfig, ceil_div, reads_in_place
+from schedules.segments import tail_tile, task_choices, whole_segments
 
 # Instructions per vector FMA of the direct packed kernel (0.31 per MAC in fp32).
 DIRECT_PER_FMA = 1.25
@@ -221,7 +222,6 @@ def direct_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int
 # im2col: instructions per copied element (unit stride, strided), per copied row; GEMM
 # epilogue per accumulator vector (bias, activation, store).
 _IM2COL_PER_ELEM, _IM2COL_PER_ROW, _GEMM_EPILOGUE_PER_VECTOR = {1: 0.5, 2: 1.0}, 10.0, 4.0
-_IM2COL_BYTES = 256 * 1024  # im2col bytes per segment the row choice aims to stay under
 # ... for channel-vector tiles (a 7 x 7 map's 3 x 3 x 256 rows, 451 KiB, as NCNN's tiles)
 _CHANNELS_IM2COL_BYTES = 512 * 1024
 _TASKS_PER_CORE = 2  # parallel tasks per core the segments should give
@@ -259,8 +259,8 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
         if geo.groups > 1 and group_out % kb:
             continue  # a register tile stays within one group
         block, chunks = nv * lanes, ceil_div(k, kb)
-        choices = (_task_choices(out_rows, ow, block, red * elem, 1, wanted) if per_group_copy
-                   else _task_choices(out_rows, ow, block, rows_all * elem if im2col else 0,
+        choices = (task_choices(out_rows, ow, block, red * elem, 1, wanted) if per_group_copy
+                   else task_choices(out_rows, ow, block, rows_all * elem if im2col else 0,
                                       chunks, wanted))
         for groups, rows in choices:
             seg = rows * ow
@@ -287,11 +287,11 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
 def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_rows: int,
                    batch: int, wanted: int):
     """``(ConvAlgo, tasks)`` with output channels as the vector (`schedules.gemm_channels`:
-    indexed FMAs, one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors``
-    pixels, always an im2col copy, stores lane by lane); `widths`: lanes, element bytes."""
+    one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors`` pixels, by lane
+    or broadcast, an im2col copy, lane-by-lane stores); `widths`: lanes, element bytes."""
     lanes, elem = widths
     # maps under a vector stay direct (its rule takes squeeze-excite's fused channel scale)
-    if not cfg.indexed_fma or geo.groups != 1 or out_rows * geo.out_width < lanes:
+    if geo.groups != 1 or out_rows * geo.out_width < lanes:
         return
     red, ow, k = geo.in_channels * geo.kernel[0] * geo.kernel[1], geo.out_width, geo.out_channels
     for nv in (1, 2, 3, 4):
@@ -301,12 +301,14 @@ def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_row
         for p in range(1, 3 * lanes + 1):
             if not _fits(cfg, p, nv, ceil_div(p, lanes), spare=CHANNELS_SPARE):
                 continue
-            for groups, rows in _task_choices(out_rows, ow, p, red * elem, chunks, wanted,
-                                              _CHANNELS_IM2COL_BYTES):
+            choices = task_choices(out_rows, ow, p, red * elem, chunks, wanted,
+                                    _CHANNELS_IM2COL_BYTES)
+            for groups, rows in (whole_segments(choices, chunks, wanted)
+                                 if choices and not cfg.indexed_fma else choices):
                 seg, segs = rows * ow, batch * ceil_div(out_rows, rows)
                 blocks = [(seg // p, p)] + ([(1, seg % p)] if seg % p else [])
                 cost = segs * chunks * sum(
-                    count * (red * _channel_step(lanes, size, nv)
+                    count * (red * _channel_step(cfg, lanes, size, nv)
                              + size * nv * (lanes + 2) + _BLOCK_OVERHEAD)
                     for count, size in blocks)
                 cost += segs * red * _im2col_row_cost(geo, seg, rows, lanes)
@@ -319,39 +321,15 @@ def _im2col_row_cost(geo: ConvGeometry, seg: int, rows: int, lanes: int) -> floa
     return seg * _IM2COL_PER_ELEM[min(geo.stride[1], 2)] / lanes + rows * _IM2COL_PER_ROW
 
 
-def _channel_step(lanes: int, pixels: int, nv: int) -> float:
+def _channel_step(cfg: MachineConfig, lanes: int, pixels: int, nv: int) -> float:
     """Instructions per step of a channel-vector tile as LLVM emits it on AArch64: FMAs,
     whole vectors in pairs (``ldp``), the pixels past them one load per power-of-two piece
-    (7 fp32 pixels: q, d, s), one of loop (measured on ResNet-18's 7 x 7 conv)."""
+    (7 fp32 pixels: q, d, s), one of loop (measured on ResNet-18's 7 x 7 conv); without
+    indexed FMAs, one broadcast per pixel and one load per weight vector."""
+    if not cfg.indexed_fma:
+        return pixels * nv + pixels + nv + _LOOP_PER_STEP
     whole, rest = divmod(pixels, lanes)
     return pixels * nv + ceil_div(whole, 2) + bin(rest).count("1") + ceil_div(nv, 2) + 1.0
-
-
-def tail_tile(seg: int, nv: int, lanes: int) -> tuple | None:
-    """``(vectors, lanes)`` of the block that ends a segment of `seg` pixels after its whole
-    ``nv * L`` blocks -- fewer vectors, or half-width ones (``.4h`` / ``.2s`` on NEON, ``ymm``
-    under ``zmm``) -- or None when a full block shifted back to the segment's end costs
-    no more (no pixels left, or as many computed)."""
-    left = seg % (nv * lanes)
-    if not left or seg < nv * lanes:
-        return None
-    width = lanes // 2 if left <= lanes // 2 and lanes >= 4 else lanes
-    tile = (ceil_div(left, width), width)
-    return tile if tile[0] * tile[1] < nv * lanes else None
-
-
-def _task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: int,
-                  wanted: int, budget: int = _IM2COL_BYTES) -> list[tuple[int, int]]:
-    """``(k_groups, rows)`` pairs: segments of at least one pixel block with the im2col
-    buffer within budget; a direct GEMM (`col_bytes` 0) splits its tasks by every
-    output-channel chunk, an im2col one by a divisor of the chunks up to `wanted` (the
-    groups share one copy of the segment), so that small maps need not be cut into short
-    segments whose last pixel block is mostly waste."""
-    fits = [r for r in range(1, out_rows + 1) if r * ow >= block
-            and (r == 1 or r * ow * col_bytes <= budget)]
-    groups = [chunks] if not col_bytes else [
-        g for g in range(1, min(chunks, wanted) + 1) if chunks % g == 0]
-    return [(g, r) for g in groups for r in fits]
 
 
 def winograd_eligible(geo: ConvGeometry) -> bool:

@@ -7,7 +7,9 @@ block 16 times and a 4-pixel tail, and each tail block does few FMAs per load. N
 nv * L`` of them) and each pixel's im2col value is a scalar used by lane
 (``fmla v.4s, w.4s, x.s[p]``). `channel_block` emits one ``P x nv`` tile of that kind:
 per reduction step the ``nv`` weight vectors of the chunk (the same ``[K / kb, R, kb]``
-packing) and the ``P`` pixels of the im2col row as ``ceil(P / L)`` vectors used by lane.
+packing) and the ``P`` pixels of the im2col row as ``ceil(P / L)`` vectors used by lane --
+or, on cores without indexed FMAs (x86), each pixel broadcast from memory (AVX-512's
+``vfmadd231ps zmm, zmm, [mem]{1to16}``: MLAS's SGEMM kernel has the same shape).
 The block may hold any number of pixels, so a segment is cut into whole blocks and one
 block of the pixels left, none computed twice.
 
@@ -48,22 +50,25 @@ def channel_block(epilogue, acc_dtype: str, operands, where, tile) -> None:
     epilogue : schedules.epilogue.Epilogue
     acc_dtype : str
     operands : tuple
-        ``(wflat, red, (buf, base, rstride), neon)``: the packed weights, the reduction
-        length, the im2col buffer with its offset of pixel 0 and row stride, and whether
-        the NEON micro-kernels apply (`schedules.register_tile.reduce_tile`).
+        ``(wflat, red, (buf, base, rstride), neon, by_lane)``: the packed weights, the
+        reduction length, the im2col buffer with its offset of pixel 0 and row stride,
+        whether the NEON micro-kernels apply (`schedules.register_tile.reduce_tile`) and
+        whether the core has indexed FMAs (pixels loaded as vectors and used by lane;
+        else broadcast one by one).
     where : tuple
         ``(kc, img, p0, q0)``: the chunk, the image, the segment's first output pixel and
         the block's first pixel in the segment.
     tile : tuple of int
         ``(pixels, kb, lanes, ow)``.
     """
-    wflat, red, (buf, base, rstride), neon = operands
+    wflat, red, (buf, base, rstride), neon, by_lane = operands
     kc, img, p0, q0 = where
     pixels, kb, lanes, ow = tile
     nv = kb // lanes
     acc = T.alloc_buffer((pixels * kb,), acc_dtype)
     reduce_tile(acc, wflat, kc * red * kb, kb, buf, base + q0, red, (pixels, nv, lanes),
-                acc_dtype, w_stride=rstride, w_lanes=ceil_div(pixels, lanes) * lanes, neon=neon)
+                acc_dtype, w_stride=rstride,
+                w_lanes=ceil_div(pixels, lanes) * lanes if by_lane else 0, neon=neon)
     for p in range(pixels):
         pix = p0 + q0 + p
         for v in range(nv):

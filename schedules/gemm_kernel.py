@@ -33,12 +33,12 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from schedules.algo import tail_tile
 from schedules.common import cast_to as _cast
 from schedules.common import ramp as _vec
 from schedules.config import ceil_div, reads_in_place
 from schedules.gemm_channels import channel_block, check_channel_tile
 from schedules.register_tile import reduce_tile
+from schedules.segments import tail_tile
 
 OPAQUE = 8  # Relax op pattern "opaque"
 
@@ -106,6 +106,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
     # fewer weights per step than lanes: one short vector used by lane (indexed FMAs)
     half_block = kb if kb < lanes and geometry.get("by_lane") else None
     neon = bool(geometry.get("neon"))  # AArch64 code: NEON micro-kernels (`neon_tile`)
+    by_lane = bool(geometry.get("by_lane"))
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -151,7 +152,7 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
                     with T.serial(0, count) as kc_inner:
                         kc = chunk0 + kc_inner
                         if by_channels:  # whole blocks, then one of the pixels left
-                            operands = (wflat, red, (src, src_base, stride), neon)
+                            operands = (wflat, red, (src, src_base, stride), neon, by_lane)
                             with T.serial(0, full) as blk:
                                 channel_block(epilogue, dtype, operands,
                                               (kc, img, y0 * ow, blk * tp), (tp, kb, lanes, ow))
