@@ -8,8 +8,9 @@ map) and seeded N(0, 1) inputs with He-scaled weights, `schedules.wino_math.refe
 computes the Winograd convolution rounding to the precision after every stage, as the
 kernels do (weight transform in float64 then rounded, input transform, per-frequency
 products summed over channels, output transform); the error is ``max |y - ref| / max |ref|``
-against the direct convolution in float64. The last column is what the cost model allows
-(`schedules.algo.winograd_tile_sizes`: fp16 never F(6,3), F(6,3) only up to 128 channels).
+against the direct convolution in float64. Cells in italics are tiles the cost model never
+picks (`schedules.algo.winograd_tile_sizes`: fp16 never F(6,3), F(6,3) only up to 128
+channels).
 The built kernels' whole-model errors on the phone are in ``phone_peers.md``. Writes
 ``bench/results/winograd_error.{json,md}``.
 """

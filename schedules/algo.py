@@ -304,7 +304,7 @@ def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_row
             choices = task_choices(out_rows, ow, p, red * elem, chunks, wanted,
                                     _CHANNELS_IM2COL_BYTES)
             for groups, rows in (whole_segments(choices, chunks, wanted)
-                                 if choices and not cfg.indexed_fma else choices):
+                                 if not cfg.indexed_fma else choices):
                 seg, segs = rows * ow, batch * ceil_div(out_rows, rows)
                 blocks = [(seg // p, p)] + ([(1, seg % p)] if seg % p else [])
                 cost = segs * chunks * sum(

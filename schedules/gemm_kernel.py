@@ -91,9 +91,10 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         check_channel_tile(kb, lanes, k_out, groups, seg, tp)
     elif seg < tp:
         raise ValueError(f"segment of {seg} pixels is shorter than the {tp}-pixel block")
+    by_lane = bool(geometry.get("by_lane"))  # the core has indexed FMAs
     # never in place by channel vectors (their by-lane loads may pass the input's end)
     direct = not by_channels and reads_in_place(
-        (kh, kw), (sh, sw), any(geometry["padding"]), h * w, lanes, geometry.get("by_lane"))
+        (kh, kw), (sh, sw), any(geometry["padding"]), h * w, lanes, by_lane)
     n_seg, n_blk = ceil_div(oh, rows), ceil_div(seg, tp)
     k_groups = geometry.get("k_groups", 1)
     if chunks % k_groups:
@@ -104,9 +105,8 @@ def gemm_conv_func(func, data, weight, geometry: dict, epilogue, lanes: int,
         raise ValueError("a grouped im2col convolution's tasks are its channel groups: "
                          f"k_groups must be 1, not {k_groups}")
     # fewer weights per step than lanes: one short vector used by lane (indexed FMAs)
-    half_block = kb if kb < lanes and geometry.get("by_lane") else None
+    half_block = kb if kb < lanes and by_lane else None
     neon = bool(geometry.get("neon"))  # AArch64 code: NEON micro-kernels (`neon_tile`)
-    by_lane = bool(geometry.get("by_lane"))
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):

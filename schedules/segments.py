@@ -42,7 +42,9 @@ def task_choices(out_rows: int, ow: int, block: int, col_bytes: int, chunks: int
 def whole_segments(choices: list, chunks: int, wanted: int) -> list[tuple[int, int]]:
     """x86: each segment reads all the weights again from L2 / L3 (1152 -> 192 on 7 x 7,
     rows 1 / 7: 0.129 / 0.093 ms), so the tallest only, split by chunks up to the first
-    divisor giving `wanted` tasks (5 chunks on 2 cores: 5)."""
+    divisor giving `wanted` tasks (5 chunks on 2 cores: 5). No choices: none."""
+    if not choices:
+        return []
     rows = max(r for _, r in choices)
     enough = next((g for g in range(wanted, chunks + 1) if chunks % g == 0), chunks)
     return [(g, rows) for g in range(1, enough + 1) if chunks % g == 0]
