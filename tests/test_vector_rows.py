@@ -128,3 +128,37 @@ def test_squeeze_excite_gate_is_computed_per_channel_and_scales_planes_in_vector
         script)  # the multiply: whole planes, vectorised
     tol = 1e-5 if dtype == "float32" else 1e-2
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("hw, dtype", [((7, 7), "float32"), ((14, 14), "float16"),
+                                       ((5, 3), "float32")])
+def test_per_channel_scale_shift_relu_runs_whole_planes_in_vectors(rng, hw, dtype):
+    """A batch norm + ReLU on its own (DenseNet's pre-activation, after a concat) on rows
+    the lanes do not divide: each ``h x w`` plane is one vectorised run (the per-channel
+    constants read once per plane), not a scalar loop per row; a transposing element-wise
+    op (reads ``x[.., w, h]``) keeps the plain schedule. Numerics as unscheduled."""
+    channels = 6
+    x = rng.standard_normal((1, channels, *hw)).astype(dtype)
+    mean, scale = (rng.standard_normal((1, channels, 1, 1)).astype(dtype) for _ in range(2))
+
+    def body(bb, v):
+        shifted = bb.emit((v - relax.const(mean)) / relax.const(np.abs(scale) + 1))
+        return relax.op.nn.relu(shifted + relax.const(mean))
+
+    mod = relax_module(x.shape, body, dtype)
+    _, expected = lower_and_run(mod, [x], neon_config(), rules=())
+    lowered, actual = lower_and_run(mod, [x], neon_config())
+    (func,) = [f for gv, f in lowered.functions_items() if "relu" in gv.name_hint]
+    script = func.script()
+    assert "i2_i3_fused" in script and "T.vectorized" in script, script
+    tol = 1e-3 if dtype == "float16" else 1e-6
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+
+    square = rng.standard_normal((1, channels, 5, 5)).astype(dtype)
+    mod = relax_module(square.shape, lambda bb, v: relax.op.nn.relu(
+        relax.op.permute_dims(v, [0, 1, 3, 2]) + relax.const(mean)), dtype)
+    lowered, actual = lower_and_run(mod, [square], neon_config())
+    (func,) = [f for gv, f in lowered.functions_items() if "relu" in gv.name_hint]
+    assert "i2_i3_fused" not in func.script(), func.script()
+    expected = np.maximum(square.transpose(0, 1, 3, 2) + mean, 0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
