@@ -101,23 +101,33 @@ def forward(args: argparse.Namespace, *names: str) -> list[str]:
 
 # -- machine ---------------------------------------------------------------------------
 def cpu_info() -> dict:
-    """``machine``, ``cpus`` and, from /proc/cpuinfo where present, ``model`` and ``mhz``."""
+    """``machine``, ``cpus`` and, from /proc/cpuinfo where present, ``model``, ``mhz`` and
+    ``family`` (x86 ``cpu family`` / ``model`` numbers: a virtual machine may name only
+    the vendor line, "AMD EPYC", for CPUs whose vector units differ)."""
     info = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and "model" not in info:
-                    info["model"] = line.split(":", 1)[1].strip()
-                if line.startswith("cpu MHz") and "mhz" not in info:
-                    info["mhz"] = float(line.split(":", 1)[1])
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    if "model name" in fields:
+        info["model"] = fields["model name"]
+    if fields.get("cpu MHz"):
+        info["mhz"] = float(fields["cpu MHz"])
+    if fields.get("cpu family") and fields.get("model"):
+        info["family"] = f"family {fields['cpu family']}, model {fields['model']}"
     return info
 
 
 def cpu_model() -> str:
-    """The CPU's model name, or the machine type where /proc/cpuinfo has none."""
-    return (info := cpu_info()).get("model", info["machine"])
+    """The CPU's model name (with its family and model numbers where known), or the
+    machine type where /proc/cpuinfo has none."""
+    info = cpu_info()
+    name = info.get("model", info["machine"])
+    return f"{name} ({info['family']})" if "family" in info else name
 
 
 def loadavg() -> float | None:
