@@ -49,11 +49,12 @@ _LDN = (2, 4)
 _GROUP = 8
 
 
-def _transpose(rows: list, lanes: int) -> list:
+def _transpose(rows: list, lanes: int, bind=lambda v: v) -> list:
     """`lanes` vectors of `lanes` lanes -> their transpose (lane l of output q is
-    ``rows[l][q]``), as the butterfly of ``trn1/trn2`` and ``zip`` shuffles."""
+    ``rows[l][q]``), as the butterfly of ``trn1/trn2`` and ``zip`` shuffles; `bind` is applied
+    to the inputs and to every level's vectors."""
     width = 1
-    cur = list(rows)
+    cur = [bind(v) for v in rows]
     while width < lanes:
         nxt = list(cur)
         for start in range(0, lanes, 2 * width):
@@ -67,7 +68,7 @@ def _transpose(rows: list, lanes: int) -> list:
                           [lanes + block + width + i for i in range(width)]
                 nxt[start + off] = tirx.Shuffle([a, b], lo)
                 nxt[start + off + width] = tirx.Shuffle([a, b], hi)
-        cur = nxt
+        cur = [bind(v) for v in nxt]
         width *= 2
     return cur
 
@@ -174,9 +175,12 @@ def input_transform_func(data_shape, data_dtype: str, padding, m: int, dtype: st
                             def _read_cols(r):
                                 cols = []
                                 for k in range(per_row):
+                                    # every vector bound once (a let): the butterfly and
+                                    # B^T read each several times, and TVM's passes walk
+                                    # a shared tree once per use (seconds per function)
                                     cols += _transpose(
                                         [pad[_vec(b + r * cols_p + k * lanes)] for b in bases],
-                                        lanes)
+                                        lanes, T.bind)
                                 return cols[:alpha]
                             return _read_cols
 
