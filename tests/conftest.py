@@ -30,7 +30,16 @@ except ImportError as err:  # pragma: no cover - reported, not hidden
 PHONE_FIXTURES = {"phone", "phone_env", "phone_tracker", "arm64_model"}
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` / `-k` deselected what they do
 def pytest_collection_modifyitems(config, items):
+    """Refuse phone fixtures without the phone marker; deselect a `fast_twin` when the test
+    it stands in for runs too (the full suite runs the real one only)."""
+    names = {item.name for item in items}
+    twins = [item for item in items
+             if (mark := item.get_closest_marker("fast_twin")) and mark.args[0] in names]
+    if twins:
+        config.hook.pytest_deselected(items=twins)
+        items[:] = [item for item in items if item not in twins]
     unmarked = [item.nodeid for item in items
                 if PHONE_FIXTURES & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("phone") is None]

@@ -73,6 +73,7 @@ def test_cli_errors_are_one_clear_line(args, message, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.fast_twin("test_demo_runs_on_host_and_phone_and_prints_table")
 def test_demo_table_without_phone_or_training(monkeypatch, capfd):
     """The demo's flow and table on an untrained LeNet-5 and 200 test images, in-process:
     MobileDL on the host classifies exactly as PyTorch does (the fast-subset version of the
@@ -112,3 +113,15 @@ def test_demo_runs_on_host_and_phone_and_prints_table(phone_env):
     host_acc = float(re.search(r"MobileDL\s+host\s+([\d.]+)", out).group(1))
     assert torch_acc > 0.8 and abs(host_acc - torch_acc) <= 1e-3  # trained, 10 classes
     assert "arm64 phone (QEMU)" in out and "argmax = host" in out
+    # the headline (as in the fast twin above), with the phone's instruction counts
+    heads = {line.split("  ")[0]: line for line in out.splitlines()
+             if line.startswith(("uncompressed", "mask:0.5"))}
+    assert list(heads) == ["uncompressed, fp32", "mask:0.5 + least squares, fp32",
+                           "mask:0.5 + least squares, fp16"]
+    numbers = [[int(n.replace(",", "")) for n in re.findall(r"\d{1,3}(?:,\d{3})+", line)]
+               for line in heads.values()]  # weights, MACs, instructions
+    macs = [row[1] for row in numbers]
+    assert macs[0] == LENET_MACS and macs[1] == macs[2] < LENET_MACS / 2
+    assert numbers[0][2] > numbers[1][2] > numbers[2][2]  # fewer instructions each step
+    assert re.search(r"^-> [\d.]+x fewer instructions at [\d.]+ points", out, re.M)
+    assert "Warning" not in proc.stderr  # no stray TVM warnings
