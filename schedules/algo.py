@@ -14,6 +14,9 @@ keeps the cheapest (Winograd must win by `WINOGRAD_MARGIN`):
   (`TRANSFORM_COST`, measured on the phone) and the gathering epilogue. Small maps and few
   channels make it lose -- unless all tiles fit one vector and the core has indexed FMAs:
   then output channels are the vector (`schedules.winograd_channels`, ``by_channels``).
+  Where the machine config charges streamed weights (``weight_byte_cost``: x86 hosts), ``U``'s
+  bytes beyond the 3 x 3 weights are added: on small maps with many channels they outweigh
+  the FMAs saved.
 
 Rules on top of the model: Winograd only for 3 x 3, stride 1, dilation 1, constant weights;
 fp16 never uses F(6,3) (its transform error is ~1e-1 in fp16, `schedules.wino_math`);
@@ -23,7 +26,7 @@ F(6,3) only when both channel counts are <= `F6_MAX_CHANNELS` (its weights are 7
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schedules.config import ConvGeometry, MachineConfig, ceil_div, reads_in_place
 from schedules.segments import tail_tile, task_choices, whole_segments
@@ -156,6 +159,9 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
     if cfg.indexed_fma and by_channels is not False:
         channels = _channels_cost(cfg, lanes, (alpha, m, n_w >= lanes), c, k, tiles, epilogue)
         best = channels if channels.cost < best.cost else best
+    if cfg.weight_byte_cost and best.cost < float("inf"):
+        extra = (alpha * alpha - 9) * c * k * (2 if str(dtype) == "float16" else 4)
+        best = replace(best, cost=best.cost + cfg.weight_byte_cost * extra)
     return best
 
 

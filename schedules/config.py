@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Instructions per streamed weight byte on x86 hosts (MachineConfig.weight_byte_cost): about
+# one instruction's time per byte at one core's share of memory bandwidth. Measured where it
+# decides: SqueezeNet's 13 x 13 expand convs (48->192, 64->256; F(4,3) U 1.3 / 2.4 MB) by GEMM
+# instead of Winograd, 2 threads, same-process A/B: 0.90-0.96x the time; 1 thread 0.99x.
+X86_WEIGHT_BYTE_COST = 1.0
 # Independent FMA chains that keep both FMA pipes busy (2 units x ~4 cycles latency).
 _FMA_IN_FLIGHT = 8
 
@@ -37,6 +42,11 @@ class MachineConfig:
     neon_tiles : bool
         The target is AArch64 code: register tiles may use the hand-written micro-kernels of
         `schedules.neon_tile` (False in configurations whose kernels run on another host).
+    weight_byte_cost : float
+        Instructions the cost model charges per byte of weights an algorithm streams in
+        beyond the 3 x 3 ones (Winograd's ``alpha^2 / 9`` times larger ``U``), once per
+        inference. 0 counts instructions only: the phones' measure (instructions retired
+        cannot see memory traffic). On x86 hosts 1.0 (`schedules.algo`).
     """
 
     vector_bits: int = 128
@@ -45,6 +55,7 @@ class MachineConfig:
     fp16_arith: bool = False
     indexed_fma: bool = False
     neon_tiles: bool = False
+    weight_byte_cost: float = 0.0
 
     @classmethod
     def from_profile(cls, profile) -> MachineConfig:
@@ -67,6 +78,7 @@ class MachineConfig:
             fp16_arith=bool(profile.fp16_arith),
             indexed_fma=arm,
             neon_tiles=arm,
+            weight_byte_cost=0.0 if arm else X86_WEIGHT_BYTE_COST,
         )
 
     def lanes(self, dtype: str) -> int:

@@ -2,6 +2,8 @@
 reference on odd geometries (fp32 and fp16, phone-like and host lanes), and the cost
 model's choice between Winograd tiles and the GEMM convolution."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -254,7 +256,7 @@ def test_cost_model_turns_the_gemm_to_channel_vectors_on_few_tiles():
     by_tiles = min(algo.winograd_cost(ARM16, "float16", geo, out, m, by_channels=False).cost
                    for m in (2, 4))
     assert chosen.cost < 0.75 * by_tiles
-    assert not algo.choose_conv_algo(HOST, "float32", geo, out).by_channels
+    assert not any(algo.winograd_cost(HOST, "float32", geo, out, m).by_channels for m in (2, 4))
 
 
 def test_cost_model_turns_the_gemm_where_tile_vectors_would_be_padded():
@@ -268,6 +270,22 @@ def test_cost_model_turns_the_gemm_where_tile_vectors_would_be_padded():
     assert chosen.k_block * chosen.tile_vectors == 96  # 12 tiles x 8 channels
     geo7, out7 = _geo(512, 512, 7)
     assert not algo.choose_conv_algo(ARM32, "float32", geo7, out7).by_channels
+
+
+@pytest.mark.parametrize("shape, host", [((64, 256, 13), "gemm"), ((48, 192, 13), "gemm"),
+                                         ((64, 64, 56), "winograd"), ((32, 128, 27), "winograd")])
+def test_cost_model_charges_winograd_weights_on_x86_only(shape, host):
+    """F(4,3)'s U is 4x the 3 x 3 weights and is read from memory at every inference. The
+    x86 host config charges those extra bytes, so SqueezeNet's 13 x 13 expand convs (U 2.4 /
+    1.3 MB, 16 tiles) take the GEMM there (0.90-0.96x the time at 2 threads); large maps keep
+    Winograd. The phone configs count instructions only and keep Winograd everywhere."""
+    geo, out = _geo(*shape)
+    assert HOST.weight_byte_cost > 0 and ARM32.weight_byte_cost == ARM16.weight_byte_cost == 0
+    assert algo.choose_conv_algo(HOST, "float32", geo, out).kind == host
+    assert algo.choose_conv_algo(ARM32, "float32", geo, out).kind == "winograd"
+    charged = algo.winograd_cost(HOST, "float32", geo, out, 4).cost
+    free = algo.winograd_cost(replace(HOST, weight_byte_cost=0.0), "float32", geo, out, 4).cost
+    assert charged - free == HOST.weight_byte_cost * 27 * shape[0] * shape[1] * 4
 
 
 def test_input_transform_scratch_is_private_to_each_thread():
