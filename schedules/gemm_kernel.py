@@ -336,5 +336,11 @@ def _copy_row(col, dflat, dst, row, off, span, sw, ow, lanes, dtype):
                 val = tirx.Shuffle(loads, [i * sw for i in range(lanes)])
             T.buffer_store(col, _cast(val, dtype, lanes), [_vec(dst + x0, lanes)])
     if lo + nvec * lanes < hi:
-        with T.serial(lo + nvec * lanes, hi) as x:
-            T.buffer_store(col, _cast(dflat[row + x * sw + off], dtype, 1), [dst + x])
+        if nvec and sw == 1:
+            # the tail as the row's last whole vector, shifted back over the vectors before
+            # it (inside the row: hi + off <= W): one store instead of a scalar loop
+            T.buffer_store(col, _cast(dflat[_vec(row + hi - lanes + off, lanes)], dtype, lanes),
+                           [_vec(dst + hi - lanes, lanes)])
+        else:
+            with T.serial(lo + nvec * lanes, hi) as x:
+                T.buffer_store(col, _cast(dflat[row + x * sw + off], dtype, 1), [dst + x])

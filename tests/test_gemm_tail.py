@@ -35,6 +35,8 @@ def test_tail_tile_computes_fewer_pixels_than_a_full_block(seg, nv, lanes, expec
     # stride 1, rows narrower than a vector: each tap's rows copied as one run
     (8, 8, 3, 1, (7, 7), "float16", (8, 1, 3), False),  # 3-row segments, the last shifted
     (6, 8, 5, 1, (6, 6), "float32", (4, 2, 6), True),  # 5x5: runs shifted by up to 2
+    # stride 1, rows of 23: each tap's row tail is its last vector shifted back
+    (3, 8, 5, 1, (9, 23), "float32", (4, 3, 9), False),
 ])
 def test_gemm_conv_with_a_tail_block_matches_unscheduled(monkeypatch, rng, in_c, out_c, kernel,
                                                         stride, hw, dtype, tile, residual):
@@ -80,3 +82,22 @@ def test_1x1_conv_reads_in_place_only_planes_of_whole_vectors(hw, dtype, in_plac
     text = next(f.script() for gv, f in lowered.functions.items() if "gemm" in gv.name_hint)
     sizes = [int(n) for n in re.findall(r"alloc_buffer\(\((\d+),\)", text)]
     assert (max(sizes) < 24 * hw * hw) is in_place  # the copy holds every input row
+
+
+def test_im2col_row_tails_are_shifted_vectors_not_scalar_loops():
+    """Stride 1, rows wider than a vector: the pixels after a tap's whole vectors are copied
+    as the row's last vector shifted back (overlapping the one before), not by a scalar loop
+    per tap. The style network's 9 x 9 convs have 243 taps: their builds took 12.1 and 4.2 s
+    (LLVM on 729 small loops), 4.6 and 2.5 s now; 224 x 224 style net 0.97-0.98x the time."""
+    import schedules
+    from mdl_tvm.core.targets import get_profile
+
+    w = np.ones((8, 3, 5, 5), "float32")
+    mod = relax_module((1, 3, 9, 23), lambda bb, x: relax.op.nn.conv2d(
+        x, relax.const(w), padding=2, out_dtype="float32"), "float32")
+    with get_profile("host").tvm_target():
+        lowered = schedules.lowering_pipeline(neon_config())(mod)
+    text = next(f.script() for gv, f in lowered.functions.items() if "gemm" in gv.name_hint)
+    data = re.search(r"(\w+) = T.decl_buffer\(\(621,\), data=x.data\)", text).group(1)
+    assert re.search(rf"\b{data}\[T\.Ramp", text)  # vector copies
+    assert not re.search(rf"\b{data}\[(?!T\.Ramp)", text)  # and no scalar ones
