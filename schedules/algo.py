@@ -28,7 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from schedules.config import ConvGeometry, MachineConfig, ceil_div, reads_in_place
+from schedules.config import (
+    ConvGeometry,
+    MachineConfig,
+    ceil_div,
+    elem_bytes,
+    reads_in_place,
+)
 from schedules.segments import tail_tile, task_choices, whole_segments
 
 # Instructions per vector FMA of the direct packed kernel (0.31 per MAC in fp32).
@@ -160,7 +166,7 @@ def winograd_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: i
         channels = _channels_cost(cfg, lanes, (alpha, m, n_w >= lanes), c, k, tiles, epilogue)
         best = channels if channels.cost < best.cost else best
     if cfg.weight_byte_cost and best.cost < float("inf"):
-        extra = (alpha * alpha - 9) * c * k * (2 if str(dtype) == "float16" else 4)
+        extra = (alpha * alpha - 9) * c * k * elem_bytes(dtype)
         best = replace(best, cost=best.cost + cfg.weight_byte_cost * extra)
     return best
 
@@ -245,7 +251,7 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
     convolution's tiles stay within one group (``k_block`` divides its outputs; none may:
     infinite cost) and reduce over that group's inputs only."""
     lanes = cfg.lanes(dtype)
-    elem = 2 if str(dtype) == "float16" else 4
+    elem = elem_bytes(dtype)
     kh, kw = geo.kernel
     rows_all = geo.in_channels * kh * kw  # im2col rows (every group's)
     red = rows_all // geo.groups  # reduction of one output channel

@@ -46,7 +46,7 @@ class MachineConfig:
         Instructions the cost model charges per byte of weights an algorithm streams in
         beyond the 3 x 3 ones (Winograd's ``alpha^2 / 9`` times larger ``U``), once per
         inference. 0 counts instructions only: the phones' measure (instructions retired
-        cannot see memory traffic). On x86 hosts 1.0 (`schedules.algo`).
+        cannot see memory traffic). On x86 hosts `X86_WEIGHT_BYTE_COST` (`schedules.algo`).
     """
 
     vector_bits: int = 128
@@ -102,6 +102,11 @@ class MachineConfig:
 def ceil_div(a: int, b: int) -> int:
     """``ceil(a / b)`` for positive integers."""
     return -(-a // b)
+
+
+def elem_bytes(dtype) -> int:
+    """Bytes of one element of a compute dtype (float16: 2, else float32's 4)."""
+    return 2 if str(dtype) == "float16" else 4
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,7 @@ def choose_conv_tile(cfg: MachineConfig, dtype: str, geo: ConvGeometry,
     ConvTile
     """
     lanes = cfg.lanes(dtype)
-    elem = 2 if str(dtype) == "float16" else 4
+    elem = elem_bytes(dtype)
     oc, ow, kw = geo.out_channels, geo.out_width, geo.kernel[1]
     reduce_size = geo.in_channels * geo.kernel[0] * kw
     pixel_vectors = geo.stride[1] == 1 and (kw == 1 or reduce_size <= _SHORT_REDUCTION)

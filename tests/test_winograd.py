@@ -13,7 +13,7 @@ from tvm import relax
 import schedules.legalize as legalize
 from mdl_tvm.core.targets import get_profile
 from schedules import algo, wino_math
-from schedules.config import ConvGeometry, MachineConfig
+from schedules.config import ConvGeometry, MachineConfig, ceil_div
 from schedules.winograd_channels import VECTOR_AXIS_ATTR
 
 NEON = neon_config()
@@ -320,6 +320,7 @@ def test_input_transform_names_each_butterfly_vector_once(lanes):
 
     func = input_transform_func((1, 8, 10, 10), "float32", (1, 1, 1, 1), 4, "float32", lanes,
                                 max(lanes, 12))
-    alpha, per_row = 6, -(-6 // lanes)
+    alpha = 6
+    per_row = ceil_div(alpha, lanes)
     butterflies = alpha * per_row  # one transpose per input row and block of `lanes` columns
     assert func.script().count("T.Shuffle(") == butterflies * lanes * int(np.log2(lanes))
