@@ -8,6 +8,11 @@
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3
     #    ... and with every consumer refitted once more on the finished network
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios 0.3 --sweeps 1
+    #    ... with channels chosen by the error left after the consumers' refit (the library's
+    #    auto criterion with least squares; the bench's default stays `redundancy`, as in the
+    #    rows before it)
+    python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 \
+        --count 1000 --criterion refit
     #    ... and with layers before a ReLU fitted to their clamped output
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 --relaxed
     # ... with the output-sensitivity plan; without residual targets (the method before them)
@@ -59,7 +64,8 @@ ARMS = ("uncompressed", "mask", "torch-pruning")
 SHAPE = (1, 1, 28, 28)
 FT = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "augment": True, "threads": 1}
 RECIPES = ("own", "sgd")
-DEFAULTS = {"recipe": "sgd"}  # rows written before the recipe was recorded used FT
+# rows written before the recipe / criterion were recorded used FT / redundancy
+DEFAULTS = {"recipe": "sgd", "criterion": "redundancy"}
 
 
 def accuracy(compiled, images, labels) -> float:
@@ -70,11 +76,12 @@ def accuracy(compiled, images, labels) -> float:
 
 def compressor(method: str, recovery: str, ratio: float, calibration, masks=None,
                speedup: float | None = None, sweeps: int = 0, relaxed: bool = False,
-               residual: bool = True, sensitivity: bool = False):
+               residual: bool = True, sensitivity: bool = False,
+               criterion: str = "redundancy"):
     """The pass object for `method` (``kmeans`` / ``mask``) with `recovery` (`speedup`: a
-    MACs target instead of one ratio; `sweeps`, `relaxed`, `residual`, `sensitivity`:
-    `RecoveryConfig.refit_sweeps`, ``.relaxed_targets``, ``.residual_targets``,
-    ``.output_sensitivity``)."""
+    MACs target instead of one ratio; `sweeps`, `relaxed`, `residual`, `sensitivity`,
+    `criterion`: `RecoveryConfig.refit_sweeps`, ``.relaxed_targets``, ``.residual_targets``,
+    ``.output_sensitivity``, the mask's ``.criterion``)."""
     from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 
     config = CompressConfig(speedup=speedup) if speedup else CompressConfig(ratio=ratio)
@@ -87,8 +94,8 @@ def compressor(method: str, recovery: str, ratio: float, calibration, masks=None
                                                               relaxed_targets=relaxed,
                                                               residual_targets=residual,
                                                               output_sensitivity=sensitivity))
-    # mask: the same redundancy-aware selection for every recovery (it needs the data)
-    options = RecoveryConfig(criterion="redundancy", recovery=recovery, refit_sweeps=sweeps,
+    # mask: the same data-driven selection for every recovery
+    options = RecoveryConfig(criterion=criterion, recovery=recovery, refit_sweeps=sweeps,
                              relaxed_targets=relaxed, residual_targets=residual,
                              output_sensitivity=sensitivity)
     return MaskPruning(config, options, calibration=calibration, masks=masks)
@@ -141,7 +148,7 @@ class Bench:
 
     def save(self, row) -> None:
         key = ("part", "model", "method", "recovery", "ratio", "calibration", "epochs", "seed",
-               "recipe", "speedup", "sweeps", "relaxed", "residual", "sensitivity")
+               "recipe", "speedup", "sweeps", "relaxed", "residual", "sensitivity", "criterion")
         rows = [r for r in self.data["rows"]  # absent: seed 0, the SGD recipe
                 if any(r.get(k, DEFAULTS.get(k, 0)) != row.get(k, DEFAULTS.get(k, 0))
                        for k in key)]
@@ -157,7 +164,8 @@ class Bench:
                             speedup=extra.get("speedup"), sweeps=extra.get("sweeps", 0),
                             relaxed=extra.get("relaxed", False),
                             residual=extra.get("residual", True),
-                            sensitivity=extra.get("sensitivity", False))
+                            sensitivity=extra.get("sensitivity", False),
+                            criterion=extra.get("criterion", "redundancy"))
         compiled = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
         seconds = round(time.perf_counter() - t, 1)
         if extra.get("speedup"):  # the planned share: report the channels removed in all
@@ -179,7 +187,10 @@ def run_curve(bench, args):
         for ratio in args.ratios:
             for method in args.methods:
                 for recovery in args.recoveries:
-                    bench.compressed(name, model, method, recovery, ratio, args.count, "curve")
+                    extra = ({"criterion": args.criterion}
+                             if method == "mask" and args.criterion != "redundancy" else {})
+                    bench.compressed(name, model, method, recovery, ratio, args.count, "curve",
+                                     **extra)
 
 
 def run_budget(bench, args):
@@ -195,6 +206,8 @@ def run_budget(bench, args):
             extra["residual"] = not args.no_residual  # rows before: absent (False)
             if args.sensitivity:
                 extra["sensitivity"] = True
+            if args.criterion != "redundancy":
+                extra["criterion"] = args.criterion
             for speedup in args.speedups:
                 bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
                                  speedup=speedup, **extra)
@@ -209,7 +222,9 @@ def run_calibration(bench, args):
         bench.baseline(name, model)
         for ratio in args.ratios:
             for count in args.counts:
-                bench.compressed(name, model, "mask", "ls", ratio, count, "calibration")
+                extra = {"criterion": args.criterion} if args.criterion != "redundancy" else {}
+                bench.compressed(name, model, "mask", "ls", ratio, count, "calibration",
+                                 **extra)
 
 
 def recipe_name(model: str, recipe: str = "own") -> str:
@@ -324,6 +339,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sensitivity", action="store_true",
                         help="budget part: plan the MACs budget on output-sensitivity scaled "
                         "curves (RecoveryConfig.output_sensitivity)")
+    parser.add_argument("--criterion", default="redundancy", choices=("redundancy", "refit"),
+                        help="curve, budget and calibration parts: the mask criterion "
+                        "(RecoveryConfig.criterion)")
     parser.add_argument("--counts", nargs="+", type=int, default=[16, 64, 256, 1000])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--recipe", default="own", choices=RECIPES,

@@ -21,6 +21,7 @@ def _label(r) -> str:
     plan += " + relaxed targets" if r.get("relaxed") else ""
     plan += " + residual targets" if r.get("residual") else ""
     plan += " + output-sensitivity plan" if r.get("sensitivity") and r.get("speedup") else ""
+    plan += " + refit criterion" if r.get("criterion") == "refit" else ""
     return f"{r['method']}+{r['recovery']}{plan}"
 
 

@@ -12,6 +12,8 @@ Criteria (pure numpy, given per-channel evidence):
   raises least the error left *after* the best compensation from the kept channels
   (`redundancy_keep`: the Optimal Brain Surgeon cost, a Schur complement), so of two
   channels that carry the same information one goes first.
+* ``refit``        least-squares-aware: the same greedy removal, scored by the error left
+  after each consumer's least-squares refit on all its input columns (`refit_select`).
 
 A group whose channels feed out of a grouped conv comes in equal *blocks* (one per conv
 group, `ChannelGroup.blocks`); every criterion then keeps the same number in each block.
@@ -50,7 +52,7 @@ def keep_top(scores: np.ndarray, k: int, blocks: int = 1) -> np.ndarray:
     return mask
 
 
-def _open_blocks(keep: np.ndarray, ids: np.ndarray, floor: int) -> np.ndarray:
+def open_blocks(keep: np.ndarray, ids: np.ndarray, floor: int) -> np.ndarray:
     """Per channel: may it go, its block keeping more than `floor` channels?"""
     return np.bincount(ids[keep], minlength=ids.max() + 1)[ids] > floor
 
@@ -75,7 +77,7 @@ def greedy_keep(contributions: np.ndarray, k: int, blocks: int = 1) -> np.ndarra
     acc = np.zeros(contributions.shape[1])
     for _ in range(c - k):
         cost = ((acc[None, :] + contributions) ** 2).sum(axis=1)
-        cost[removed | ~_open_blocks(~removed, ids, k // blocks)] = np.inf
+        cost[removed | ~open_blocks(~removed, ids, k // blocks)] = np.inf
         pick = int(np.argmin(cost))
         removed[pick] = True
         acc += contributions[pick]
@@ -127,7 +129,7 @@ def redundancy_path(terms, steps: int | None = None,
         for hinv, x, q, norm in state:
             u = x[kept].T @ hinv  # (C, k): column j is X_Kᵀ H_KK⁻¹ e_j
             cost += np.einsum("cj,cd,dj->j", u, q, u) / np.maximum(np.diag(hinv), 1e-300) / norm
-        cost[~_open_blocks(keep, ids, floor)[kept]] = np.inf
+        cost[~open_blocks(keep, ids, floor)[kept]] = np.inf
         j = int(np.argmin(cost))
         for entry in state:
             hinv = entry[0]

@@ -24,10 +24,10 @@ def make_compressor(compress=None, calibration=None, *, masks=None,
     ----------
     compress : str, (str, CompressConfig), KMeansChannelClustering, MaskPruning or None
         ``"kmeans:R"`` clusters a fraction R of each group's channels away; ``"mask:R"``
-        prunes them (criterion ``auto``: ``redundancy`` with calibration, filter magnitude
-        without), ``"mask:R:CRITERION"`` by a criterion of `CRITERIA`. With `calibration`,
-        both recover on data: compensation and least squares, each kept only where it
-        lowers the held-out error (`relay_passes.layerwise`).
+        prunes them (criterion ``auto``: ``refit`` with calibration and least squares,
+        filter magnitude without), ``"mask:R:CRITERION"`` by a criterion of `CRITERIA`.
+        With `calibration`, both recover on data: compensation and least squares, each
+        kept only where it lowers the held-out error (`relay_passes.layerwise`).
     calibration : numpy.ndarray or iterable of arrays, optional
         Inputs ``(N, ...)`` for data-driven criteria and recovery.
     masks : ChannelMasks, str or os.PathLike, optional

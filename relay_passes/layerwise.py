@@ -66,6 +66,7 @@ from relay_passes.compensation import selection
 from relay_passes.config import CompressConfig, RecoveryConfig
 from relay_passes.consumer_fit import ConsumerInput, channel_columns, decide
 from relay_passes.ls_recovery import well_posed
+from relay_passes.refit_select import MIN_ROWS_PER_UNKNOWN
 
 __all__ = ["Evidence", "LayerwiseDriver", "channel_columns", "graph_order"]
 OUTPUT = -1  # key of the model output in a probe's values
@@ -108,6 +109,25 @@ class Evidence:
             terms.append((zz, za, aa, q))
             posed &= well_posed(rows, self.group.channels, self.kappa)
         return terms, posed
+
+    def refit_terms(self):
+        """``[(H, XᵀY, ||Y||², columns)]`` per consumer binding for `refit_select` (its
+        row statistics on the fit samples), or None when a consumer has none or fewer
+        than `MIN_ROWS_PER_UNKNOWN` rows per unknown (its refit costs would be noise)."""
+        if self.stats is None:
+            return None
+        terms = []
+        for b in sorted({ref.binding for ref in self.group.consumers}):
+            stats = self.stats.rows.get(b)
+            if stats is None:
+                return None
+            m, d = stats.gram("fit").matrix, stats.inputs + 1
+            if not well_posed(stats.gram("fit").rows, d, MIN_ROWS_PER_UNKNOWN):
+                return None
+            cols = np.hstack([channel_columns(ref, self.specs[b])
+                              for ref in self.group.consumers if ref.binding == b])
+            terms.append((m[:d, :d], m[:d, d:], float(np.trace(m[d:, d:])), cols))
+        return terms
 
 
 def _layer(mod, b: int, spec: ConsumerSpec, func_name: str):

@@ -7,8 +7,10 @@ For every prunable group of coupled channels (`channel_graph.analyze`), in graph
 1. *update* — a keep-mask of ``k = round(C * (1 - ratio))`` channels (the ratio of a MACs
    budget, `macs_budget`, when the config has a ``speedup``) is chosen by a
    criterion of `channel_masks` (filter magnitude, calibration activations, ThiNet's greedy
-   reconstruction, or ``redundancy``: the error left after compensation), or taken from
-   given masks; ``"auto"`` is ``redundancy`` with calibration data and ``l1`` without;
+   reconstruction, ``redundancy``: the error left after compensation, or ``refit``: the
+   error left after the consumers' least-squares refit), or taken from
+   given masks; ``"auto"`` is ``refit`` with calibration data and least squares,
+   ``redundancy`` with data and another recovery, ``l1`` without data;
 2. *commit* — the masked channels are removed: selection rows on the producers and
    per-channel parameters, and on every consumer the weights `consumer_fit` chose on
    held-out samples (plain removal, compensation from the kept channels, with an
@@ -47,6 +49,7 @@ from relay_passes.channel_masks import (
     sampled_contributions,
 )
 from relay_passes.config import (
+    DATA_CRITERIA,
     DEFAULT_CONFIG,
     DEFAULT_RECOVERY,
     CompressConfig,
@@ -55,6 +58,7 @@ from relay_passes.config import (
 )
 from relay_passes.layerwise import Evidence, LayerwiseDriver, graph_order
 from relay_passes.macs_budget import planned_config
+from relay_passes.refit_select import refit_keep
 from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
 
 
@@ -72,6 +76,11 @@ def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.nda
             per_channel = np.array([x[:, c].mean() for c in cols])
             scores = scores + per_channel / max(per_channel.mean(), 1e-12)
         return keep_top(np.asarray(scores), k, blocks)
+    if criterion == "refit":
+        terms = evidence.refit_terms()
+        if terms is not None:
+            return refit_keep(terms, k, blocks)
+        criterion = "redundancy"
     if criterion == "redundancy":
         terms, posed = evidence.redundancy_terms()
         return redundancy_keep(terms, k, compensated=posed, blocks=blocks)
@@ -96,7 +105,7 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
     order = [g.name for g in graph_order(graph)
              if g.name not in config.skip and (masks is None or g.name in masks)]
     chosen_masks = ChannelMasks()
-    data_criterion = masks is None and criterion in ("activation", "greedy", "redundancy")
+    data_criterion = masks is None and criterion in DATA_CRITERIA
     driver = LayerwiseDriver(mod, config, replace(options, criterion=criterion), calibration,
                              func_name, runner,
                              needs_data=options.recovery != "none" or data_criterion)
