@@ -61,6 +61,8 @@ def test_mask_pruning_with_the_refit_criterion_meets_a_macs_target():
         assert graph_stats(small).macs <= graph_stats(mod).macs / 2
         assert pruner.model_error["recovered"] < pruner.model_error["data_free"]
         chosen[criterion] = pruner.masks
+        notes = [r.note for r in pruner.reports if r.channels_after < r.channels_before]
+        assert notes and all(n.startswith(criterion) for n in notes)
     # the same plan (channel counts), other channels
     assert {n: m.sum() for n, m in chosen["refit"].items()} == {
         n: m.sum() for n, m in chosen["redundancy"].items()}
@@ -71,3 +73,17 @@ def test_auto_criterion_is_refit_with_data_and_least_squares():
     assert RecoveryConfig().criterion_for(True) == "refit"
     assert RecoveryConfig(recovery="compensation").criterion_for(True) == "redundancy"
     assert RecoveryConfig().criterion_for(False) == "l1"
+
+
+def test_refit_falls_back_to_redundancy_where_a_consumer_has_too_few_rows():
+    """ChainNet with 8 calibration inputs: the dense after the flatten gets 6 fit rows for
+    its many unknowns, so its group is chosen (and reported) by redundancy."""
+    rng = np.random.default_rng(0)
+    mod = prepared(ChainNet().eval(), (1, 1, 8, 8))
+    calibration = rng.standard_normal((8, 1, 8, 8)).astype(np.float32)
+    pruner = MaskPruning(CompressConfig(ratio=0.5), RecoveryConfig(min_holdout=2),
+                         calibration=calibration)
+    pruner(mod)
+    notes = {r.name: r.note for r in pruner.reports if r.channels_after < r.channels_before}
+    assert any(n.startswith("redundancy") for n in notes.values())
+    assert any(n.startswith("refit") for n in notes.values())
