@@ -180,6 +180,12 @@ class Bench:
         return row, pruner
 
 
+def criterion_extra(args) -> dict:
+    """A row's ``criterion`` key: only when it is not the bench's default (rows before
+    it carry none)."""
+    return {"criterion": args.criterion} if args.criterion != "redundancy" else {}
+
+
 def run_curve(bench, args):
     for name in args.models:
         model = bench.model(name)
@@ -187,8 +193,7 @@ def run_curve(bench, args):
         for ratio in args.ratios:
             for method in args.methods:
                 for recovery in args.recoveries:
-                    extra = ({"criterion": args.criterion}
-                             if method == "mask" and args.criterion != "redundancy" else {})
+                    extra = criterion_extra(args) if method == "mask" else {}
                     bench.compressed(name, model, method, recovery, ratio, args.count, "curve",
                                      **extra)
 
@@ -206,8 +211,7 @@ def run_budget(bench, args):
             extra["residual"] = not args.no_residual  # rows before: absent (False)
             if args.sensitivity:
                 extra["sensitivity"] = True
-            if args.criterion != "redundancy":
-                extra["criterion"] = args.criterion
+            extra.update(criterion_extra(args))
             for speedup in args.speedups:
                 bench.compressed(name, model, "mask", "ls", 0.0, args.count, "budget",
                                  speedup=speedup, **extra)
@@ -222,9 +226,8 @@ def run_calibration(bench, args):
         bench.baseline(name, model)
         for ratio in args.ratios:
             for count in args.counts:
-                extra = {"criterion": args.criterion} if args.criterion != "redundancy" else {}
                 bench.compressed(name, model, "mask", "ls", ratio, count, "calibration",
-                                 **extra)
+                                 **criterion_extra(args))
 
 
 def recipe_name(model: str, recipe: str = "own") -> str:

@@ -62,19 +62,21 @@ from relay_passes.refit_select import refit_keep
 from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
 
 
-def criterion_for_group(evidence: Evidence, criterion: str) -> str:
-    """`criterion`, or ``redundancy`` where ``refit`` has too few rows for this group."""
-    if criterion == "refit" and evidence.refit_terms() is None:
-        return "redundancy"
-    return criterion
+def choose_mask(evidence: Evidence, k: int, criterion: str,
+                seed: int) -> tuple[np.ndarray, str]:
+    """``(keep mask, criterion used)`` of one group under `criterion` (pure numpy on the
+    evidence; a group without the rows ``refit`` needs falls back to ``redundancy``)."""
+    if criterion == "refit":
+        terms = evidence.refit_terms()
+        if terms is not None:
+            return refit_keep(terms, k, evidence.group.blocks), criterion
+        criterion = "redundancy"
+    return _keep_mask(evidence, k, criterion, seed), criterion
 
 
-def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.ndarray:
-    """The keep-mask of one group under `criterion` (pure numpy on the evidence; a group
-    without the rows ``refit`` needs falls back to ``redundancy``)."""
+def _keep_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.ndarray:
     group = evidence.group
     blocks = group.blocks
-    criterion = criterion_for_group(evidence, criterion)
     if criterion in ("l1", "l2"):
         rows = [weight_rows(evidence.consts, ref) for ref in group.producers]
         return keep_top(magnitude_scores(rows, 1 if criterion == "l1" else 2), k, blocks)
@@ -85,8 +87,6 @@ def choose_mask(evidence: Evidence, k: int, criterion: str, seed: int) -> np.nda
             per_channel = np.array([x[:, c].mean() for c in cols])
             scores = scores + per_channel / max(per_channel.mean(), 1e-12)
         return keep_top(np.asarray(scores), k, blocks)
-    if criterion == "refit":
-        return refit_keep(evidence.refit_terms(), k, blocks)
     if criterion == "redundancy":
         terms, posed = evidence.redundancy_terms()
         return redundancy_keep(terms, k, compensated=posed, blocks=blocks)
@@ -130,10 +130,9 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
         else:
             k = kept_channels(evidence.group.channels, config.ratio_for(name),
                               evidence.group.blocks)
-            mask = choose_mask(evidence, k, criterion, config.seed)
+            mask, used = choose_mask(evidence, k, criterion, config.seed)
         chosen_masks[name] = mask
-        return mask, None, ("given mask" if masks is not None
-                            else criterion_for_group(evidence, criterion))
+        return mask, None, "given mask" if masks is not None else used
 
     new_mod, _ = driver.run(order, choose)
     reports = report_frozen(graph, config)
