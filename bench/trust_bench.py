@@ -25,6 +25,8 @@
     #    uncompressed model fine-tuned for the same extra epochs
     python bench/trust_bench.py finetune --models resnet20 --ratios 0.5 --epochs 1
     python bench/trust_bench.py report        # rewrite md + png from the json
+    # 4. phone instructions of every point's architecture (bench/trust_phone.py)
+    python bench/trust_phone.py
 
 Every run appends / replaces its points in ``bench/results/compression-trust.json`` (a point
 is keyed by part, model, method, ratio, calibration count and epochs) and rewrites
@@ -173,6 +175,8 @@ class Bench:
             ratio = round(1 - sum(r.channels_after for r in groups)
                           / max(sum(r.channels_before for r in groups), 1), 4)
         held = getattr(pruner, "model_error", None)
+        extra["channels"] = {r.name: [r.channels_before, r.channels_after]  # for the phone
+                             for r in pruner.reports if r.channels_after < r.channels_before}
         row = self.measure(compiled, part=part, model=name, method=method, recovery=recovery,
                            ratio=ratio, calibration=count if method == "mask"
                            or recovery != "none" else 0, epochs=0, compress_s=seconds,

@@ -8,7 +8,8 @@ STEM = "compression-trust"
 
 
 def write(data: dict, out) -> None:
-    common.write_results(STEM, data, markdown(data), plot(data["rows"]), out=out)
+    common.write_results(STEM, data, markdown(data), plot(data["rows"], data.get("phone", [])),
+                         out=out)
 
 
 def _label(r) -> str:
@@ -25,6 +26,24 @@ def _label(r) -> str:
     return f"{r['method']}+{r['recovery']}{plan}"
 
 
+PHONE_NOTE = (
+    "Phone instructions: retired per inference by the point's architecture built for "
+    "`arm64` (ARMv8.0-A, fp32, default rules, 1 thread) on the emulated phone (QEMU TCG "
+    "plugin, (count(2N) - count(N)) / N, N = 10; `python bench/trust_phone.py`); points "
+    "with the same model and MACs share one count (same channels per group). Ratio = the "
+    "base's count / the point's. Instructions do not see cache misses, memory bandwidth or "
+    "instruction latencies.")
+
+
+def _phone(phone: dict, row: dict, base: dict) -> str:
+    """``instructions | base / point`` of `row`'s architecture, blank when not counted."""
+    point, ref = (phone.get((r["model"], r["macs"]), {}).get("instructions")
+                  for r in (row, base))
+    if not point:
+        return " | "
+    return f"{point:,} | " + (f"{ref / point:.2f}x" if ref else "")
+
+
 def markdown(data: dict) -> str:
     rows = data["rows"]
     base = {r["model"]: r for r in rows if r["part"] == "base"}
@@ -32,10 +51,12 @@ def markdown(data: dict) -> str:
     for part, meta in sorted(data["meta"].items()):
         lines.append(f"- `{part}`: `{meta.get('command')}` ({meta.get('date')}, "
                      f"{meta.get('wall_s')} s so far)")
+    phone = {(p["model"], p["macs"]): p for p in data.get("phone", [])}
     lines += ["", "| part | model | method | removed | calib. | ft epochs | top-1 | points lost"
               " | MACs | MACs reduction | weights (bytes) | host latency ratio |"
+              " phone instructions | phone instructions ratio |"
               " held-out output error (recovered / data-free) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {"base": 0, "curve": 1, "budget": 2, "calibration": 3, "finetune": 4}
     for r in sorted(rows, key=lambda r: (order[r["part"]], r["model"], r["ratio"], _label(r),
                                           r["calibration"])):
@@ -48,11 +69,12 @@ def markdown(data: dict) -> str:
             f"{r['calibration'] or ''} | {r['epochs'] or ''} | {r['accuracy']:.4f} | "
             f"{(b['accuracy'] - r['accuracy']) * 100:+.2f} | {r['macs']:,} | "
             f"{b['macs'] / r['macs']:.2f}x | {r['weight_bytes']:,} | "
-            f"{r['latency_ms'] / r.get('base_latency_ms', b['latency_ms']):.2f} | {held} |")
+            f"{r['latency_ms'] / r.get('base_latency_ms', b['latency_ms']):.2f} | "
+            f"{_phone(phone, r, b)} | {held} |")
     lines += ["", "Points lost = base top-1 minus the point's top-1, in percentage points "
               "(negative: better than the base). Host latency ratio: against the base "
-              "measured in the same run (rows without one: the base row above). Phone "
-              "instruction ratios: not measured in this run."]
+              "measured in the same run (rows without one: the base row above). "
+              + PHONE_NOTE]
     same = [(r["model"], r["method"], r["ratio"]) for r in rows if r["part"] == "curve"
             and r["recovery"] == "ls" and any(
                 o["part"] == "curve" and o["recovery"] == "compensation"
@@ -71,32 +93,45 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows):
+def _top1_panel(ax, rows, name, base, speedup, what: str) -> None:
+    """Top-1 of `name`'s curve and fine-tuning points against ``speedup(row)`` (None: the
+    point is left out), with the base, the 1-point line and the seed's claim."""
+    curves = {}
+    for r in rows:
+        if r["model"] == name and r["part"] in ("curve", "finetune") and speedup(r):
+            curves.setdefault(_label(r), []).append((speedup(r), r["accuracy"] * 100))
+    for label, pts in sorted(curves.items()):
+        ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label,
+                linestyle="--" if "torch" in label or "ft" in label else "-")
+    if base:
+        b = base["accuracy"] * 100
+        ax.axhline(b, color="k", lw=0.8, label="uncompressed")
+        ax.axhline(b - 1, color="k", lw=0.8, ls=":", label="1 point lost")
+        ax.scatter([3], [b - 1], marker="*", s=160, color="k", zorder=5,
+                   label="seed: 3x faster at ~1 % loss")
+    ax.set(title=f"{name}: top-1 vs {what}", xlabel=f"{what} (x)",
+           ylabel="Fashion-MNIST test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+def plot(rows, phone=()):
     if (plt := common.pyplot()) is None or not rows:
         return None
     models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8.5), squeeze=False)
+    counts = {(p["model"], p["macs"]): p.get("instructions") for p in phone}
+    fig, axes = plt.subplots(3, len(models), figsize=(6.5 * len(models), 12.5), squeeze=False)
     for col, name in enumerate(models):
         base = next((r for r in rows if r["model"] == name and r["part"] == "base"), None)
-        ax = axes[0][col]
-        curves = {}
-        for r in rows:
-            if r["model"] == name and r["part"] in ("curve", "finetune"):
-                curves.setdefault(_label(r), []).append((base["macs"] / r["macs"],
-                                                         r["accuracy"] * 100))
-        for label, pts in sorted(curves.items()):
-            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=label,
-                    linestyle="--" if "torch" in label or "ft" in label else "-")
-        if base:
-            b = base["accuracy"] * 100
-            ax.axhline(b, color="k", lw=0.8, label="uncompressed")
-            ax.axhline(b - 1, color="k", lw=0.8, ls=":", label="1 point lost")
-            ax.scatter([3], [b - 1], marker="*", s=160, color="k", zorder=5,
-                       label="seed: 3x faster at ~1 % loss")
-        ax.set(title=f"{name}: top-1 vs MACs reduction", xlabel="MACs reduction (x)",
-               ylabel="Fashion-MNIST test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        _top1_panel(axes[0][col], rows, name, base, lambda r, b=base: b["macs"] / r["macs"],
+                    "MACs reduction")
+        ref = counts.get((name, base["macs"])) if base else None
+
+        def fewer(r, ref=ref):
+            point = counts.get((r["model"], r["macs"]))
+            return ref / point if ref and point else None
+
+        _top1_panel(axes[2][col], rows, name, base, fewer, "fewer phone instructions")
         ax = axes[1][col]
         calib = {}
         for r in rows:
