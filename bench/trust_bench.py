@@ -20,9 +20,9 @@
         --sensitivity
     python bench/trust_bench.py budget --models resnet20 --speedups 2 --ratios --sweeps 1 \
         --no-residual
-    # 3. fine-tuning at equal budget: ours (mask + recovery + masked fine-tuning), Torch-Pruning's
-    #    magnitude pruner at the same MACs (without and with the same fine-tuning), and the
-    #    uncompressed model fine-tuned for the same extra epochs
+    # 3. fine-tuning at equal budget: ours (mask or k-means + recovery + masked fine-tuning),
+    #    Torch-Pruning's magnitude pruner at the same MACs (without and with the same
+    #    fine-tuning), and the uncompressed model fine-tuned for the same extra epochs
     python bench/trust_bench.py finetune --models resnet20 --ratios 0.5 --epochs 1
     python bench/trust_bench.py report        # rewrite md + png from the json
     # 4. phone instructions of every point's architecture (bench/trust_phone.py)
@@ -62,7 +62,7 @@ from bench import common  # noqa: E402
 from bench.trust_report import STEM, write  # noqa: E402
 
 RECOVERIES = ("none", "compensation", "ls")
-ARMS = ("uncompressed", "mask", "torch-pruning")
+ARMS = ("uncompressed", "mask", "kmeans", "torch-pruning")
 SHAPE = (1, 1, 28, 28)
 FT = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "augment": True, "threads": 1}
 RECIPES = ("own", "sgd")
@@ -253,7 +253,12 @@ def finetune_config(epochs: float, seed: int = 0, optimizer: str = "sgd"):
 
 
 def run_finetune(bench, args):
-    """Ours vs Torch-Pruning vs uncompressed, all with ``args.epochs`` of fine-tuning."""
+    """Ours (mask, and k-means: masked fine-tuning from the merged network, each cluster's
+    representative kept) vs Torch-Pruning vs uncompressed, all with ``args.epochs`` of
+    fine-tuning."""
+    if "kmeans" in args.arms and args.recovery == "none":
+        raise ValueError("the kmeans arm fine-tunes from the merge fitted on calibration "
+                         "data: --recovery compensation or ls, or --arms without kmeans")
     import mdl_tvm
     from mdl_tvm.compiler.finetune import masked_finetune, train_loop
     from relay_passes import MaskPruning, RecoveryConfig
@@ -272,15 +277,15 @@ def run_finetune(bench, args):
                           model=name, method="uncompressed+ft", recovery="none", ratio=0.0,
                           calibration=0, epochs=args.epochs, **seeded)
         for ratio in args.ratios:
-            if "mask" in args.arms:
-                _, pruner = bench.compressed(name, model, "mask", args.recovery, ratio,
+            for method in [m for m in ("mask", "kmeans") if m in args.arms]:
+                _, pruner = bench.compressed(name, model, method, args.recovery, ratio,
                                              args.count, "finetune")
                 tuned, masks = masked_finetune(copy.deepcopy(model), config, quiet,
                                                masks=pruner.masks, consume=pruner.consume)
                 commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)
                 bench.measure(mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE],
                                               compress=commit),
-                              part="finetune", model=name, method="mask+ft",
+                              part="finetune", model=name, method=f"{method}+ft",
                               recovery=args.recovery, ratio=ratio, calibration=args.count,
                               epochs=args.epochs, **seeded)
             if "torch-pruning" in args.arms:

@@ -46,6 +46,7 @@ import numpy as np
 from mdl_tvm.core.relax_utils import bound_constants
 from relay_passes.budget_curves import planning_curves
 from relay_passes.channel_graph import ChannelGroup, analyze, weight_rows
+from relay_passes.channel_masks import ChannelMasks
 from relay_passes.channel_rewrite import Edit, rewrite
 from relay_passes.config import DEFAULT_CONFIG, CompressConfig, RecoveryConfig, kept_channels
 from relay_passes.layerwise import LayerwiseDriver, graph_order
@@ -175,7 +176,8 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
                            func_name: str = "main", runner=None):
     """Data-aware variant: cluster group by group in graph order; each consumer's consume
     matrix is regressed on `calibration` toward the prior, gated on held-out samples (see
-    `layerwise`). Returns ``(new_mod, reports, driver)``."""
+    `layerwise`). Returns ``(new_mod, reports, driver, masks)``: ``masks`` keeps each
+    cluster's representative."""
     options = options or RecoveryConfig()
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
@@ -199,7 +201,7 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
                             recovery_note(driver.notes[name], driver.choices.get(name),
                                           options.recovery))
                 for name, m in kept.items()]
-    return new_mod, finish_reports(reports, graph, mod, new_mod), driver
+    return new_mod, finish_reports(reports, graph, mod, new_mod), driver, ChannelMasks(kept)
 
 
 class KMeansChannelClustering:
@@ -207,8 +209,10 @@ class KMeansChannelClustering:
 
     With `calibration`, the consume matrices are fitted on data (`options`: a
     `RecoveryConfig`, its criterion unused). After a call, ``.reports`` holds one
-    `GroupReport` per channel group (and, with data, ``.choices`` / ``.model_error`` /
-    ``.consume`` / ``.refits`` / ``.sensitivity`` as `MaskPruning`).
+    `GroupReport` per channel group (and, with data, ``.masks`` -- each cluster's kept
+    representative -- ``.choices`` / ``.model_error`` / ``.consume`` / ``.refits`` /
+    ``.sensitivity`` as `MaskPruning`: ``.masks`` and ``.consume`` start
+    `mdl_tvm.compiler.finetune.masked_finetune` from the merged network).
     `as_tvm_pass()` wraps it as a `tvm.transform` module pass for a `Sequential`.
     """
 
@@ -220,14 +224,14 @@ class KMeansChannelClustering:
             raise TypeError(f"options must be a RecoveryConfig, got {type(options).__name__}")
         if calibration is not None and not merge:
             raise ValueError("recovery on data (calibration=...) needs merge=True")
-        self.config, self.merge, self.reports = config, merge, []
+        self.config, self.merge, self.reports, self.masks = config, merge, [], None
         self.calibration, self.runner, self.options = calibration, runner, options
         self.choices, self.priors, self.model_error = {}, {}, None
         self.consume, self.refits, self.sensitivity = {}, {}, {}
 
     def __call__(self, mod):
         if self.calibration is not None:
-            new_mod, self.reports, driver = cluster_channels_refit(
+            new_mod, self.reports, driver, self.masks = cluster_channels_refit(
                 mod, self.config, self.calibration, self.options, runner=self.runner)
             self.choices, self.priors = driver.choices, driver.priors
             self.consume, self.refits = driver.consume, driver.refits

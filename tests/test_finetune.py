@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import Residual, seeded
+from test_compensation import SHAPE, DependentNet
 
 import mdl_tvm
 from mdl_tvm import zoo
@@ -16,7 +17,7 @@ from mdl_tvm.compiler.finetune import (
     masked_finetune,
 )
 from mdl_tvm.core.numerics import relative_error
-from relay_passes import MaskPruning, RecoveryConfig
+from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 
 
 def test_update_mask_splices_back_only_past_the_margin():
@@ -67,3 +68,29 @@ def test_masked_finetune_commits_exactly_into_the_graph():
     out = np.concatenate([compiled.run(xi[None])[0] for xi in x])
     assert relative_error(out, ref) < 1e-5
     assert [r["channels_after"] for r in compiled.compression][:4] == [3, 8, 60, 42]
+
+
+@pytest.mark.training
+def test_kmeans_merge_starts_masked_finetune_from_the_merged_network():
+    """`KMeansChannelClustering` with calibration exposes ``.masks`` (each cluster's kept
+    representative) and ``.consume``: fine-tuning with a learning rate of zero from them
+    and committing the masks computes what the k-means build computes."""
+    rng = np.random.default_rng(0)
+    model = DependentNet().eval()
+    calibration = rng.standard_normal((64, *SHAPE[1:])).astype(np.float32)
+    merge = KMeansChannelClustering(CompressConfig(ratio=0.5), calibration=calibration,
+                                    options=RecoveryConfig(recovery="ls"))
+    merged = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=merge)
+    assert {k: int(v.sum()) for k, v in merge.masks.items()} == {
+        r["name"]: r["channels_after"]
+        for r in merged.compression if r["channels_after"] < r["channels_before"]}
+    tuned, masks = masked_finetune(copy.deepcopy(model), FinetuneConfig(
+        epochs=0.01, lr=0.0, limit=512, update_masks=False), log=lambda s: None,
+        masks=merge.masks, consume=merge.consume)
+    commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=masks)
+    compiled = mdl_tvm.compile(tuned, "host", input_shapes=[SHAPE], compress=commit)
+    assert compiled.stats.macs == merged.stats.macs
+    x = rng.standard_normal((4, *SHAPE)).astype(np.float32)
+    out = np.concatenate([compiled.run(xi)[0] for xi in x])
+    ref = np.concatenate([merged.run(xi)[0] for xi in x])
+    assert relative_error(out, ref) < 1e-4
