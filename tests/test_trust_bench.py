@@ -1,11 +1,16 @@
-"""Phone instructions per compression point (`bench/trust_phone.py`): which row an
-architecture is rebuilt from, the refusal of a rebuild with other MACs, and the report's
-columns (the counts themselves: `python bench/trust_phone.py`, minutes on the phone)."""
+"""The compression-trust bench's bookkeeping (`bench/trust_bench.py`) and its phone
+instructions per point (`bench/trust_phone.py`): a re-measured base keeps older rows'
+ratios, which row an architecture is rebuilt from, the refusal of a rebuild with other
+MACs, and the report's columns (the counts themselves: `python bench/trust_phone.py`,
+minutes on the phone)."""
+
+import argparse
 
 import numpy as np
 import pytest
 import torch
 
+from bench.trust_bench import Bench
 from bench.trust_phone import architectures, count_point, point_masks
 from bench.trust_report import markdown
 
@@ -14,6 +19,21 @@ def _row(part, method, ratio, macs, model="net", **extra):
     return {"part": part, "model": model, "method": method, "recovery": "ls", "ratio": ratio,
             "calibration": 256, "epochs": 0, "accuracy": 0.9, "macs": macs,
             "weight_bytes": 100, "latency_ms": 1.0, **extra}
+
+
+def test_a_new_base_leaves_older_rows_their_own_base_latency(tmp_path):
+    bench = Bench.__new__(Bench)
+    bench.args, bench.start = argparse.Namespace(part="curve", out=tmp_path, command="x"), 0.0
+    bench.data = {"meta": {}, "rows": [_row("base", "none", 0.0, 1000, latency_ms=2.0),
+                                       _row("curve", "mask", 0.5, 400, latency_ms=1.0),
+                                       _row("base", "none", 0.0, 9, model="other")]}
+    bench.save(_row("base", "none", 0.0, 1000, latency_ms=4.0))
+    rows = {(r["part"], r["model"]): r for r in bench.data["rows"]}
+    assert rows[("base", "net")]["latency_ms"] == 4.0  # replaced, not duplicated
+    assert len(bench.data["rows"]) == 3
+    assert rows[("curve", "net")]["base_latency_ms"] == 2.0  # its ratio stays 0.50
+    assert "base_latency_ms" not in rows[("base", "other")]
+    assert "| 0.50 |" in (tmp_path / "compression-trust.md").read_text()
 
 
 def test_one_architecture_per_model_and_macs_rebuilt_from_the_cheapest_row():
