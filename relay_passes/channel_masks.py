@@ -128,7 +128,11 @@ def redundancy_path(terms, steps: int | None = None,
         cost = np.zeros(len(kept))
         for hinv, x, q, norm in state:
             u = x[kept].T @ hinv  # (C, k): column j is X_Kᵀ H_KK⁻¹ e_j
-            cost += np.einsum("cj,cd,dj->j", u, q, u) / np.maximum(np.diag(hinv), 1e-300) / norm
+            # 1 / diag(H_KK⁻¹) is the part of a channel the others cannot reproduce; where
+            # it is huge the cost overflows to inf, and that channel is kept
+            with np.errstate(over="ignore"):
+                cost += (np.einsum("cj,cd,dj->j", u, q, u)
+                         / np.maximum(np.diag(hinv), 1e-300) / norm)
         cost[~open_blocks(keep, ids, floor)[kept]] = np.inf
         j = int(np.argmin(cost))
         for entry in state:
