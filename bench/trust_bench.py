@@ -154,11 +154,11 @@ class Bench:
         rows = [r for r in self.data["rows"]  # absent: seed 0, the SGD recipe
                 if any(r.get(k, DEFAULTS.get(k, 0)) != row.get(k, DEFAULTS.get(k, 0))
                        for k in key)]
-        for old in self.data["rows"]:  # a new base: older rows keep the base they had
-            if old["part"] == "base" == row["part"] and old["model"] == row["model"]:
-                for r in rows:
-                    if r["model"] == row["model"]:
-                        r.setdefault("base_latency_ms", old["latency_ms"])
+        old = next((r for r in self.data["rows"] if r["part"] == "base" == row["part"]
+                    and r["model"] == row["model"]), None)
+        for r in rows if old else ():  # a new base: older rows keep the base they had
+            if r["model"] == row["model"]:
+                r.setdefault("base_latency_ms", old["latency_ms"])
         self.data["rows"] = rows + [row]
         self.data["meta"][self.args.part] = common.run_meta(self.args, self.start)
         write(self.data, self.args.out)

@@ -55,8 +55,9 @@ def architectures(rows: list[dict]) -> dict[tuple[str, int], dict]:
 
 
 def point_masks(model, row: dict, calibration):
-    """The masks of `row`'s architecture (``None``: uncompressed) and the host build of
-    those masks with no recovery, the phone build's reference (module docstring, step 1)."""
+    """``(commit, host)``: the pass committing the masks of `row`'s architecture with no
+    recovery (``None``: uncompressed) and its host build, the phone build's reference
+    (module docstring, step 1)."""
     import mdl_tvm
     from relay_passes import CompressConfig, MaskPruning, RecoveryConfig
 
@@ -75,18 +76,16 @@ def point_masks(model, row: dict, calibration):
     else:
         pruner = MaskPruning(CompressConfig(ratio=row["ratio"]), data_free)
     host = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=pruner)
+    commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=pruner.masks)
     if pruner.options.recovery != "none":  # the reference: the same masks, not recovered
-        commit = MaskPruning(options=RecoveryConfig(recovery="none"), masks=pruner.masks)
         host = mdl_tvm.compile(model, "host", input_shapes=[SHAPE], compress=commit)
-    return pruner.masks, host
+    return commit, host
 
 
 def count_point(model, row: dict, calibration, image, workdir: Path, runs: int) -> dict:
     """Rebuild `row`'s architecture, check it, count it on the phone (module docstring)."""
-    from relay_passes import MaskPruning, RecoveryConfig
-
     start = time.perf_counter()
-    masks, host = point_masks(model, row, calibration)
+    commit, host = point_masks(model, row, calibration)
     found = {"model": row["model"], "macs": int(row["macs"]),
              "rebuilt_from": f"{row['part']} {row['method']} ratio {row['ratio']}"
              + (f", {row['speedup']:g}x plan on {row['calibration']} images"
@@ -94,8 +93,7 @@ def count_point(model, row: dict, calibration, image, workdir: Path, runs: int) 
     if int(host.stats.macs) != found["macs"]:
         return {**found, "error": f"not reproduced: the rebuilt masks give "
                 f"{int(host.stats.macs):,} MACs, the point has {found['macs']:,} MACs"}
-    extra = {} if masks is None else {"compress": MaskPruning(
-        options=RecoveryConfig(recovery="none"), masks=masks)}
+    extra = {} if commit is None else {"compress": commit}
     build = common.build_on_phone(model, "arm64", [image], workdir,
                                   f"{row['model']}-{found['macs']}", runs=runs,
                                   reference=host.run(image)[0], log=workdir / "phone.log",

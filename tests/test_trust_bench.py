@@ -69,8 +69,8 @@ def _tiny():
 
 def test_recorded_channels_rebuild_those_counts_without_data():
     row = _row("budget", "mask", 0.4, 0, speedup=2.0, channels={"conv0": [8, 3]})
-    masks, host = point_masks(_tiny(), row, None)  # no calibration: the plan is not rerun
-    assert int(masks["conv0"].sum()) == 3
+    commit, host = point_masks(_tiny(), row, None)  # no calibration: the plan is not rerun
+    assert int(commit.given_masks["conv0"].sum()) == 3
     assert int(host.stats.macs) == 26 * 26 * 3 * 9 + 24 * 24 * 4 * 3 * 9 + 4 * 24 * 24 * 10
 
 
