@@ -24,7 +24,7 @@ from mdl_tvm.compiler.compiled import compile as compile_model
 from mdl_tvm.core.io import cache_root
 from mdl_tvm.core.numerics import median_ms
 from mdl_tvm.data import load_fashion_mnist
-from mdl_tvm.train import TrainConfig, evaluate, trained_model
+from mdl_tvm.train import RECIPES, TrainConfig, evaluate, trained_model
 
 MODEL = "lenet5"
 COMPRESS = "mask:0.5"
@@ -85,8 +85,11 @@ def run_demo(phone: bool = True, epochs: int = 2, log=print) -> int:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    log(f"[1/5] LeNet-5 on Fashion-MNIST ({epochs} epochs, cached in {cache_root('weights')})")
-    model = trained_model(MODEL, TrainConfig(epochs=epochs), log=lambda m: log("      " + m))
+    config = TrainConfig(epochs=epochs)
+    where = ("the shipped weights" if config == RECIPES.get(MODEL)
+             else f"trained now, cached in {cache_root('weights')}")
+    log(f"[1/5] LeNet-5 on Fashion-MNIST ({epochs} epochs; {where})")
+    model = trained_model(MODEL, config, log=lambda m: log("      " + m))
     x_test, y_test = load_fashion_mnist("test")
     calibration = load_fashion_mnist("train")[0][:CALIBRATION]
     shape = zoo.INPUT_SHAPES[MODEL]
