@@ -134,6 +134,7 @@ class Bench:
                    test_images=len(self.y), eval_s=round(time.perf_counter() - t, 1))
         base = self.base.get(row["model"])  # the latency ratio is taken within one run
         row["base_latency_ms"] = base["latency_ms"] if base else row["latency_ms"]
+        row["command"] = self.args.command  # the report lists every command behind its rows
         print(json.dumps(row), flush=True)
         self.save(row)
         return row

@@ -49,8 +49,15 @@ def markdown(data: dict) -> str:
     base = {r["model"]: r for r in rows if r["part"] == "base"}
     lines = ["# Compression you can trust (#18): Fashion-MNIST test top-1", ""]
     for part, meta in sorted(data["meta"].items()):
-        lines.append(f"- `{part}`: `{meta.get('command')}` ({meta.get('date')}, "
+        lines.append(f"- `{part}`: last run `{meta.get('command')}` ({meta.get('date')}, "
                      f"{meta.get('wall_s')} s so far)")
+        made = dict.fromkeys(r["command"] for r in rows if r["part"] == part
+                             and r.get("command"))
+        older = sum(not r.get("command") for r in rows if r["part"] == part)
+        if made:
+            lines.append("  - its rows come from " + "; ".join(f"`{c}`" for c in made)
+                         + (f" ({older} earlier rows: commands in the README)" if older
+                            else ""))
     phone = {(p["model"], p["macs"]): p for p in data.get("phone", [])}
     lines += ["", "| part | model | method | removed | calib. | ft epochs | top-1 | points lost"
               " | MACs | MACs reduction | weights (bytes) | host latency ratio |"

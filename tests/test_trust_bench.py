@@ -36,6 +36,20 @@ def test_a_new_base_leaves_older_rows_their_own_base_latency(tmp_path):
     assert "| 0.50 |" in (tmp_path / "compression-trust.md").read_text()
 
 
+def test_report_lists_the_command_behind_each_part_s_rows():
+    data = {"meta": {"curve": {"command": "c2"}, "budget": {"command": "b"}},
+            "rows": [_row("base", "none", 0.0, 1000, command="c2"),
+                     _row("curve", "mask", 0.5, 400, command="c1"),
+                     _row("curve", "mask", 0.75, 200, command="c2"),
+                     _row("curve", "kmeans", 0.5, 400),
+                     _row("budget", "mask", 0.5, 400)]}
+    lines = markdown(data).splitlines()
+    curve = lines[lines.index("- `curve`: last run `c2` (None, None s so far)") + 1]
+    assert curve == "  - its rows come from `c1`; `c2` (1 earlier rows: commands in the README)"
+    budget = lines.index("- `budget`: last run `b` (None, None s so far)")
+    assert not lines[budget + 1].startswith("  - its rows")  # none recorded: nothing made up
+
+
 def test_one_architecture_per_model_and_macs_rebuilt_from_the_cheapest_row():
     rows = [_row("budget", "mask", 0.33, 500, speedup=2.0),
             _row("curve", "mask", 0.3, 500),
