@@ -14,7 +14,7 @@ compressed" is ``compress="kmeans:0.5"``. The poem step is one character: token,
 
 Phone: instructions per inference from `deploy.emulator.count_instructions` (QEMU TCG
 plugin, deterministic) for the arm64 builds, style transfer at ``--phone-size``, through
-`bench.common.build_on_phone` (the style outputs checked against PyTorch).
+`bench.phone_build.build_on_phone` (the style outputs checked against PyTorch).
 
 Writes ``bench/results/apps.json``, ``apps.md`` and ``apps.png`` (``--out``: another
 directory).
@@ -34,6 +34,7 @@ if not __package__:  # run as `python bench/apps_bench.py`: make `bench` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common, runtimes  # noqa: E402
 from bench.models import style_input  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 from mdl_tvm.core.numerics import median_ms  # noqa: E402
 
 STYLE_RUNTIMES = ("ours", "ours_kmeans", "torch", "onnxruntime")
@@ -119,7 +120,7 @@ def phone_counts(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name, compress, module, inputs in jobs:
             style = name == "style"
-            b = common.build_on_phone(module, "arm64", inputs, tmp,
+            b = build_on_phone(module, "arm64", inputs, tmp,
                                       f"{name}-{compress or 'plain'}", runs=args.phone_runs,
                                       reference=ref if style else None, example_inputs=True,
                                       compress=compress)

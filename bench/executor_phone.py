@@ -1,7 +1,7 @@
 """The emulated-phone half of `executor_bench.py`: instructions, device allocations, RPC.
 
 For each model an arm64 library is built with `mdl_tvm.compile(..., target="arm64")`
-(through `bench.common.build_on_phone`):
+(through `bench.phone_build.build_on_phone`):
 
 * instructions per inference (`deploy.emulator.count_instructions`, QEMU TCG plugin,
   ``(count(2N) - count(N)) / N``) for the device runner's modes ``plain`` (``main`` on an
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import build_on_phone
+from bench.phone_build import build_on_phone
 from mdl_tvm.core.numerics import median_ms
 
 MODES = ("plain", "copy-io", "zero-copy")

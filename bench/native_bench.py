@@ -33,6 +33,7 @@ if not __package__:  # run as `python bench/native_bench.py`: make `bench` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 from bench.models import LABELS  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 
 CPU = "cortex-a76"
 BUNDLED = ("lenet5", "mobilenetv2")
@@ -126,7 +127,7 @@ def phone_model(name: str, work: Path, runs: int, env) -> tuple[dict, str]:
 
     torch.manual_seed(0)
     ref = resolve(name, work / name)
-    build = common.build_on_phone(ref.module, CPU, ref.inputs, work, f"{name}-a76",
+    build = build_on_phone(ref.module, CPU, ref.inputs, work, f"{name}-a76",
                                   log=work / "compile.log")
     rows = mobiledl_rows(build.library, ref, runs, env)
     for key in ("native", "python"):

@@ -3,7 +3,7 @@
 fp32 is built for ``arm64`` (ARMv8.0-A), fp16 for ``arm64-fp16`` (+fullfp16), the
 compressed variants (``kmeans:0.5``, ``mask:0.5``) for ``arm64`` in fp32. Counts come from
 `deploy.emulator.count_instructions` (QEMU TCG plugin, deterministic) through
-`bench.common.build_on_phone`. fp32 and fp16 counts already in
+`bench.phone_build.build_on_phone`. fp32 and fp16 counts already in
 ``bench/results/precision.json`` (`bench/precision_bench.py`, same builds) are reused
 instead of counted again.
 """
@@ -14,8 +14,9 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, build_on_phone, error_text
+from bench.common import RESULTS, error_text
 from bench.models import ModelCase
+from bench.phone_build import build_on_phone
 
 # (key, target profile, precision, compress); precision.json build labels for reuse
 VARIANTS = (("fp32", "arm64", "fp32", None), ("fp16", "arm64-fp16", "fp16", None),

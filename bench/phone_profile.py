@@ -7,7 +7,7 @@ Per model (batch 1): the fp32 build for ``arm64`` and the fp16 build for ``arm64
 profiled by `deploy.kernel_profile.profile_instructions` (QEMU TCG plugin counting per
 address, attributed to the library's kernels; the rest is the Relax VM, Python and libc).
 Each table shows which kernels reach the 0.5x lane limit and what fp16 does not shrink.
-Builds are made and profiled by `bench.common.build_on_phone` (``profile=True``).
+Builds are made and profiled by `bench.phone_build.build_on_phone` (``profile=True``).
 Writes ``bench/results/phone_profile.json`` and ``phone_profile.md`` (``--out``: another
 directory).
 """
@@ -24,6 +24,7 @@ import numpy as np
 if not __package__:  # run as `python bench/phone_profile.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 
 BUILDS = (("fp32", "arm64"), ("fp16", "arm64-fp16"))
 
@@ -36,7 +37,7 @@ def profile_model(name: str, runs: int, workdir: Path) -> dict:
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     out = {}
     for precision, target in BUILDS:
-        b = common.build_on_phone(net, target, [x], workdir, f"{name}-{precision}", runs=runs,
+        b = build_on_phone(net, target, [x], workdir, f"{name}-{precision}", runs=runs,
                                   profile=True, precision=precision)
         out[precision] = b.profile
         print(f"[profile] {name} {precision}: {b.instructions:,} instructions", flush=True)

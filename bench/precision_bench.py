@@ -15,7 +15,7 @@ Instructions retired per inference are counted by `deploy.emulator.count_instruc
 (QEMU TCG plugin, deterministic; ``--runs`` inferences for the 28x28 models, ``--runs-big``
 for the 224x224 ones, whose counting runs take minutes). Each build's output on one input,
 run on the phone, is compared with the fp32 phone output (relative error: max |diff| /
-max |fp32|). Each build is made, counted and run by `bench.common.build_on_phone`.
+max |fp32|). Each build is made, counted and run by `bench.phone_build.build_on_phone`.
 
 Top-1 agreement with fp32 (trained LeNet-5 and AlexNet-style, Fashion-MNIST test set):
 
@@ -43,6 +43,7 @@ import numpy as np
 if not __package__:  # run as `python bench/precision_bench.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 from mdl_tvm.core.numerics import relative_error  # noqa: E402
 
 DEFAULT_MODELS = ("lenet5", "alexnet", "resnet18", "mobilenetv2")
@@ -73,7 +74,7 @@ def bench_builds(name, net, args, workdir: Path) -> list[dict]:
     runs = args.runs if shape[-1] <= 32 else args.runs_big
     rows, fp32 = [], None
     for label, target, precision in BUILDS:
-        b = common.build_on_phone(net, target, [x], workdir, f"{name}-{label.replace(' ', '_')}",
+        b = build_on_phone(net, target, [x], workdir, f"{name}-{label.replace(' ', '_')}",
                                   runs=runs, run=True, reference=fp32, precision=precision)
         fp32 = b.output if fp32 is None else fp32  # BUILDS[0] is the fp32 reference
         phone_s = b.run_s + b.count_s
@@ -107,7 +108,7 @@ def bench_agreement(name, net, args, workdir: Path) -> dict:
     sub = images[:n]
     phone = {}
     for label, target, precision in (BUILDS[0], BUILDS[2], BUILDS[3]):
-        b = common.build_on_phone(net, target, [sub], workdir, f"{name}-batch-{precision}",
+        b = build_on_phone(net, target, [sub], workdir, f"{name}-batch-{precision}",
                                   run=True, timeout=7200, precision=precision)
         phone[label] = b.output
         print(f"{name:12s} phone {label:13s} {n} images in {b.run_s:.0f} s", flush=True)

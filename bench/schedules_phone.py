@@ -10,7 +10,7 @@ by `deploy.emulator.count_instructions` (QEMU TCG plugin, deterministic). The 22
 models are left out: their unscheduled builds retire tens of billions of instructions
 (hours under the plugin); their after-only counts are in ``bench/results/precision.md``.
 
-Each build is made, run and counted by `bench.common.build_on_phone`; the *after* output is
+Each build is made, run and counted by `bench.phone_build.build_on_phone`; the *after* output is
 checked against the *before* output. Writes ``bench/results/schedules_phone.json`` and
 ``schedules_phone.md`` (``--out``: another directory); the schedules issue's bar is fp16 <=
 0.6x the fp32 instructions.
@@ -27,6 +27,7 @@ import numpy as np
 if not __package__:  # run as `python bench/schedules_phone.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 
 BUILDS = (("fp32", "arm64"), ("fp16", "arm64-fp16"))
 
@@ -50,7 +51,7 @@ def count_pair(name: str, precision: str, target: str, runs: int, workdir: Path)
     rows, before = [], None
     for schedules in (False, True):
         tag = "after" if schedules else "before"
-        b = common.build_on_phone(net, target, [x], workdir, f"{name}-{precision}-{tag}",
+        b = build_on_phone(net, target, [x], workdir, f"{name}-{precision}-{tag}",
                                   runs=runs, run=True, reference=before, timeout=3600,
                                   precision=precision, default_schedules=schedules)
         before = b.output

@@ -38,6 +38,7 @@ from pathlib import Path
 if not __package__:  # run as `python bench/trust_phone.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 from bench.trust_bench import SHAPE, Bench, compressor  # noqa: E402
 from bench.trust_report import write  # noqa: E402
 
@@ -94,7 +95,7 @@ def count_point(model, row: dict, calibration, image, workdir: Path, runs: int) 
         return {**found, "error": f"not reproduced: the rebuilt masks give "
                 f"{int(host.stats.macs):,} MACs, the point has {found['macs']:,} MACs"}
     extra = {} if commit is None else {"compress": commit}
-    build = common.build_on_phone(model, "arm64", [image], workdir,
+    build = build_on_phone(model, "arm64", [image], workdir,
                                   f"{row['model']}-{found['macs']}", runs=runs,
                                   reference=host.run(image)[0], log=workdir / "phone.log",
                                   **extra)

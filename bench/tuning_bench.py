@@ -12,7 +12,7 @@ timed in the same run, alternating blocks of runs, and their medians compared.
 Phone: a small fp16 session end to end on the emulated arm64 phone (arm64-fp16 profile,
 LeNet-5 with ``precision="fp16"``): tracker + phone on loopback, tuning over RPC, compile
 with the database, then latency over RPC and instructions per inference (QEMU plugin,
-`bench.common.build_on_phone`) for the default and the tuned library. These timings are an
+`bench.phone_build.build_on_phone`) for the default and the tuned library. These timings are an
 emulator's (QEMU user mode on x86), not a phone's; the instruction counts are exact.
 
 Writes ``bench/results/tuning.json``, ``tuning.md`` and ``tuning.png`` (``--out``: another
@@ -31,6 +31,7 @@ from pathlib import Path
 if not __package__:  # run as `python bench/tuning_bench.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from bench.phone_build import build_on_phone  # noqa: E402
 from mdl_tvm.core.numerics import relative_error  # noqa: E402
 
 DEFAULT_TRIALS = {"lenet5": 32, "resnet18": 96, "mobilenetv2": 64}
@@ -104,7 +105,7 @@ def phone_session(trials: int, repeat: int, threads: int) -> dict:
                           key="bench-phone", model_name="lenet5-fp16",
                           config=common.tuning_config(threads), input_shapes=[shape],
                           precision="fp16")
-            builds = {label: common.build_on_phone(net, "arm64-fp16", [x], tmp, label, runs=10,
+            builds = {label: build_on_phone(net, "arm64-fp16", [x], tmp, label, runs=10,
                                                    precision="fp16", tuning_db=db)
                       for label, db in (("default", None), ("tuned", tmp / "db"))}
             ms = {"default": [], "tuned": []}

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from deploy import device, procs
+from deploy import device, procs, rpc_net
 from deploy.cpus import DEFAULT_CPU, QEMU_CPUS, check_cpu
 from deploy.emulator import count_instructions, run_on_emulator
 from deploy.engines import ENGINES, CompileFn, count_model
@@ -67,7 +67,7 @@ def _cmd_setup(args) -> int:
 def _cmd_device_start(args) -> int:
     if args.tracker and args.port:
         raise ValueError("give either --tracker (register there) or --port (standalone)")
-    tracker = procs.parse_addr(args.tracker) if args.tracker else None
+    tracker = rpc_net.parse_addr(args.tracker) if args.tracker else None
     if tracker is None and not args.port:  # default: the tracker `tracker start` runs
         t = procs.status()["tracker"]
         if t and t["alive"]:

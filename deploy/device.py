@@ -50,20 +50,7 @@ PLATFORM = (
 ).split()
 # not needed on the phone: the compiler (229 MB), CUDA runtime, sources and web runtime
 SLIM = "lib/libtvm_compiler.so lib/libtvm_runtime_cuda.so 3rdparty src web".split()
-SITECUSTOMIZE = '''"""Written by deploy.device: RPC workers must re-enter QEMU (no binfmt_misc)."""
-import os
-import sys
-
-if os.environ.get("MDL_TVM_DEVICE_PYTHON"):
-    sys.executable = os.environ["MDL_TVM_DEVICE_PYTHON"]
-if os.environ.get("MDL_TVM_PHONE_CPU"):  # the RPC phone: offer mdl.phone.info, count_call
-    try:
-        import mdl_phone
-
-        mdl_phone.register()
-    except Exception as err:  # noqa: BLE001 - a server must start even without them
-        print(f"mdl_phone: {err}", file=sys.stderr)
-'''
+SITECUSTOMIZE_SRC = Path(__file__).with_name("guest_sitecustomize.py")  # RPC workers re-enter QEMU
 PLUGIN_SRC = Path(__file__).with_name("insn_plugin.c")
 PHONE_SRC = Path(__file__).with_name("phone_functions.py")
 CPUINFO = (  # one Cortex-A76 core, as Linux prints it
@@ -141,7 +128,8 @@ def _part_key(name: str) -> str:
     if name == "sysroot":
         return f"{RECIPE}:{hosttools.SUITE}:{INCLUDE}:{CPUINFO}"
     if name == "site":
-        return f"{RECIPE}:" + ",".join(DEVICE_WHEELS) + SITECUSTOMIZE + PHONE_SRC.read_text()
+        return (f"{RECIPE}:" + ",".join(DEVICE_WHEELS) + SITECUSTOMIZE_SRC.read_text()
+                + PHONE_SRC.read_text())
     if name == "peers":
         return f"{RECIPE}:" + ",".join(PEER_WHEELS)
     if name == "peers-host":
@@ -231,7 +219,7 @@ def _build_site(tmp: Path, logf: Path, log) -> None:
         elif p.exists():
             p.unlink()
     shutil.rmtree(tmp / "bin", ignore_errors=True)
-    (tmp / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    shutil.copyfile(SITECUSTOMIZE_SRC, tmp / "sitecustomize.py")
     shutil.copyfile(PHONE_SRC, tmp / "mdl_phone.py")
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", str(tmp)],

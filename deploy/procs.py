@@ -8,14 +8,11 @@ server reachable from the network runs anyone's code.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import resource
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -26,12 +23,9 @@ import psutil
 from deploy.cpus import DEFAULT_CPU, check_cpu
 from deploy.device import setup
 from deploy.plugins import MARKER_SRC, build_plugin
+from deploy.rpc_net import check_bind, free_port, tracker_summary
 from mdl_tvm.core.errors import DeviceError
 from mdl_tvm.core.io import atomic_write, cache_root
-
-TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
-SUMMARY = 6  # tvm.rpc.base.TrackerCode.SUMMARY
-SUCCESS = 0
 
 
 def run_dir(path: str | os.PathLike | None = None) -> Path:
@@ -39,82 +33,6 @@ def run_dir(path: str | os.PathLike | None = None) -> Path:
     d = Path(path or os.environ.get("MDL_TVM_RUN_DIR") or cache_root("run"))
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def parse_addr(text: str, default_port: int = 9190) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (or ``HOST``) into a tuple."""
-    host, sep, port = text.rpartition(":")
-    return (host, int(port)) if sep else (text, default_port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1); a host *name*
-    such as ``127.example.com`` is not one, whatever it starts with."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_bind(host: str, allow_remote: bool) -> None:
-    if is_loopback(host):
-        return
-    if not allow_remote:
-        raise ValueError(
-            f"refusing to bind {host}: TVM RPC has no authentication, anyone who reaches it "
-            "can run code here; pass allow_remote=True (--allow-remote) to do it anyway"
-        )
-    print(
-        f"WARNING: binding {host}: TVM RPC has no authentication; anyone who can reach this "
-        "address can run code on this machine",
-        file=sys.stderr,
-    )
-
-
-def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict:
-    """Ask a tracker for its summary (``queue_info``, ``server_info``) without importing TVM.
-
-    Raises
-    ------
-    DeviceError
-        When nothing answers at ``host:port`` or it is not an RPC tracker.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(struct.pack("<i", TRACKER_MAGIC))
-            if struct.unpack("<i", _recv(s, 4))[0] != TRACKER_MAGIC:
-                raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
-            req = json.dumps([SUMMARY]).encode()
-            s.sendall(struct.pack("<i", len(req)) + req)
-            (size,) = struct.unpack("<i", _recv(s, 4))
-            code, summary = json.loads(_recv(s, size))
-    except OSError as err:
-        raise DeviceError(
-            f"no RPC tracker at {host}:{port} ({err}); start one with "
-            f"`mdl-tvm tracker start --port {port}`"
-        ) from err
-    if code != SUCCESS:
-        raise DeviceError(f"tracker {host}:{port} answered {code}")
-    return summary
-
-
-def _recv(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    return buf
 
 
 def _read_state(name: str, rdir: Path) -> dict | None:
@@ -235,7 +153,7 @@ def start_tracker(
     (str, int)
         The tracker's address.
     """
-    _check_bind(host, allow_remote)
+    check_bind(host, allow_remote)
     rdir = run_dir(rundir)
     old = _read_state("tracker", rdir)
     if old and old["alive"]:
@@ -328,7 +246,7 @@ def start_phone(
     DeviceError
         When a phone already runs, the tracker is down, or the server does not come up.
     """
-    _check_bind(host, allow_remote)
+    check_bind(host, allow_remote)
     check_cpu(cpu)
     rdir = run_dir(rundir)
     old = _read_state("phone", rdir)

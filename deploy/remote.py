@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from deploy.cpus import features, illegal_instruction_error, missing_features, refusal
-from deploy.procs import parse_addr, tracker_summary
+from deploy.rpc_net import parse_addr, tracker_summary
 from deploy.zero_copy_remote import RemoteZeroCopyExecutor
 from mdl_tvm.core.artifact import read_metadata
 from mdl_tvm.core.errors import DeviceError, MdlError

@@ -15,7 +15,7 @@ from helpers import seeded
 
 import mdl_tvm
 from deploy.parts import build_part, part_ok
-from deploy.procs import is_loopback
+from deploy.rpc_net import is_loopback
 from mdl_tvm import zoo
 from mdl_tvm.core.artifact import read_metadata
 from mdl_tvm.core.errors import InputSpecError, ModelFormatError, OutputPathError

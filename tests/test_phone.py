@@ -14,7 +14,7 @@ import uuid
 import numpy as np
 import pytest
 
-from deploy import procs
+from deploy import procs, rpc_net
 from deploy.remote import RemoteDevice
 from mdl_tvm.core.errors import DeviceError
 from mdl_tvm.core.numerics import relative_error
@@ -49,7 +49,7 @@ def test_tracker_string_address_and_run_helper(phone, arm64_model):
 
 
 def test_tracker_down_is_a_device_error():
-    port = procs.free_port()  # nothing listens there: no phone, no tracker needed
+    port = rpc_net.free_port()  # nothing listens there: no phone, no tracker needed
     with pytest.raises(DeviceError) as err:
         RemoteDevice.connect(f"127.0.0.1:{port}", key="phone", timeout=5)
     assert f"127.0.0.1:{port}" in str(err.value)
@@ -105,7 +105,7 @@ def test_standalone_phone_serves_plain_rpc(phone_env, arm64_model, tmp_path):
     from tvm.runtime.vm import VirtualMachine
 
     so_path, x, ref = arm64_model
-    state = procs.start_phone(port=procs.free_port(), rundir=tmp_path)
+    state = procs.start_phone(port=rpc_net.free_port(), rundir=tmp_path)
     try:
         assert state["tracker"] is None and state["host"] == "127.0.0.1"
         sess = rpc.connect(state["host"], state["port"])
@@ -130,9 +130,9 @@ def test_non_loopback_bind_needs_explicit_flag(phone_tracker, tmp_path):
 def test_tracker_protocol_constants_match_tvm():
     from tvm.rpc import base
 
-    assert procs.TRACKER_MAGIC == base.RPC_TRACKER_MAGIC
-    assert procs.SUMMARY == base.TrackerCode.SUMMARY
-    assert procs.SUCCESS == base.TrackerCode.SUCCESS
+    assert rpc_net.TRACKER_MAGIC == base.RPC_TRACKER_MAGIC
+    assert rpc_net.SUMMARY == base.TrackerCode.SUMMARY
+    assert rpc_net.SUCCESS == base.TrackerCode.SUCCESS
 
 
 @on_phone

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 from helpers import mlp as _mlp  # noqa: E402
 
-from deploy import procs  # noqa: E402
+from deploy import procs, rpc_net  # noqa: E402
 from deploy.remote import RemoteDevice  # noqa: E402
 from mdl_tvm.core.errors import DeviceError  # noqa: E402
 from mdl_tvm.core.numerics import relative_error  # noqa: E402
@@ -223,7 +223,7 @@ def test_phone_farm_in_parallel_killed_keeps_records_restart_resumes(
 
 @pytest.mark.phone
 def test_unreachable_tracker_and_unknown_key_are_device_errors(phone_tracker, tmp_path):
-    port = procs.free_port()
+    port = rpc_net.free_port()
     with pytest.raises(DeviceError, match="mdl-tvm tracker start"):
         tune(_mlp(8, 4), "arm64", db=tmp_path, tracker=f"127.0.0.1:{port}", key="phone",
              input_shapes=[(1, 8)])
@@ -271,7 +271,7 @@ def test_cli_tune_registered_and_errors_clearly(capsys, tmp_path):
     assert main(["tune", "lenet5", "--target", "arm64", "--trials", "4", "--cost", "seconds",
                  *db]) == 2
     assert "--tracker HOST:PORT --key KEY" in capsys.readouterr().err
-    port = procs.free_port()
+    port = rpc_net.free_port()
     assert main(["tune", "lenet5", "--target", "arm64", "--tracker", f"127.0.0.1:{port}",
                  "--key", "phone", *db]) == 2
     assert f"no RPC tracker at 127.0.0.1:{port}" in capsys.readouterr().err

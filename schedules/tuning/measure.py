@@ -25,7 +25,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from deploy.procs import parse_addr, tracker_summary
+from deploy.rpc_net import parse_addr, tracker_summary
 from mdl_tvm.core.errors import DeviceError
 from mdl_tvm.core.targets import get_profile
 
