@@ -38,9 +38,9 @@ compiled host library, MACs = ``compiled.stats.macs`` for every method, Torch-Pr
 included. Fine-tuning (``--recipe own``, the default): each model's own training recipe
 (`mdl_tvm.train.RECIPES`) -- ResNet-20 and MobileNetV2-S: SGD Nesterov at a tenth of the
 training peak (0.01, cosine to 0), weight decay 5e-4, augmentation; LeNet-5 and AlexNet-style:
-Adam 1e-3, no augmentation -- batch 128, seed 0 (``--seed``), 1 thread, the same for all
-three arms. ``--recipe sgd`` fine-tunes every model with the SGD recipe (an Adam-trained
-net loses accuracy under it: LeNet-5 at 50 % 0.8185 -> 0.7869).
+Adam 1e-3, no augmentation -- batch 128, seed 0 (``--seed``), 1 thread, the same for every
+arm. ``--recipe sgd`` fine-tunes every model with the SGD recipe (an Adam-trained net lost
+accuracy under it: LeNet-5 at 50 % 0.8185 -> 0.7869, on weights trained before they shipped).
 Torch-Pruning (``torch-pruning==1.6.1``, the ``bench`` extra; its dependency graph and L1
 importance) keeps exactly the channel counts of ours per coupled group: same MACs, same
 architecture (``--arms`` picks which of the three arms run). Run on a shared machine with
