@@ -179,6 +179,11 @@ def _load_npz(model, path: Path):
     return model.eval()
 
 
+def _cached(name: str, config: TrainConfig) -> Path:
+    """Where a training of `name` by `config` is cached."""
+    return cache_root("weights", config.cache_name(name) + ".pt")
+
+
 def trained_model(name: str, config: TrainConfig | None = None, log=print):
     """Zoo model `name` trained on Fashion-MNIST: the shipped weights for the nets that
     have them (with their recipe), else the cache, else trained now and cached."""
@@ -193,7 +198,7 @@ def trained_model(name: str, config: TrainConfig | None = None, log=print):
     shipped = SHIPPED / f"{name}.npz"
     if config == RECIPES.get(name) and shipped.is_file():
         return _load_npz(model, shipped)
-    path = cache_root("weights", config.cache_name(name) + ".pt")
+    path = _cached(name, config)
     if path.is_file():
         try:
             model.load_state_dict(torch.load(path, weights_only=True))
@@ -232,7 +237,7 @@ def ship(name: str, config: TrainConfig | None = None, out_dir: Path = SHIPPED,
     config = config or RECIPES[name]
     start = time.perf_counter()
     model = zoo.build(name, seed=config.seed)
-    cached = cache_root("weights", config.cache_name(name) + ".pt")
+    cached = _cached(name, config)
     if from_cache:
         if not cached.is_file():
             raise FileNotFoundError(f"no cached weights {cached} for {name}'s recipe; run "

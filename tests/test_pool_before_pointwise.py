@@ -11,6 +11,7 @@ from tvm import relax
 import mdl_tvm
 from mdl_tvm.compiler.pool_before_pointwise import pool_before_pointwise
 from mdl_tvm.core.numerics import relative_error
+from mdl_tvm.core.relax_utils import op_name
 from relay_passes.activations import default_runner
 
 RNG = np.random.default_rng(0)
@@ -38,8 +39,9 @@ def _graph(weight=W1, bias=B, bias_first=False, pool=None, relu=False, extra_use
 
 
 def _ops(mod):
-    return [b.value.op.name for block in mod["main"].body.blocks for b in block.bindings
-            if isinstance(getattr(b.value, "op", None), __import__("tvm").ir.Op)]
+    """The main function's ops, in binding order."""
+    return [op_name(b.value) for block in mod["main"].body.blocks for b in block.bindings
+            if op_name(b.value)]
 
 
 def _same(a, b):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdl_tvm.core.relax_utils import constant_value, op_name, vars_in, with_blocks
+from mdl_tvm.core.relax_utils import constant_value, op_name, uses_of, with_blocks
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
@@ -58,14 +58,19 @@ def compose(steps, channels: int) -> tuple[np.ndarray, np.ndarray]:
     return s, t
 
 
-def _foldable_conv(value) -> bool:
+def nchw_constant_conv(value) -> bool:
+    """`value` is an NCHW / OIHW (NCHW out) ``conv2d`` whose weight is a constant."""
     import tvm
 
     if op_name(value) != "relax.nn.conv2d" or not isinstance(value.args[1], tvm.ir.Constant):
         return False
     attrs = value.attrs
     return (str(attrs.data_layout), str(attrs.kernel_layout)) == ("NCHW", "OIHW") and \
-        str(attrs.out_layout) in ("NCHW", "") and str(value.args[1].value.dtype) == "float32"
+        str(attrs.out_layout) in ("NCHW", "")
+
+
+def _foldable_conv(value) -> bool:
+    return nchw_constant_conv(value) and str(value.args[1].value.dtype) == "float32"
 
 
 def _chains(func) -> dict:
@@ -73,12 +78,7 @@ def _chains(func) -> dict:
     from tvm import relax
 
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    uses: dict = {}
-    for b in bindings:
-        for v in vars_in(b.value):
-            uses.setdefault(v, []).append(b)
-    for v in vars_in(func.body.body):
-        uses.setdefault(v, []).append(None)
+    uses = uses_of(bindings, func.body.body)
     found = {}
     for b in bindings:
         if not (isinstance(b, relax.VarBinding) and _foldable_conv(b.value)):

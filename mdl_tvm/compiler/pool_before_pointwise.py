@@ -20,8 +20,8 @@ folding of the prepare stage (a BN between conv and pool is then the bias).
 
 from __future__ import annotations
 
-from mdl_tvm.compiler.fold_scale_shift import channel_vector
-from mdl_tvm.core.relax_utils import constant_value, op_name, vars_in, with_blocks
+from mdl_tvm.compiler.fold_scale_shift import channel_vector, nchw_constant_conv
+from mdl_tvm.core.relax_utils import constant_value, op_name, uses_of, with_blocks
 
 
 def _ints(values) -> list[int]:
@@ -30,16 +30,11 @@ def _ints(values) -> list[int]:
 
 def _pointwise(conv) -> bool:
     """A 1x1, stride-1, unpadded, undilated NCHW / OIHW convolution with a constant weight."""
-    import tvm
-
-    if op_name(conv) != "relax.nn.conv2d" or not isinstance(conv.args[1], tvm.ir.Constant):
+    if not nchw_constant_conv(conv):
         return False
     a = conv.attrs
-    return (str(a.data_layout), str(a.kernel_layout)) == ("NCHW", "OIHW") \
-        and str(a.out_layout) in ("NCHW", "") \
-        and tuple(conv.args[1].value.shape[2:]) == (1, 1) \
-        and _ints(a.strides) == [1, 1] and not any(_ints(a.padding)) \
-        and _ints(a.dilation) == [1, 1]
+    return tuple(conv.args[1].value.shape[2:]) == (1, 1) and _ints(a.strides) == [1, 1] \
+        and not any(_ints(a.padding)) and _ints(a.dilation) == [1, 1]
 
 
 def _plain_average(pool) -> bool:
@@ -53,12 +48,7 @@ def _plain_average(pool) -> bool:
 
 def _swaps(bindings, result) -> dict:
     """``{pool binding var: (conv binding, bias binding or None)}`` for every match."""
-    uses: dict = {}
-    for b in bindings:
-        for v in vars_in(b.value):
-            uses[v] = uses.get(v, 0) + 1
-    for v in vars_in(result):
-        uses[v] = uses.get(v, 0) + 1
+    uses = {v: len(readers) for v, readers in uses_of(bindings, result).items()}
     bound = {b.var: b for b in bindings}
     found = {}
     for b in bindings:

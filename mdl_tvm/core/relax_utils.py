@@ -40,6 +40,18 @@ def vars_in(expr) -> list:
     return found
 
 
+def uses_of(bindings, result) -> dict:
+    """``{var: [binding, ...]}``: every binding of `bindings` that reads the var, and None
+    once per read by the function's `result` expression."""
+    uses: dict = {}
+    for b in bindings:
+        for v in vars_in(b.value):
+            uses.setdefault(v, []).append(b)
+    for v in vars_in(result):
+        uses.setdefault(v, []).append(None)
+    return uses
+
+
 def main_bindings(mod, func_name: str = "main"):
     """``(bindings, function)`` of `func_name`'s single dataflow block.
 
