@@ -35,7 +35,7 @@ from schedules.config import (
     elem_bytes,
     reads_in_place,
 )
-from schedules.segments import tail_tile, task_choices, whole_segments
+from schedules.segments import on_cores, tail_tile, task_choices, whole_segments
 
 # Instructions per vector FMA of the direct packed kernel (0.31 per MAC in fp32).
 DIRECT_PER_FMA = 1.25
@@ -287,18 +287,23 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
             if im2col:  # all rows once per segment: shared by its k-groups, or per group
                 cost += segs * rows_all * _im2col_row_cost(geo, seg, rows, lanes)
             tasks = segs * (geo.groups if per_group_copy else groups)
-            found.append((ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups), tasks))
+            algo = ConvAlgo("gemm", 0, kb, nv, rows, cost=cost, k_groups=groups)
+            found.append((algo, tasks, on_cores(cfg, cost, segs, groups if im2col else 1,
+                                                 tasks)))
     found += _gemm_channels(cfg, (lanes, elem), geo, out_rows, batch, wanted)
-    for algo, tasks in found:
+    best = float("inf")  # the parallel choice's cost on the cores
+    for algo, tasks, spread in found:
         serial = algo if algo.cost < serial.cost else serial
-        parallel = algo if tasks >= wanted and algo.cost < parallel.cost else parallel
+        if tasks >= wanted and spread < best:
+            parallel, best = algo, spread
     return serial if serial.cost < PARALLEL_MIN_COST or parallel.cost == float("inf") \
         else parallel
 
 
 def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_rows: int,
                    batch: int, wanted: int):
-    """``(ConvAlgo, tasks)`` with output channels as the vector (`schedules.gemm_channels`:
+    """``(ConvAlgo, tasks, cost on the cores)`` with output channels as the vector
+    (`schedules.gemm_channels`:
     one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors`` pixels, by lane
     or broadcast, an im2col copy, lane-by-lane stores); `widths`: lanes, element bytes."""
     lanes, elem = widths
@@ -315,7 +320,7 @@ def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_row
                 continue
             choices = task_choices(out_rows, ow, p, red * elem, chunks, wanted,
                                     _CHANNELS_IM2COL_BYTES)
-            for groups, rows in (whole_segments(choices, chunks, wanted)
+            for groups, rows in (whole_segments(choices, chunks)
                                  if not cfg.indexed_fma else choices):
                 seg, segs = rows * ow, batch * ceil_div(out_rows, rows)
                 blocks = [(seg // p, p)] + ([(1, seg % p)] if seg % p else [])
@@ -325,7 +330,8 @@ def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_row
                     for count, size in blocks)
                 cost += segs * red * _im2col_row_cost(geo, seg, rows, lanes)
                 yield (ConvAlgo("gemm", 0, nv * lanes, p, rows, cost=cost, k_groups=groups,
-                                by_channels=True), segs * groups)
+                                by_channels=True), segs * groups,
+                       on_cores(cfg, cost, segs, groups, segs * groups))
 
 
 def _im2col_row_cost(geo: ConvGeometry, seg: int, rows: int, lanes: int) -> float:
