@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from deploy.library import RuntimeVM, open_library, to_tensor, vm_lock
-from deploy.zero_copy import ZeroCopyExecutor
+from deploy.zero_copy import ZeroCopyError, ZeroCopyExecutor
 from mdl_tvm.core.errors import InputSpecError, NonFiniteError, UnknownTargetError
 from mdl_tvm.core.graph_stats import GraphStats
 from mdl_tvm.core.numerics import summary_ms, time_calls
@@ -97,6 +97,8 @@ class HostModel:
         self._module = module
         self._vm = None
         self._vm_guard = threading.Lock()
+        self._run_guard = threading.Lock()  # `run`'s executor: one run at a time
+        self._executor = None  # `run`'s executor, False when the library has no main_zc
 
     # -- metadata ---------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -158,19 +160,37 @@ class HostModel:
             way PyTorch does: ReLU, max-pooling and clamps turn a NaN into a number, so a
             NaN input can give finite, plausible outputs; check inputs you do not control.
 
-        Thread-safe: concurrent calls are serialised (see the class docstring).
+        Thread-safe: concurrent calls are serialised (see the class docstring). Where the
+        library has a zero-copy entry point, runs go through one preset executor (inputs,
+        outputs and intermediates planned once, as ONNX Runtime's memory pattern does) and
+        return copies of its outputs; else through ``main``, which allocates per run.
         """
         arrays = self.check_inputs(inputs)
         if check_finite:
             _check_finite(arrays, "input")
         vm = self.vm()
-        with vm_lock(vm):
-            outputs = flatten_outputs(vm["main"](*[to_tensor(a) for a in arrays]))
+        with self._run_guard:
+            executor = self._run_executor()
+            if executor is not None:  # planned buffers: no allocation per run
+                outputs = [o.copy() for o in executor(*arrays)]
+            else:
+                with vm_lock(vm):
+                    outputs = flatten_outputs(vm["main"](*[to_tensor(a) for a in arrays]))
         if check_finite:
             _check_finite(outputs, "output")
         return outputs
 
     __call__ = run
+
+    def _run_executor(self):
+        """`run`'s own `ZeroCopyExecutor`, made at the first run; None without ``main_zc``
+        (a library built before it, or a graph the zero-copy pass cannot plan)."""
+        if self._executor is None:
+            try:
+                self._executor = ZeroCopyExecutor(self)
+            except ZeroCopyError:
+                self._executor = False
+        return self._executor or None
 
     def executor(self, **buffers):
         """A `deploy.zero_copy.ZeroCopyExecutor` for this host model: preset input, output

@@ -176,6 +176,37 @@ def test_exported_library_and_missing_entry_point(lenet, tmp_path):
         ZeroCopyExecutor(state.executable)
 
 
+def test_run_goes_through_planned_buffers_and_returns_fresh_arrays(lenet):
+    """`HostModel.run` uses a preset executor: no allocation per run, outputs copied out."""
+    x1, x2 = _images(2)
+    first = lenet.run(x1)[0]
+    calls = count_vm_calls(lenet.vm(), lambda: lenet.run(x1), runs=20)
+    assert sum(calls[b] for b in ALLOC_BUILTINS) == 0 and calls["fused_mdl_dense2_add4"] == 20
+    second = lenet.run(x2)[0]
+    assert not np.shares_memory(first, second)
+    assert not np.array_equal(first, second)  # the first result was not overwritten
+    np.testing.assert_array_equal(first, lenet.run(x1)[0])
+
+
+def test_graph_returning_a_reshaped_kernel_output_gets_main_zc():
+    """A final flatten (a reshape of a kernel's fresh buffer) is written in place."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2, 3), "float32"))
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.add(x, x))
+        bb.emit_func_output(bb.emit(relax.op.reshape(y, (1, 6))))
+    model = mdl_tvm.compile(bb.get(), "host")
+    assert model.zero_copy["emitted"] is True, model.zero_copy
+    assert model.zero_copy["plan"]["outputs"] == [{"shape": [1, 6], "dtype": "float32"}]
+    x_np = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    ex = model.executor()
+    out = ex(x_np)[0]
+    np.testing.assert_array_equal(out, 2 * x_np.reshape(1, 6))
+    np.testing.assert_array_equal(model.run(x_np)[0], out)
+
+
 def test_graph_returning_its_input_keeps_only_main():
     from tvm import relax
 

@@ -61,7 +61,9 @@ def _tensor_spec(ty, what: str) -> dict:
 
 
 def _output_roots(bindings, body) -> list:
-    """Vars bound to the returned tensors, followed back through var-to-var aliases."""
+    """``(var, returned)`` per returned tensor: `var` is bound to the fresh buffer a kernel
+    writes (followed back through var-to-var aliases and a ``reshape``, which only
+    relabels that buffer: a network's final flatten), `returned` the tensor returned."""
     from tvm import relax
 
     bound = {b.var: b.value for b in bindings if isinstance(b, relax.VarBinding)}
@@ -75,9 +77,14 @@ def _output_roots(bindings, body) -> list:
     fields = bound.get(ret).fields if isinstance(bound.get(ret), relax.Tuple) else None
     if fields is None and isinstance(ret, relax.Tuple):
         fields = ret.fields
-    roots = [root(f) for f in (fields if fields is not None else [ret])]
-    for i, var in enumerate(roots):
+    returned = [root(f) for f in (fields if fields is not None else [ret])]
+    roots = []
+    for i, var in enumerate(returned):
         value = bound.get(var) if isinstance(var, relax.Var) else None
+        if op_name(value) == "relax.reshape" and isinstance(root(value.args[0]), relax.Var):
+            inner = root(value.args[0])
+            if op_name(bound.get(inner)) == "relax.builtin.alloc_tensor":
+                var, value = inner, bound[inner]
         if op_name(value) != "relax.builtin.alloc_tensor":
             if isinstance(var, relax.Tuple) or isinstance(value, relax.Tuple):
                 kind = "a nested tuple"
@@ -87,9 +94,10 @@ def _output_roots(bindings, body) -> list:
                 kind = f"made by {getattr(value, 'op', type(value).__name__)}"
             raise ZeroCopyUnsupported(
                 f"output {i} is {kind}, not a tensor written by a kernel into a fresh buffer")
+        roots.append(var)
     if len(set(roots)) != len(roots):
         raise ZeroCopyUnsupported("the same tensor is returned twice")
-    return roots
+    return list(zip(roots, returned, strict=True))
 
 
 def make_zero_copy_main(func):
@@ -115,11 +123,15 @@ def make_zero_copy_main(func):
 
     body = func.body
     bindings = [b for block in body.blocks for b in block.bindings]
-    roots = _output_roots(bindings, body.body)
-    outs = [relax.Var(f"out{i}", v.ty) for i, v in enumerate(roots)]
-    out_of = dict(zip(roots, outs, strict=True))
+    pairs = _output_roots(bindings, body.body)
+    outs = [relax.Var(f"out{i}", ret.ty) for i, (_, ret) in enumerate(pairs)]
+    # the kernel's buffer is the caller's output, seen in the kernel's shape when a
+    # reshape relabels it (the reshape binding stays: a view of that view)
+    out_of = {var: out if var is ret else relax.op.memory.view(
+        out, relax.ShapeExpr(var.ty.shape.values), var.ty.dtype, relax.prim_value(0, "int64"))
+              for (var, ret), out in zip(pairs, outs, strict=True)}
     inputs = [_tensor_spec(p.ty, f"input {p.name}") for p in func.params]
-    outputs = [_tensor_spec(v.ty, f"output {i}") for i, v in enumerate(roots)]
+    outputs = [_tensor_spec(ret.ty, f"output {i}") for i, (_, ret) in enumerate(pairs)]
 
     offsets, size = {}, 0  # storage var -> byte offset in the workspace
     for b in bindings:
@@ -138,7 +150,7 @@ def make_zero_copy_main(func):
             if b.var in offsets:
                 continue  # the storage is the workspace
             if b.var in out_of:
-                new.append(relax.VarBinding(b.var, out_of[b.var]))
+                new.append(relax.VarBinding(b.var, bb.normalize(out_of[b.var])))
             elif name == "relax.memory.alloc_tensor" and b.value.args[0] in offsets:
                 storage, offset, shape, dtype = b.value.args[:4]
                 start = offsets[storage] + int(offset.value)
