@@ -7,9 +7,10 @@
 
 Host paths (the same compiled library, `mdl_tvm.compile(..., target="host")`):
 
-* ``plain``     ``CompiledModel.run(x)``: the project's call path; input copied into a new
-                tensor, ``main`` (the VM allocates intermediates and outputs from its
-                pooled allocator), outputs copied out to numpy;
+* ``plain``     ``CompiledModel.run(x)``: the project's call path; input copied into the
+                preset input of run's own executor (``main_zc``; a library without it
+                runs ``main``, which allocates from the VM's pooled allocator), outputs
+                copied out to numpy (results before 2026-12-04: ``main`` always);
 * ``vm-call``   ``vm["main"](x_tensor)`` on an input tensor made once, outputs left as
                 TVM tensors: the leanest use of the plain VM;
 * ``zero-copy`` `deploy.zero_copy.ZeroCopyExecutor.run()`: ``main_zc`` on preset buffers.
