@@ -303,9 +303,9 @@ def gemm_cost(cfg: MachineConfig, dtype: str, geo: ConvGeometry, out_rows: int,
 def _gemm_channels(cfg: MachineConfig, widths: tuple, geo: ConvGeometry, out_rows: int,
                    batch: int, wanted: int):
     """``(ConvAlgo, tasks, cost on the cores)`` with output channels as the vector
-    (`schedules.gemm_channels`:
-    one group, ``kb`` dividing the outputs, blocks of ``P = tile_vectors`` pixels, by lane
-    or broadcast, an im2col copy, lane-by-lane stores); `widths`: lanes, element bytes."""
+    (`schedules.gemm_channels`: one group, ``kb`` dividing the outputs, blocks of
+    ``P = tile_vectors`` pixels, by lane or broadcast, an im2col copy, lane-by-lane
+    stores); `widths`: lanes, element bytes."""
     lanes, elem = widths
     # maps under a vector stay direct (its rule takes squeeze-excite's fused channel scale)
     if geo.groups != 1 or out_rows * geo.out_width < lanes:

@@ -81,7 +81,7 @@ def _output_roots(bindings, body) -> list:
     roots = []
     for i, var in enumerate(returned):
         value = bound.get(var) if isinstance(var, relax.Var) else None
-        if op_name(value) == "relax.reshape" and isinstance(root(value.args[0]), relax.Var):
+        if op_name(value) == "relax.reshape":
             inner = root(value.args[0])
             if op_name(bound.get(inner)) == "relax.builtin.alloc_tensor":
                 var, value = inner, bound[inner]
@@ -127,9 +127,11 @@ def make_zero_copy_main(func):
     outs = [relax.Var(f"out{i}", ret.ty) for i, (_, ret) in enumerate(pairs)]
     # the kernel's buffer is the caller's output, seen in the kernel's shape when a
     # reshape relabels it (the reshape binding stays: a view of that view)
-    out_of = {var: out if var is ret else relax.op.memory.view(
-        out, relax.ShapeExpr(var.ty.shape.values), var.ty.dtype, relax.prim_value(0, "int64"))
-              for (var, ret), out in zip(pairs, outs, strict=True)}
+    out_of = {}
+    for (var, ret), out in zip(pairs, outs, strict=True):
+        out_of[var] = out if var is ret else relax.op.memory.view(
+            out, relax.ShapeExpr(var.ty.shape.values), var.ty.dtype,
+            relax.prim_value(0, "int64"))
     inputs = [_tensor_spec(p.ty, f"input {p.name}") for p in func.params]
     outputs = [_tensor_spec(ret.ty, f"output {i}") for i, (_, ret) in enumerate(pairs)]
 
