@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mdl_tvm.compiler.build_pipeline import relax_build_pipeline
 from mdl_tvm.compiler.fold_constants import fold_constants
 from mdl_tvm.compiler.fold_scale_shift import fold_scale_shift
 from mdl_tvm.compiler.pool_before_pointwise import pool_before_pointwise
 from mdl_tvm.compiler.precision import PrecisionConfig, precision_stage
-from mdl_tvm.compiler.zero_copy_pass import zero_copy_build_pipeline
 from mdl_tvm.core.targets import TargetProfile
 from schedules import database
 from schedules.apply import lowering_pipeline
@@ -71,6 +71,7 @@ class BuildState:
     tuned_functions: list = field(default_factory=list)  # took a tuning record
     slow_paths: list = field(default_factory=list)  # heavy kernels no kernel rule scheduled
     zero_copy_report: dict = field(default_factory=dict)  # main_zc emitted, or why not
+    concats_in_place: int = 0  # concatenations whose inputs write into its output
     timings: dict = field(default_factory=dict)
 
 
@@ -129,15 +130,17 @@ def _lower(state: BuildState) -> BuildState:
 
 
 def _build(state: BuildState) -> BuildState:
-    """Build the VM executable. Unless ``options.zero_copy`` is False, the library also
-    gets ``main_zc`` (destination-passing outputs, planned workspace) for
-    `deploy.zero_copy`; ``state.zero_copy_report`` says whether and why not."""
+    """Build the VM executable (`mdl_tvm.compiler.build_pipeline`: concatenations in
+    place). Unless ``options.zero_copy`` is False, the library also gets ``main_zc``
+    (destination-passing outputs, planned workspace) for `deploy.zero_copy`;
+    ``state.zero_copy_report`` says whether and why not."""
     from tvm import relax
 
     report: dict = {}
-    pipe = zero_copy_build_pipeline(report) if state.options.zero_copy else "default"
+    pipe = relax_build_pipeline(report, zero_copy=state.options.zero_copy)
     state.executable = relax.build(state.mod, state.profile.tvm_target(), relax_pipeline=pipe)
-    state.zero_copy_report = report
+    state.zero_copy_report = report.get("zero_copy", {})
+    state.concats_in_place = report.get("concats_in_place", 0)
     return state
 
 

@@ -1,8 +1,7 @@
 """Destination-passing ``main_zc``: outputs and intermediates in caller-owned buffers.
 
-`zero_copy_build_pipeline` is TVM's default Relax build pipeline (``relax.build``) with one
-step added after ``StaticPlanBlockMemory``. Next to the unchanged ``main(*inputs)`` it
-emits
+`add_zero_copy_main` is a step of the build pipeline (`mdl_tvm.compiler.build_pipeline`)
+right after ``StaticPlanBlockMemory``. Next to the unchanged ``main(*inputs)`` it emits
 
 * ``main_zc(*inputs, *outputs, workspace)``: the same computation, but each output is
   written by its kernel straight into the caller's ``outputs[i]`` (the output allocation
@@ -19,7 +18,7 @@ emits
 Storages are placed in the workspace at `ALIGN`-byte boundaries (TVM kernels and DLPack
 import want 64-byte aligned data). A model whose graph does not fit the scheme (dynamic
 shapes, an output that is an input or a constant, nested output tuples) keeps only
-``main``; the reason goes to the ``report`` dict of `zero_copy_build_pipeline`.
+``main``; the reason goes to the ``report`` dict of `add_zero_copy_main`.
 """
 
 from __future__ import annotations
@@ -233,35 +232,3 @@ def add_zero_copy_main(report: dict | None = None):
         return mod
 
     return _pass
-
-
-def zero_copy_build_pipeline(report: dict | None = None):
-    """`relax.build`'s default pipeline (TVM 0.27 ``default_build_pipeline``, same passes in
-    the same order) with `add_zero_copy_main` right after memory planning."""
-    import tvm
-    from tvm import relax
-    from tvm.relax import backend, transform
-
-    @tvm.transform.module_pass(opt_level=0, name="MdlZeroCopyBuildPipeline")
-    def _pipeline(mod, _ctx):
-        return tvm.transform.Sequential([
-            backend.DispatchSampling(),
-            backend.DispatchSortScan(),
-            transform.LegalizeOps(),
-            transform.RewriteDataflowReshape(),
-            transform.ToNonDataflow(),
-            transform.RemovePurityChecking(),
-            transform.CallTIRRewrite(),
-            transform.StaticPlanBlockMemory(),
-            add_zero_copy_main(report),
-            transform.RewriteCUDAGraph(),
-            transform.LowerAllocTensor(),
-            transform.KillAfterLastUse(),
-            transform.LowerRuntimeBuiltin(),
-            transform.ComputePrimValue(),
-            transform.VMShapeLower(),
-            transform.AttachGlobalSymbol(),
-        ])(mod)
-
-    del relax
-    return _pipeline
