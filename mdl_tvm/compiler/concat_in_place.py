@@ -12,7 +12,7 @@ into::
     a = memory.view(out, (1, 64, H, W), offset 0); conv_a(x, wa, a)
     b = ensure_zero_offset(memory.view(out, (1, 64, H, W), offset 64*H*W*4)); conv_b(y, wb, b)
 
-so the copy disappears (MNN's and TFLite's concat elimination; SqueezeNet's fire modules,
+so the copy disappears (TensorRT's concatenation elimination; SqueezeNet's fire modules,
 Inception's branches, the per-group convs of a grouped conv). A concatenation along an axis
 whose leading dimensions are all 1 is a sequence of contiguous slices, so each input is a
 plain view; ``StaticPlanBlockMemory`` treats ``memory.view`` and ``ensure_zero_offset`` as
