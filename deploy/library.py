@@ -30,9 +30,9 @@ import numpy as np
 from deploy.native.elf import check_machine, host_machine
 from mdl_tvm.core.artifact import read_metadata
 from mdl_tvm.core.errors import ToolchainError, UnknownTargetError
+from mdl_tvm.core.specs import ALIGN
 from mdl_tvm.core.targets import TargetProfile, get_profile, missing_cpu_flags
 
-ALIGN = 64
 DL_CPU, POOLED_ALLOCATOR = 1, 2  # kDLCPU; tvm::runtime::AllocatorType (naive = 1)
 _LOADED: list = []  # [tvm_ffi] once the runtime is loaded
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import tvm
 from torch import nn
+from tvm import relax
+from tvm.relax import transform
 
 import mdl_tvm
 from mdl_tvm.compiler.compiled import start_state
@@ -49,9 +52,6 @@ def test_slice_offsets_channel_axis_and_refusals():
 
 
 def _after_call_tir_rewrite(model, shape):
-    import tvm
-    from tvm.relax import transform
-
     state = run_pipeline(start_state(model, "host", input_shapes=[shape])[0], until="build")
     with state.profile.tvm_target():
         return tvm.transform.Sequential([
@@ -60,8 +60,6 @@ def _after_call_tir_rewrite(model, shape):
 
 
 def _calls(func):
-    from tvm import relax
-
     names = []
     for block in func.body.blocks:
         for b in block.bindings:
@@ -93,8 +91,6 @@ def test_fire_module_concat_becomes_two_views():
 def test_built_models_match_torch_with_and_without_rewrite(tap, expected):
     """A branch also read after the concatenation keeps its own buffer (the rewrite is
     skipped); both builds match PyTorch, through ``main`` and ``main_zc``."""
-    import tvm
-
     model = seeded(Fire, 0, tap)
     x = np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype("float32")
     state = run_pipeline(start_state(model, "host", input_shapes=[x.shape])[0])

@@ -32,9 +32,11 @@ from __future__ import annotations
 import math
 import re
 
-from mdl_tvm.core.relax_utils import op_name, static_shape, uses_of
+import numpy as np
 
-ALIGN = 64  # bytes; TVM kernels assume their buffers' data is 64-byte aligned
+from mdl_tvm.core.relax_utils import alias_chain, op_name, static_shape, uses_of, with_blocks
+from mdl_tvm.core.specs import ALIGN
+
 ALLOC = "relax.builtin.alloc_tensor"
 INJECTIVE = 2  # relax OpPatternKind kInjective, the ``op_pattern`` of a legalized concat
 
@@ -84,9 +86,7 @@ def _fresh_root(mod, var, bound, uses, concat):
 
     if not isinstance(var, relax.Var):
         return None
-    chain = [var]
-    while isinstance(bound.get(chain[-1]), relax.Var):
-        chain.append(bound[chain[-1]])
+    chain = alias_chain(var, bound)
     root = chain[-1]
     if op_name(bound.get(root)) != ALLOC:
         return None
@@ -99,12 +99,6 @@ def _fresh_root(mod, var, bound, uses, concat):
     if not _is_kernel_call(mod, write) or [a for a in write.args if a in aliases] != [root]:
         return None
     return root
-
-
-def _itemsize(var) -> int:
-    import numpy as np
-
-    return np.dtype(str(var.ty.dtype)).itemsize
 
 
 def plan_concats(mod, bindings, result) -> dict:
@@ -123,10 +117,10 @@ def plan_concats(mod, bindings, result) -> dict:
         roots = [_fresh_root(mod, v, bound, uses, b) for v in inputs]
         if any(r is None for r in roots) or len(set(roots)) != len(roots):
             continue
-        shapes = [static_shape(r) for r in roots]
-        if static_shape(out) is None or any(s is None for s in shapes):
+        shapes, out_shape = [static_shape(r) for r in roots], static_shape(out)
+        if out_shape is None or any(s is None for s in shapes):
             continue
-        offsets = slice_offsets(shapes, static_shape(out), _itemsize(out))
+        offsets = slice_offsets(shapes, out_shape, np.dtype(str(out.ty.dtype)).itemsize)
         if offsets is not None:
             plans[b] = (out, list(zip(roots, offsets, strict=True)))
     return plans
@@ -178,23 +172,15 @@ def concat_in_place(report: dict | None = None):
     @tvm.transform.module_pass(opt_level=0, name="MdlConcatInPlace")
     def _pass(mod, _ctx):
         total = 0
-        updates = {}
-        for gvar, func in mod.functions.items():
+        for gvar, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function):
                 continue
-            body, blocks = func.body, []
-            for block in body.blocks:
-                bindings, n = concat_in_place_block(mod, list(block.bindings), body.body)
-                blocks.append(block if n == 0 else relax.BindingBlock(bindings))
-                total += n
-            if any(a is not b for a, b in zip(blocks, body.blocks, strict=True)):
-                updates[gvar] = relax.Function(
-                    func.params, relax.SeqExpr(blocks, body.body), func.ret_ty,
-                    func.is_pure, func.attrs)
-        if updates:
-            mod = mod.clone()
-            for gvar, func in updates.items():
-                mod[gvar] = func
+            done = [concat_in_place_block(mod, list(block.bindings), func.body.body)
+                    for block in func.body.blocks]
+            count = sum(n for _, n in done)
+            if count:  # a function without one stays the same object
+                mod = with_blocks(mod, gvar.name_hint, [bindings for bindings, _ in done])
+                total += count
         report["concats_in_place"] = total
         return mod
 

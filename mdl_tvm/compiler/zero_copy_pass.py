@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 
-from mdl_tvm.core.relax_utils import op_name
+from mdl_tvm.core.relax_utils import alias_chain, op_name
+from mdl_tvm.core.specs import ALIGN
 
 ZC_FUNC = "main_zc"
 PLAN_FUNC = "mdl_zc_plan"
-ALIGN = 64
 PLAN_FORMAT = 1
 
 
@@ -68,9 +68,7 @@ def _output_roots(bindings, body) -> list:
     bound = {b.var: b.value for b in bindings if isinstance(b, relax.VarBinding)}
 
     def root(expr):
-        while isinstance(expr, relax.Var) and isinstance(bound.get(expr), relax.Var):
-            expr = bound[expr]
-        return expr
+        return alias_chain(expr, bound)[-1]
 
     ret = root(body)
     fields = bound.get(ret).fields if isinstance(bound.get(ret), relax.Tuple) else None

@@ -40,6 +40,18 @@ def vars_in(expr) -> list:
     return found
 
 
+def alias_chain(expr, bound: dict) -> list:
+    """``[expr, ...]``: `expr` followed back through var-to-var bindings (``bound``: var ->
+    bound value) to the first var bound to something else, or to a non-var; the last item
+    is the root."""
+    from tvm import relax
+
+    chain = [expr]
+    while isinstance(chain[-1], relax.Var) and isinstance(bound.get(chain[-1]), relax.Var):
+        chain.append(bound[chain[-1]])
+    return chain
+
+
 def uses_of(bindings, result) -> dict:
     """``{var: [binding, ...]}``: every binding of `bindings` that reads the var, and None
     once per read by the function's `result` expression."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUPPORTED_DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8")
+# bytes: TVM kernels assume their buffers' data is this aligned, and tvm-ffi's DLPack import
+# of a host array requires it
+ALIGN = 64
 
 
 @dataclass(frozen=True)
