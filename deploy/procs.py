@@ -42,11 +42,32 @@ def _read_state(name: str, rdir: Path) -> dict | None:
         return None
     try:
         proc = psutil.Process(state["pid"])
-        alive = abs(proc.create_time() - state["create_time"]) < 1 and proc.status() != "zombie"
+        alive = _same_process(proc, state) and proc.status() != "zombie"
     except (psutil.Error, KeyError):
         alive = False
     state["alive"] = alive
     return state
+
+
+def start_ticks(pid: int) -> int:
+    """When process `pid` started, in clock ticks since boot (``/proc/PID/stat`` field 22).
+
+    A pid can be reused; (pid, start_ticks) cannot. Wall-clock start times cannot serve
+    here: psutil adds ``btime`` from ``/proc/stat`` on every call, a whole second that
+    steps when the clock is adjusted, so the same live process can differ from its
+    recorded start by one second (CI once reported a running tracker as dead that way).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError as err:
+        raise psutil.NoSuchProcess(pid) from err
+    return int(stat[stat.rindex(")") + 2:].split()[19])  # fields after "(comm)": 3, 4, ...
+
+
+def _same_process(proc: psutil.Process, state: dict) -> bool:
+    if "start_ticks" in state:
+        return start_ticks(proc.pid) == state["start_ticks"]
+    return abs(proc.create_time() - state["create_time"]) < 2  # a state file from before
 
 
 def _spawn(
@@ -65,7 +86,8 @@ def _spawn(
             preexec_fn=_no_core_dumps,
         )
     state = {"pid": proc.pid, "pgid": proc.pid, "cmd": cmd, "log": str(log), **extra}
-    state["create_time"] = psutil.Process(proc.pid).create_time()
+    state["create_time"] = psutil.Process(proc.pid).create_time()  # for people
+    state["start_ticks"] = start_ticks(proc.pid)  # for `_same_process`
     atomic_write(rdir / f"{name}.json", json.dumps(state))
     return proc, state
 
@@ -78,7 +100,7 @@ def _tree(state: dict) -> list[psutil.Process]:
     """The recorded process (if it is still the same one) and its descendants."""
     try:
         root = psutil.Process(state["pid"])
-        if abs(root.create_time() - state["create_time"]) < 1:
+        if _same_process(root, state):
             return [root] + root.children(recursive=True)
     except psutil.Error:
         pass

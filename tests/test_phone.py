@@ -165,3 +165,28 @@ def test_cli_status_commands(phone, monkeypatch, capsys):
     assert args.runs == 3 and args.input == ["a.npy"] and callable(args.func)
     args = parser.parse_args(["device", "start", "--tracker", "127.0.0.1:9", "--key", "k"])
     assert args.tracker == "127.0.0.1:9" and args.key == "k" and args.host == "127.0.0.1"
+
+
+def test_liveness_is_the_start_tick_not_the_wall_clock(tmp_path):
+    """A running process stays alive when the wall clock (psutil's btime) steps by a
+    second; a reused pid (other start tick) is not ours."""
+    import json
+    import subprocess
+
+    import psutil
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        state = {"pid": child.pid, "pgid": child.pid, "cmd": ["sleep"], "log": "",
+                 "create_time": psutil.Process(child.pid).create_time() + 1.0,
+                 "start_ticks": procs.start_ticks(child.pid)}
+        (tmp_path / "phone.json").write_text(json.dumps(state))
+        assert procs.status(tmp_path)["phone"]["alive"]
+        reused = dict(state, start_ticks=state["start_ticks"] - 1)
+        (tmp_path / "phone.json").write_text(json.dumps(reused))
+        assert not procs.status(tmp_path)["phone"]["alive"]
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(psutil.NoSuchProcess):
+        procs.start_ticks(child.pid)
