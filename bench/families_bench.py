@@ -7,7 +7,9 @@ correctness against PyTorch, heavy kernels left on a generic path, k-means MACs 
     python bench/families_bench.py --phone --models squeezenet   # + cortex-a76 counts
     python bench/families_bench.py --phone-only                  # counts only, merged in
 
-Host: 1x3x224x224, random weights (BatchNorm statistics from random inputs), both runtimes
+Host: 1x3x224x224, random weights (BatchNorm statistics from random inputs), ours timed as
+deployed (the exported library, loaded by `deploy.host_model.load`, so its kernels launch
+through `mdl_tvm.core.parallel` unless ``MDL_TVM_PARALLEL=tvm``), both runtimes
 in one worker process with the same thread count, timed in ``--rounds`` alternating rounds
 (ours, ONNX Runtime, ours, ...) of ``repeat / rounds`` runs; each engine's figure is the
 median of its round medians and ``ours / ORT`` the median of the per-round ratios, so a
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +56,8 @@ def measure(name: str, _part: str, args) -> dict:
     import torch
 
     import mdl_tvm
+    from deploy.host_model import load
+    from mdl_tvm.core import parallel
     from mdl_tvm.families import build
 
     torch.set_num_threads(args.threads)
@@ -66,10 +71,13 @@ def measure(name: str, _part: str, args) -> dict:
            "slow_paths": [str(s) for s in compiled.slow_paths]}
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    row["rel_error_vs_torch"] = relative_error(compiled.run(x)[0], expected)
+    with tempfile.TemporaryDirectory() as tmp:  # timed as deployed: the exported library
+        library = load(compiled.export(os.path.join(tmp, f"{name}.so")))
+    row["launcher"] = parallel.choice()
+    row["rel_error_vs_torch"] = relative_error(library.run(x)[0], expected)
     row["ort_rel_error_vs_torch"] = relative_error(session.run(None, {"x": x})[0], expected)
     per_round = max(1, args.repeat // args.rounds)
-    engines = {"ours": lambda: compiled.run(x),
+    engines = {"ours": lambda: library.run(x),
                "onnxruntime": lambda: session.run(None, {"x": x})}
     rounds = {engine: [] for engine in engines}
     for fn in engines.values():

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.native.elf import check_machine, host_machine
+from mdl_tvm.core import parallel
 from mdl_tvm.core.artifact import read_metadata
 from mdl_tvm.core.errors import ToolchainError, UnknownTargetError
 from mdl_tvm.core.specs import ALIGN
@@ -178,7 +179,9 @@ def open_library(path: str) -> tuple[dict, TargetProfile, object]:
     profile = host if name == "host" else get_profile(name)
     if profile.mtriple == host.mtriple:
         profile = host
-    return meta, profile, runtime().load_module(os.path.realpath(path))
+    module = runtime().load_module(os.path.realpath(path))
+    parallel.use_in(path)  # kernels claim tasks dynamically (mdl_tvm.core.parallel)
+    return meta, profile, module
 
 
 _LOCKS_GUARD = threading.Lock()

@@ -35,6 +35,10 @@ import apps, PIL, skimage, opencc, importlinter, hypothesis") \
   "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
 fi
 
+# MobileDL's parallel launcher for host libraries (mdl_tvm/core/parallel.py), built once
+MDL_TVM_PARALLEL=mdl "$PY" -c "from mdl_tvm.core import parallel; assert parallel.launcher() is not None" \
+  || { echo "setup: the parallel launcher did not build (g++?)" >&2; exit 1; }
+
 # The emulated arm64 phone: sysroot + device runtime, and the native runtime (mdl_run,
 # libmdl_runtime.so) for this machine and the phone, cached in ~/.cache/mdl_tvm.
 if [ "${MDL_TVM_SKIP_DEVICE:-0}" != 1 ] && "$PY" -c "import deploy.device" >/dev/null 2>&1; then

@@ -1,0 +1,149 @@
+// MobileDL's parallel launcher for TVM kernels (see parallel.py for why and how it is installed).
+//
+// TVM's generated code runs a parallel loop as `launch(lambda, cdata, num_task)`; task i of
+// num_task does iterations [i * step, (i + 1) * step). TVM's own pool hands task i to worker i
+// and the caller waits for every worker, so a worker descheduled for a few milliseconds holds
+// up the whole kernel. Here the tasks are claimed from one counter by whoever is running (the
+// caller included), as in ONNX Runtime's and Eigen's ParallelFor: a late worker finds the work
+// done and the caller only waits for tasks already started.
+//
+// Claims are a 64-bit ticket (generation << 32 | next task) changed by compare-and-swap, so a
+// worker that wakes after its job ended can never run a task of the next one.
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+static inline void CpuRelax() { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void CpuRelax() { asm volatile("yield" ::: "memory"); }
+#else
+static inline void CpuRelax() {}
+#endif
+
+extern "C" {
+typedef struct {
+  void* sync_handle;
+  int32_t num_task;
+} TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
+}
+
+namespace {
+
+struct Job {
+  FTVMParallelLambda f;
+  void* cdata;
+  int num_task;
+};
+
+int EnvInt(const char* name, int fallback) {
+  const char* v = getenv(name);
+  int n = v ? atoi(v) : 0;
+  return n > 0 ? n : fallback;
+}
+
+class Pool {
+ public:
+  Pool()
+      : threads_(EnvInt("TVM_NUM_THREADS", EnvInt("OMP_NUM_THREADS", 1))),
+        tasks_(threads_ * EnvInt("MDL_TVM_TASKS_PER_THREAD", 4)) {
+    for (int i = 1; i < threads_; ++i) std::thread([this] { Work(); }).detach();
+  }
+
+  int threads() const { return threads_; }
+
+  int Launch(FTVMParallelLambda f, void* cdata, int num_task) {
+    if (num_task <= 0) num_task = tasks_;
+    // one thread, or a launch inside a task or from a second caller thread: run it here
+    if (threads_ == 1 || busy_.exchange(true)) {
+      TVMParallelGroupEnv env{nullptr, num_task};
+      int err = 0;
+      for (int i = 0; i < num_task; ++i) err |= f(i, &env, cdata);
+      return err ? -1 : 0;
+    }
+    uint32_t gen = static_cast<uint32_t>(ticket_.load() >> 32) + 1;
+    jobs_[gen & 3] = Job{f, cdata, num_task};
+    done_.store(0, std::memory_order_relaxed);
+    failed_.store(0, std::memory_order_relaxed);
+    ticket_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_all();
+    }
+    RunTasks(gen);
+    for (long i = 0; done_.load(std::memory_order_acquire) < num_task; ++i) {
+      if (i < 4096) CpuRelax(); else std::this_thread::yield();
+    }
+    int err = failed_.load();
+    busy_.store(false);
+    return err ? -1 : 0;
+  }
+
+ private:
+  void RunTasks(uint32_t gen) {
+    uint64_t cur = ticket_.load(std::memory_order_acquire);
+    for (;;) {
+      if (static_cast<uint32_t>(cur >> 32) != gen) return;
+      const Job job = jobs_[gen & 3];
+      uint32_t task = static_cast<uint32_t>(cur);
+      if (static_cast<int>(task) >= job.num_task) return;
+      if (!ticket_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
+      TVMParallelGroupEnv env{nullptr, job.num_task};
+      if (job.f(static_cast<int>(task), &env, job.cdata) != 0) failed_.store(1);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      cur = ticket_.load(std::memory_order_acquire);
+    }
+  }
+
+  void Work() {
+    uint32_t seen = 0;
+    const long spin = EnvInt("MDL_TVM_SPIN", 200000);
+    for (;;) {
+      uint32_t gen;
+      long i = 0;
+      while ((gen = static_cast<uint32_t>(ticket_.load(std::memory_order_acquire) >> 32)) ==
+             seen) {
+        if (++i < spin) {
+          CpuRelax();
+          continue;
+        }
+        std::unique_lock<std::mutex> lock(mu_);
+        sleepers_.fetch_add(1);
+        cv_.wait(lock, [&] { return static_cast<uint32_t>(ticket_.load() >> 32) != seen; });
+        sleepers_.fetch_sub(1);
+      }
+      seen = gen;
+      RunTasks(gen);
+    }
+  }
+
+  const int threads_, tasks_;
+  Job jobs_[4] = {};
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int> done_{0}, failed_{0}, sleepers_{0};
+  std::atomic<bool> busy_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+// never destroyed: detached workers may still wait on it while the process exits
+Pool& ThePool() {
+  static Pool* pool = new Pool();
+  return *pool;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) int MDLParallelLaunch(
+    FTVMParallelLambda f, void* cdata, int num_task) {
+  return ThePool().Launch(f, cdata, num_task);
+}
+
+extern "C" __attribute__((visibility("default"))) int MDLParallelThreads() {
+  return ThePool().threads();
+}
