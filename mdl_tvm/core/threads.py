@@ -25,6 +25,8 @@ core's time slices in turns with it, and every kernel waits for a slice: RegNet-
 unpinned** (ONNX Runtime 19.9 ms; quiet machine: 6.5 ms either way). Phones always run other
 processes, so `default_affinity` leaves the threads to the scheduler (``TVM_BIND_THREADS=0``)
 unless the user set the variable; the native runtime (`deploy/native`) does the same.
+The wait itself (a descheduled worker holds up each kernel) is gone for libraries loaded on
+the host: their kernels launch through `mdl_tvm.core.parallel`, whose threads claim tasks.
 """
 
 from __future__ import annotations
