@@ -39,9 +39,14 @@ def test_a_loaded_library_launches_through_mobiledl_and_matches_the_jit(built, r
     ours = ctypes.cast(parallel.launcher().MDLParallelLaunch, ctypes.c_void_p).value
     assert _slot(path) == ours
     assert parallel.launcher().MDLParallelThreads() == int(os.environ["TVM_NUM_THREADS"])
-    for _ in range(3):
+    lib = parallel.launcher()
+    lib.MDLParallelWorkerTasks.restype = ctypes.c_int64
+    before = lib.MDLParallelWorkerTasks()
+    for _ in range(30):
         x = rng.standard_normal(SHAPE).astype("float32")
         np.testing.assert_array_equal(model.run(x)[0], compiled.run(x)[0])
+    if lib.MDLParallelThreads() > 1:  # the workers take tasks, not only the caller
+        assert lib.MDLParallelWorkerTasks() > before
 
 
 def test_two_threads_running_two_models_at_once_stay_correct(built, rng):

@@ -56,6 +56,7 @@ class Pool {
   }
 
   int threads() const { return threads_; }
+  int64_t worker_tasks() const { return worker_tasks_.load(); }
 
   int Launch(FTVMParallelLambda f, void* cdata, int num_task) {
     if (num_task <= 0) num_task = tasks_;
@@ -85,14 +86,17 @@ class Pool {
   }
 
  private:
-  void RunTasks(uint32_t gen) {
+  int RunTasks(uint32_t gen) {  // returns how many tasks this thread ran
     uint64_t cur = ticket_.load(std::memory_order_acquire);
-    for (;;) {
-      if (static_cast<uint32_t>(cur >> 32) != gen) return;
+    for (int ran = 0;; ++ran) {
+      if (static_cast<uint32_t>(cur >> 32) != gen) return ran;
       const Job job = jobs_[gen & 3];
       uint32_t task = static_cast<uint32_t>(cur);
-      if (static_cast<int>(task) >= job.num_task) return;
-      if (!ticket_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
+      if (static_cast<int>(task) >= job.num_task) return ran;
+      if (!ticket_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
+        --ran;
+        continue;
+      }
       TVMParallelGroupEnv env{nullptr, job.num_task};
       if (job.f(static_cast<int>(task), &env, job.cdata) != 0) failed_.store(1);
       done_.fetch_add(1, std::memory_order_acq_rel);
@@ -118,7 +122,7 @@ class Pool {
         sleepers_.fetch_sub(1);
       }
       seen = gen;
-      RunTasks(gen);
+      worker_tasks_.fetch_add(RunTasks(gen), std::memory_order_relaxed);
     }
   }
 
@@ -126,6 +130,7 @@ class Pool {
   Job jobs_[4] = {};
   std::atomic<uint64_t> ticket_{0};
   std::atomic<int> done_{0}, failed_{0}, sleepers_{0};
+  std::atomic<int64_t> worker_tasks_{0};
   std::atomic<bool> busy_{false};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -146,4 +151,9 @@ extern "C" __attribute__((visibility("default"))) int MDLParallelLaunch(
 
 extern "C" __attribute__((visibility("default"))) int MDLParallelThreads() {
   return ThePool().threads();
+}
+
+// tasks run by the pool's workers (not by callers) since the process started
+extern "C" __attribute__((visibility("default"))) int64_t MDLParallelWorkerTasks() {
+  return ThePool().worker_tasks();
 }
