@@ -71,8 +71,10 @@ class Pool {
     jobs_[gen & 3] = Job{f, cdata, num_task};
     done_.store(0, std::memory_order_relaxed);
     failed_.store(0, std::memory_order_relaxed);
-    ticket_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
-    if (sleepers_.load() > 0) {
+    // seq_cst store, then load: with the worker's seq_cst sleepers_ increment before its
+    // last look at ticket_, either it sees this job or this sees it asleep (no lost wakeup)
+    ticket_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(mu_);
       cv_.notify_all();
     }
