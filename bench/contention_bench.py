@@ -1,5 +1,6 @@
-"""Host latency when another process keeps one core busy: MobileDL with TVM's pinned
-threads, MobileDL as it runs by default (unpinned), and ONNX Runtime, in the same workers.
+"""Host latency when another process takes a core: MobileDL with TVM's pinned threads,
+with TVM's pool unpinned, with MobileDL's parallel launcher (the exported library, as
+deployed), and ONNX Runtime, in the same workers.
 
     python bench/contention_bench.py                       # four models, quiet and busy
     python bench/contention_bench.py --models regnet --rounds 4
@@ -9,9 +10,12 @@ A phone always runs other processes. TVM pins each thread of its pool to one cor
 kernel for every worker's static share; `mdl_tvm` leaves the threads unpinned
 (`mdl_tvm.core.threads.default_affinity`). Per model and affinity, one worker process
 compiles the model for the host and opens ONNX Runtime on the same input (same thread
-count), then times alternating rounds (ours, ORT) of ``repeat / rounds`` runs, first on a
-quiet machine, then with a spinning Python process pinned to the last allowed CPU (*busy*).
-Each figure is the median of the round medians. Models: `mdl_tvm.zoo` (ResNet-18,
+count), then times alternating rounds (in-memory build on TVM's pool, exported library on
+`mdl_tvm.core.parallel`, ORT) of ``repeat / rounds`` runs: on a quiet machine, with a
+spinning Python process pinned to the last allowed CPU (*busy*), and with that process
+spinning 3 ms in every 10 (*bursts*: a core taken for a few milliseconds at a time, as a
+phone's background work or a neighbour on a shared host does). Each figure is the median of
+the round medians. Models: `mdl_tvm.zoo` (ResNet-18,
 MobileNetV2, random weights) and `mdl_tvm.families` (RegNet-, SqueezeNet-style), all at
 1x3x224x224. Writes ``bench/results/contention.{json,md,png}`` (``--out``: another
 directory).
@@ -23,6 +27,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +39,8 @@ from mdl_tvm.core.numerics import median_ms, relative_error  # noqa: E402
 
 MODELS = ("resnet18", "mobilenetv2", "regnet", "squeezenet")
 AFFINITIES = {"pinned": "1", "unpinned": "0"}  # TVM_BIND_THREADS of the worker
-LOADS = ("quiet", "busy")
+LOADS = ("quiet", "busy", "bursts")
+BURST_MS = (3, 7)  # on, off
 PAUSE_S = 0.3  # as in families_bench: the other engine's threads stop spinning
 
 
@@ -50,30 +56,39 @@ def _model(name: str):
     return module, np.random.default_rng(0).standard_normal(shape).astype("float32")
 
 
-def busy_core() -> subprocess.Popen:
-    """A Python process spinning on the last CPU this process may use (kill it after)."""
+def busy_core(bursts: bool = False) -> subprocess.Popen:
+    """A Python process spinning on the last CPU this process may use, all the time or
+    (`bursts`) ``BURST_MS[0]`` ms in every ``sum(BURST_MS)``; kill it after."""
     cpu = max(os.sched_getaffinity(0))
-    return subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while 1: pass"])
+    on, off = (BURST_MS[0] / 1e3, BURST_MS[1] / 1e3) if bursts else (1e9, 0)
+    code = ("import time\nwhile 1:\n    t = time.perf_counter()\n"
+            f"    while time.perf_counter() - t < {on}: pass\n    time.sleep({off})")
+    return subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", code])
 
 
 def measure(name: str, affinity: str, args) -> dict:
     """One model, one affinity (set by `bench_model` in the worker's environment): both
     engines quiet, then both with one core busy."""
     import mdl_tvm
+    from deploy.host_model import load as load_library
 
     module, x = _model(name)
     session = runtimes.ort_from_torch(module, [x], ["x"], args.threads)
     with warnings.catch_warnings(record=True):
         compiled = mdl_tvm.compile(module, "host", input_shapes=[x.shape])
+    with tempfile.TemporaryDirectory() as tmp:  # loaded: kernels on mdl_tvm.core.parallel
+        library = load_library(compiled.export(os.path.join(tmp, f"{name}.so")))
     ort_out = session.run(None, {"x": x})[0]
-    row = {"rel_error_vs_ort": relative_error(compiled.run(x)[0], ort_out)}
-    engines = {"ours": lambda: compiled.run(x), "onnxruntime": lambda: session.run(None, {"x": x})}
+    row = {"rel_error_vs_ort": relative_error(compiled.run(x)[0], ort_out),
+           "launcher_rel_error_vs_ort": relative_error(library.run(x)[0], ort_out)}
+    engines = {"ours": lambda: compiled.run(x), "launcher": lambda: library.run(x),
+               "onnxruntime": lambda: session.run(None, {"x": x})}
     for fn in engines.values():
         for _ in range(args.warmup):
             fn()
     per_round = max(1, args.repeat // args.rounds)
     for load in LOADS:
-        hog = busy_core() if load == "busy" else None
+        hog = busy_core(bursts=load == "bursts") if load != "quiet" else None
         try:
             time.sleep(PAUSE_S if hog is None else 1.0)
             rounds = {engine: [] for engine in engines}
@@ -102,9 +117,11 @@ def bench_model(name: str, args) -> dict:
 
 def _cells(row: dict, load: str) -> list[str]:
     pinned, unpinned = row["pinned"][load], row["unpinned"][load]
-    ort = unpinned["onnxruntime"]
-    return [f"{pinned['ours']:.2f}", f"{unpinned['ours']:.2f}", f"{ort:.2f}",
-            f"{pinned['ours'] / ort:.2f}x", f"{unpinned['ours'] / ort:.2f}x"]
+    ort, launcher = unpinned["onnxruntime"], unpinned.get("launcher")
+    cells = [f"{pinned['ours']:.2f}", f"{unpinned['ours']:.2f}",
+             f"{launcher:.2f}" if launcher else "–", f"{ort:.2f}",
+             f"{pinned['ours'] / ort:.2f}x", f"{unpinned['ours'] / ort:.2f}x"]
+    return cells + [f"{launcher / ort:.2f}x" if launcher else "–"]
 
 
 def markdown(result: dict) -> str:
@@ -113,11 +130,13 @@ def markdown(result: dict) -> str:
              f"`{meta['command']}` — {meta['cpu']}, {meta['cores']} cores, {result['threads']} "
              f"threads, {meta['date']}, {meta.get('wall_s', 0):.0f} s. Milliseconds per "
              "inference (median of round medians); *busy*: a spinning process pinned to one "
-             "core. *Pinned* is TVM's own default (`TVM_BIND_THREADS=1`), *unpinned* "
-             "MobileDL's; ORT from the unpinned worker (the pinned worker's ORT figures are "
-             "in the JSON).", "",
-             "| model | load | ours pinned | ours unpinned | ORT | pinned / ORT | "
-             "unpinned / ORT |", "|---|---|---:|---:|---:|---:|---:|"]
+             f"core; *bursts*: it spins {BURST_MS[0]} ms in every {sum(BURST_MS)}. *Pinned* "
+             "is TVM's pool with its own default (`TVM_BIND_THREADS=1`), *unpinned* TVM's pool "
+             "as MobileDL sets it, *launcher* the exported library on MobileDL's parallel "
+             "launcher (`mdl_tvm.core.parallel`); launcher and ORT from the unpinned worker "
+             "(the pinned worker's figures are in the JSON).", "",
+             "| model | load | ours pinned | ours unpinned | ours launcher | ORT | pinned / ORT "
+             "| unpinned / ORT | launcher / ORT |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in result["models"].items():
         for load in LOADS:
             lines.append(f"| {name} | {load} | " + " | ".join(_cells(row, load)) + " |")
@@ -128,17 +147,18 @@ def figure(result: dict):
     plt = common.pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(1, len(LOADS), figsize=(10, 3.6), sharey=False)
+    fig, axes = plt.subplots(1, len(LOADS), figsize=(15, 3.6), sharey=False)
     names = list(result["models"])
     for ax, load in zip(axes, LOADS, strict=True):
-        for i, (label, key) in enumerate((("ours pinned", "pinned"),
-                                          ("ours unpinned", "unpinned"))):
-            vals = [result["models"][n][key][load]["ours"]
+        for i, (label, key, engine) in enumerate((("ours pinned", "pinned", "ours"),
+                                                  ("ours unpinned", "unpinned", "ours"),
+                                                  ("ours launcher", "unpinned", "launcher"))):
+            vals = [result["models"][n][key][load].get(engine, 0)
                     / result["models"][n]["unpinned"][load]["onnxruntime"] for n in names]
-            ax.bar([j + 0.4 * i for j in range(len(names))], vals, width=0.4, label=label)
+            ax.bar([j + 0.27 * i for j in range(len(names))], vals, width=0.27, label=label)
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks([j + 0.2 for j in range(len(names))], names)
-        if load == "busy":
+        ax.set_xticks([j + 0.27 for j in range(len(names))], names)
+        if load != "quiet":
             ax.set_yscale("log")  # pinned is 3-20x ORT there
         ax.set_title(f"{load}: ours / ONNX Runtime (lower is faster)")
         ax.legend()

@@ -5,7 +5,8 @@ holds, ``__TVMBackendParallelLaunch``, which the runtime fills with its thread p
 pool hands task *i* to worker *i* and the caller waits for each worker: when a worker is
 descheduled for a few milliseconds (another process, another VM on the host), every kernel
 waits for it. Measured, SqueezeNet-style 224, 2 threads, a process spinning 3 ms in every
-10 ms: TVM's pool 1.40x ONNX Runtime's time, this launcher 1.04x (quiet: 1.05x / 1.04x).
+10 ms: TVM's pool 1.45x ONNX Runtime's time, this launcher 1.15x; a core fully busy: 0.97x
+of TVM's pool's time (`bench/contention_bench.py` has four models).
 
 `parallel_launch.cc` claims tasks from one counter, caller included, as ONNX Runtime's and
 Eigen's ParallelFor do: a late worker finds the work done, the caller only waits for tasks
