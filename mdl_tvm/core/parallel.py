@@ -29,12 +29,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
-from mdl_tvm.core.io import cache_root
+from mdl_tvm.core.io import atomic_output, cache_root
 
 SOURCE = Path(__file__).with_name("parallel_launch.cc")
 ENV = "MDL_TVM_PARALLEL"
@@ -72,14 +71,11 @@ def _build(cxx: str) -> Path:
     out = cache_root("parallel", key) / "libmdl_parallel.so"
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        built = Path(tmp) / out.name
+    with atomic_output(out, suffix=".so") as built:  # a concurrent build leaves one whole file
         proc = subprocess.run([cxx, *CXXFLAGS, str(SOURCE), "-o", str(built)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise OSError(f"{cxx} failed on {SOURCE.name}: {proc.stderr.strip()[-500:]}")
-        os.replace(built, out)  # atomic: a concurrent build leaves one whole file
     return out
 
 

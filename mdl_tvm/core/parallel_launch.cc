@@ -103,21 +103,21 @@ class Pool {
 
  private:
   int RunTasks(uint32_t gen) {  // returns how many tasks this thread ran
+    int ran = 0;
     uint64_t cur = ticket_.load(std::memory_order_acquire);
-    for (int ran = 0;; ++ran) {
-      if (static_cast<uint32_t>(cur >> 32) != gen) return ran;
+    while (static_cast<uint32_t>(cur >> 32) == gen) {
       const Job job = jobs_[gen & 3];
       uint32_t task = static_cast<uint32_t>(cur);
-      if (static_cast<int>(task) >= job.num_task) return ran;
-      if (!ticket_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
-        --ran;
-        continue;
-      }
+      if (static_cast<int>(task) >= job.num_task) break;
+      // a failed exchange reloads cur: another thread claimed it, or a new job began
+      if (!ticket_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
       TVMParallelGroupEnv env{nullptr, job.num_task};
       if (job.f(static_cast<int>(task), &env, job.cdata) != 0) failed_.store(1);
       done_.fetch_add(1, std::memory_order_acq_rel);
+      ++ran;
       cur = ticket_.load(std::memory_order_acquire);
     }
+    return ran;
   }
 
   void Work() {
