@@ -1,6 +1,9 @@
 """Graph-level compression passes (Relax passes; the folder keeps the project's name).
 
 * `channel_graph`     one channel-dependency analysis shared by every channel pass
+* `channel_layout`    its vocabulary: segments, layouts, weight refs, groups
+* `channel_classes`   channels of a group that go different ways (splits, shuffles)
+* `shuffle_as_take`   a channel shuffle as one gather, so the analysis can follow it
 * `channel_rewrite`   applies channel edits and rebuilds the graph with smaller shapes
 * `kmeans_cluster`    channel-oriented k-means clustering (merge look-alike channels)
 * `channel_masks`     keep-masks per group: criteria (magnitude, activation, greedy), disk I/O

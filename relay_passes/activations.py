@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mdl_tvm.core.relax_utils import flatten_outputs, main_bindings
+from relay_passes.channel_layout import unit_columns
 from relay_passes.channel_rewrite import rewrite
 
 
@@ -122,6 +123,13 @@ def input_width(spec: ConsumerSpec) -> int:
     if spec.kind == "conv2d":
         return spec.weight_shape[1] * spec.groups * int(np.prod(spec.weight_shape[2:]))
     return spec.weight_shape[0]
+
+
+def consumer_columns(ref, spec: ConsumerSpec) -> np.ndarray:
+    """``(length, unit)``: the columns of `weight_matrix` holding each channel of consumer
+    ref `ref` (a conv's taps, a dense's flattened positions)."""
+    unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else ref.span
+    return unit_columns(ref, unit)
 
 
 def weight_matrix(spec: ConsumerSpec, weight: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from mdl_tvm.core.relax_utils import bound_constants
 from relay_passes.activations import consumer_spec
 from relay_passes.channel_graph import analyze
+from relay_passes.channel_layout import channel_positions
 from relay_passes.channel_masks import redundancy_path
 from relay_passes.channel_stats import collect, consumer_gram
 from relay_passes.layerwise import LayerwiseDriver
@@ -55,7 +56,7 @@ def removal_curves(driver: LayerwiseDriver, order: list[str]) -> Curves:
     sites, keys = {}, {}  # keys: group -> the site key of each consumer ref
     for name in order:
         places = driver.places(mod, graph.groups[name])
-        keys[name] = [(places[ref.binding][0], ref.offset, ref.length)
+        keys[name] = [(places[ref.binding][0], tuple(channel_positions(ref).tolist()))
                       for ref in graph.groups[name].consumers]
         sites.update({key: key[1] for key in keys[name]})
     probe = driver.probe(mod, sorted({key[0] for key in sites}))  # both sides of the regression
@@ -67,7 +68,7 @@ def removal_curves(driver: LayerwiseDriver, order: list[str]) -> Curves:
         for ref, key in zip(graph.groups[name].consumers, keys[name], strict=True):
             aa = stats.sites[key].blocks()[2]
             q = consumer_gram(consts[(ref.binding, 1)], consumer_spec(mod, ref.binding, func),
-                              ref.offset, ref.length, ref.span)
+                              ref)
             terms.append((aa, aa, aa, q))
         curves.removed[name], curves.increments[name] = redundancy_path(terms)
     return curves

@@ -22,7 +22,10 @@ Spaces that meet in a residual ``add`` (or any binary element-wise op) are *coup
 their channels must change together, so they are joined into one `ChannelGroup`
 (union-find, as Torch-Pruning's dependency graph does). ``concatenate`` along the channel
 axis lays its inputs' spaces side by side at offsets; depthwise conv, element-wise ops,
-pooling, spatial ``mean`` and flatten pass channels through.
+pooling, spatial ``mean`` and flatten pass channels through. ``split`` and ``take`` along
+the channel axis (a channel shuffle, after `shuffle_as_take`) cut spaces into runs; the
+channels of a group that then go different ways become separate groups, one per *class*
+(`channel_classes`), named ``conv3>conv5+conv8`` (conv3's channels read by conv5 and conv8).
 
 A group is *frozen* — never changed — when a space reaches the function's output, meets
 a graph input, or flows into an op the analysis does not understand; the reason names the
@@ -35,11 +38,16 @@ bound as constants (``mdl_tvm``'s prepare stage does this).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from mdl_tvm.core.relax_utils import constant_value, main_bindings, static_shape, vars_in
+from relay_passes.channel_classes import RawGroup, split_classes
+from relay_passes.channel_layout import (
+    ChannelGraph,
+    Layout,
+    Move,
+    Segment,
+    WeightRef,
+)
 
 UNARY_PASSTHROUGH = {
     "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.gelu",
@@ -53,84 +61,14 @@ BINARY_ELEMENTWISE = {
 }
 
 
-@dataclass(frozen=True)
-class Segment:
-    """`length` channels of `space` (None: channels no pruner may touch)."""
-
-    space: int | None
-    length: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the channels of a tensor are: an axis, laid out as segments, each channel
-    spanning `span` consecutive positions (``H*W`` after a flatten, else 1)."""
-
-    axis: int
-    segments: tuple[Segment, ...]
-    span: int = 1
-
-    @property
-    def channels(self) -> int:
-        return sum(s.length for s in self.segments)
-
-    def offsets(self):
-        offset = 0
-        for seg in self.segments:
-            yield offset, seg
-            offset += seg.length
-
-
-@dataclass(frozen=True)
-class WeightRef:
-    """Rows `[offset, offset + length)` (times `span`) on `axis` of constant arg `arg` of
-    binding number `binding` of the dataflow block."""
-
-    binding: int
-    arg: int
-    axis: int
-    offset: int
-    length: int
-    span: int = 1
-    groups: int = 1  # a grouped conv: output row block g reads only channel block g
-
-
-@dataclass
-class ChannelGroup:
-    """Coupled channel spaces that must be pruned or clustered together."""
-
-    name: str
-    channels: int
-    producers: list[WeightRef] = field(default_factory=list)
-    params: list[WeightRef] = field(default_factory=list)
-    consumers: list[WeightRef] = field(default_factory=list)
-    depthwise: list[int] = field(default_factory=list)  # convs whose `groups` follows C
-    frozen: str | None = None  # why the group must not change
-    blocks: int = 1  # equal runs of channels that must keep equal counts (grouped convs)
-
-    @property
-    def prunable(self) -> bool:
-        return self.frozen is None and bool(self.producers) and bool(self.consumers)
-
-
-@dataclass
-class ChannelGraph:
-    """The result of `analyze`: groups by name, and the flatten reshapes to rewrite.
-
-    Bindings are named by their position in the dataflow block (Relax variable names
-    need not be unique)."""
-
-    groups: dict[str, ChannelGroup]
-    flatten_reshapes: list[int]
-    producer_names: dict[int, str]  # binding number -> layer name (conv0, dense1, ...)
-
-
 class _Analysis:
     def __init__(self):
         self.parent: list[int] = []  # union-find over spaces
         self.space_info: list[dict] = []
         self.layouts: dict[int, Layout | None] = {}  # keyed by hash(var): object identity
         self.tuples: dict[int, list] = {}  # tuple-valued binding -> the vars it holds
+        self.tuple_layouts: dict[int, list] = {}  # a split's binding -> its outputs' layouts
+        self.moves: dict[int, tuple] = {}  # binding -> (kind, input channel ids, data)
         self.flatten_reshapes: list[int] = []
         self.producer_names: dict[int, str] = {}
         self.counts = {"conv": 0, "dense": 0}
@@ -143,7 +81,7 @@ class _Analysis:
         self.parent.append(len(self.parent))
         self.space_info.append({"name": name, "channels": channels, "producers": [],
                                 "params": [], "consumers": [], "depthwise": [],
-                                "frozen": None, "blocks": 1})
+                                "frozen": None, "blocks": 1, "passes": {}})
         return len(self.parent) - 1
 
     def find(self, s: int) -> int:
@@ -162,6 +100,8 @@ class _Analysis:
         self.freeze(self.layouts.get(hash(var)), reason)
         for field_var in self.tuples.get(hash(var), []):
             self.freeze_all(field_var, reason)
+        for layout in self.tuple_layouts.get(hash(var), []):
+            self.freeze(layout, reason)
 
     def freeze(self, layout: Layout | None, reason: str) -> None:
         for seg in layout.segments if layout else ():
@@ -172,8 +112,8 @@ class _Analysis:
     def record(self, kind: str, layout: Layout, binding: int, arg: int, axis: int) -> None:
         for offset, seg in layout.offsets():
             if seg.space is not None:
-                self.space_info[seg.space][kind].append(
-                    WeightRef(binding, arg, axis, offset, seg.length, layout.span))
+                self.space_info[seg.space][kind].append(WeightRef(
+                    binding, arg, axis, offset, seg.length, layout.span, start=seg.start))
 
     def layout_of(self, expr) -> Layout | None:
         from tvm import relax
@@ -187,13 +127,19 @@ class _Analysis:
 
         key = hash(var)
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-            self.layouts[key] = self.visit_call(index, value.op.name, value)
+            layout = self.visit_call(index, value.op.name, value)
+            if isinstance(layout, list):  # a split: one layout per output
+                self.tuple_layouts[key], layout = layout, None
+            self.layouts[key] = layout
         elif isinstance(value, relax.Tuple):
             self.tuples[key] = [v for f in value.fields for v in vars_in(f)]
             self.layouts[key] = None
         elif isinstance(value, relax.Var):
             self.layouts[key] = self.layout_of(value)
             self.tuples[key] = self.tuples.get(hash(value), [])
+            self.tuple_layouts[key] = self.tuple_layouts.get(hash(value), [])
+        elif isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var):
+            self.layouts[key] = self.visit_item(value.tuple_value, int(value.index))
         else:
             for used in vars_in(value):
                 self.freeze_all(used, f"expression {type(value).__name__}")
@@ -220,6 +166,8 @@ class _Analysis:
             return self.visit_mean(call, in_layout, out_shape)
         if op == "relax.concat":
             return self.visit_concat(call, out_shape)
+        if op in ("relax.take", "relax.split"):
+            return self.visit_move(name, op, call, in_layout)
         for arg in args:  # an op the analysis does not know: freeze what flows in
             for var in vars_in(arg):
                 self.freeze_all(var, f"op {op}")
@@ -247,7 +195,7 @@ class _Analysis:
         if groups == 1 and in_layout is not None:
             self.record("consumers", in_layout, name, 1, 1)
         elif seg is not None and seg.space is not None and len(in_layout.segments) == 1 \
-                and in_layout.span == 1:
+                and in_layout.span == 1 and self.whole(seg):
             info = self.space_info[seg.space]
             info["consumers"].append(WeightRef(name, 1, 1, 0, c_in, 1, groups))
             info["blocks"] = math.lcm(info["blocks"], groups)
@@ -294,8 +242,13 @@ class _Analysis:
                     if (a.space is None) != (b.space is None):
                         self.freeze(lay, f"{op} with a fixed-channel tensor")
                         self.freeze(out, f"{op} with a fixed-channel tensor")
-                    elif a.space is not None:
+                    elif a == b:
+                        continue
+                    elif a.space is not None and self.whole(a) and self.whole(b):
                         self.union(a.space, b.space)
+                    elif a.space is not None:
+                        self.freeze(lay, f"{op} of parts of channel spaces")
+                        self.freeze(out, f"{op} of parts of channel spaces")
             elif const is not None:
                 axis = out.axis - (rank - const.ndim)
                 if axis >= 0 and const.shape[axis] != 1:
@@ -306,6 +259,48 @@ class _Analysis:
             else:
                 self.freeze(out, f"{op} with a graph input")
         return out
+
+    def whole(self, seg: Segment) -> bool:  # all channels of its space, in order
+        return seg.start == 0 and seg.length == self.space_info[seg.space]["channels"]
+
+    def visit_item(self, tuple_var, index: int) -> Layout | None:
+        layouts = self.tuple_layouts.get(hash(tuple_var))
+        if layouts and index < len(layouts):
+            return layouts[index]
+        self.freeze_all(tuple_var, "expression TupleGetItem")
+        return None
+
+    def visit_move(self, name, op, call, in_layout):
+        """A gather (``take``) or ``split`` along the channel axis: the channels follow the
+        indices; recorded (`ChannelGraph.moves`) so a rewrite can recompute them."""
+        if in_layout is None:
+            return None
+        axis = int(call.attrs.axis) % len(static_shape(call.args[0]))
+        if axis != in_layout.axis or in_layout.span != 1:
+            self.freeze(in_layout, f"{op} along a non-channel axis")
+            return None
+        ids = in_layout.channel_ids()
+        if op == "relax.take":
+            indices = constant_value(call.args[1])
+            picked = [] if indices is None or indices.ndim != 1 else [ids[i] for i in indices]
+            tracked = [i for i in picked if i is not None]
+            if not picked or len(set(tracked)) != len(tracked):
+                self.freeze(in_layout, "take of channels by non-constant or repeated indices")
+                return None
+            data, pieces = tuple(int(i) for i in indices), [(("take", name), picked)]
+        else:
+            sections = call.attrs.indices_or_sections
+            data = (tuple(int(i) for i in sections) if hasattr(sections, "__len__") else
+                    tuple(len(ids) // int(sections) * i for i in range(1, int(sections))))
+            bounds = (0, *data, len(ids))
+            pieces = [(("split", name, k), ids[lo:hi])
+                      for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+        for site, part in pieces:
+            for item in filter(None, part):
+                self.space_info[item[0]]["passes"].setdefault(item[1], []).append(site)
+        self.moves[name] = (op.split(".")[1], ids, data)
+        layouts = [Layout.of_ids(axis, part) for _, part in pieces]
+        return layouts[0] if op == "relax.take" else layouts
 
     def visit_reshape(self, name, data, in_layout, out_shape):
         if in_layout is None:
@@ -351,24 +346,39 @@ class _Analysis:
         return Layout(axis, tuple(segments))
 
     # -- results ----------------------------------------------------------------------
-    def groups(self) -> dict[str, ChannelGroup]:
-        groups: dict[int, ChannelGroup] = {}
+    def raw_groups(self) -> dict[int, RawGroup]:
+        raws: dict[int, RawGroup] = {}
         for s, info in enumerate(self.space_info):
             root = self.find(s)
-            group = groups.get(root)
-            if group is None:
+            raw = raws.get(root)
+            if raw is None:
                 root_info = self.space_info[root]
-                group = groups[root] = ChannelGroup(root_info["name"], root_info["channels"])
-            for key in ("producers", "params", "consumers", "depthwise"):
-                getattr(group, key).extend(info[key])
-            if info["frozen"] and not group.frozen:
-                group.frozen = info["frozen"]
-            group.blocks = math.lcm(group.blocks, info["blocks"])
-        for group in groups.values():
-            if group.channels % group.blocks and not group.frozen:
-                group.frozen = (f"grouped convs whose groups ({group.blocks} in all) do not "
-                                f"divide its {group.channels} channels")
-        return {g.name: g for g in groups.values()}
+                raw = raws[root] = RawGroup(root_info["name"], root_info["channels"])
+            raw.refs += [(kind, ref) for kind in ("producers", "params", "consumers")
+                         for ref in info[kind]]
+            raw.depthwise += info["depthwise"]
+            for c, sites in info["passes"].items():
+                raw.passes.setdefault(c, []).extend(sites)
+            if info["frozen"] and not raw.frozen:
+                raw.frozen = info["frozen"]
+            raw.blocks = math.lcm(raw.blocks, info["blocks"])
+        for raw in raws.values():
+            if raw.channels % raw.blocks and not raw.frozen:
+                raw.frozen = (f"grouped convs whose groups ({raw.blocks} in all) do not "
+                              f"divide its {raw.channels} channels")
+        return raws
+
+    def result(self) -> ChannelGraph:
+        groups, where = {}, {}
+        for root, raw in self.raw_groups().items():
+            for group, chans in split_classes(raw, self.producer_names):
+                groups[group.name] = group
+                for rank, c in enumerate(chans):
+                    where[(root, int(c))] = (group.name, rank)
+        moves = {b: Move(kind, tuple(None if i is None else where[(self.find(i[0]), i[1])]
+                                     for i in ids), data)
+                 for b, (kind, ids, data) in self.moves.items()}
+        return ChannelGraph(groups, self.flatten_reshapes, self.producer_names, moves)
 
 
 def analyze(mod, func_name: str = "main") -> ChannelGraph:
@@ -381,17 +391,4 @@ def analyze(mod, func_name: str = "main") -> ChannelGraph:
         analysis.visit(index, binding.var, binding.value)
     for var in vars_in(func.body.body):
         analysis.freeze_all(var, "the model output")
-    return ChannelGraph(analysis.groups(), analysis.flatten_reshapes, analysis.producer_names)
-
-
-def channel_rows(ref: WeightRef) -> np.ndarray:
-    """Absolute indices on `ref.axis` covered by `ref` (all spans of its channels)."""
-    start = ref.offset * ref.span
-    return np.arange(start, start + ref.length * ref.span)
-
-
-def weight_rows(consts: dict, ref) -> np.ndarray:
-    """The ``(C, D)`` matrix of `ref`'s channels: one row of parameters per channel."""
-    array = np.moveaxis(consts[(ref.binding, ref.arg)], ref.axis, 0)
-    rows = array[channel_rows(ref)]
-    return rows.reshape(ref.length, -1).astype(np.float64)
+    return analysis.result()

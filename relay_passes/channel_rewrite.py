@@ -1,16 +1,18 @@
 """Apply channel edits to a Relax function: the structural half of every channel pruner.
 
-An edit says: on constant argument `arg` of binding `binding`, replace the channel rows
-``[offset, offset + length)`` of `axis` (each channel spanning `span` rows) by
-``matrix @ rows``, where `matrix` is ``(k, length)``. Selection matrices prune, averaging
-matrices replace a cluster by its centroid, 0/1 membership matrices sum a consumer's
-inputs over a cluster. Edits on different axes of one weight compose (they are linear,
-so their order does not matter); several segments on one axis are applied from the
-highest offset down, so offsets stay valid.
+An edit says: on constant argument `arg` of binding `binding`, replace the rows of the
+ref's channels on `axis` (``[offset, offset + length)``, or `WeightRef.rows`; each channel
+spanning `span` rows) by ``matrix @ rows``, where `matrix` is ``(k, length)``: new channel
+``j`` takes the place of the ref's channel ``j``, the rows of its channels ``k..`` go.
+Selection matrices prune, averaging matrices replace a cluster by its centroid, 0/1
+membership matrices sum a consumer's inputs over a cluster. Edits on different axes of
+one weight compose (they are linear, so their order does not matter); the edits of one
+axis are applied together, each reading the original rows.
 
 The function is then rebuilt binding by binding with a `BlockBuilder`, which re-infers
-every shape; depthwise convs get ``groups`` equal to their new channel count and flatten
-reshapes get their new size. The pure numpy part is `apply_edits`.
+every shape; depthwise convs get ``groups`` equal to their new channel count, flatten
+reshapes get their new size, and splits and gathers of channels their new indices
+(`channel_classes.moved_attrs`). The pure numpy part is `apply_edits`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from relay_passes.channel_graph import WeightRef, main_bindings
+from mdl_tvm.core.relax_utils import main_bindings
+from relay_passes.channel_layout import WeightRef, unit_columns
 
 
 @dataclass(frozen=True)
@@ -30,16 +33,25 @@ class Edit:
 
 def apply_edit(array: np.ndarray, edit: Edit) -> np.ndarray:
     """Return `array` with `edit` applied (pure numpy)."""
-    ref, matrix = edit.ref, edit.matrix
-    if ref.groups > 1:
-        return _apply_grouped(array, edit)
-    moved = np.moveaxis(array, ref.axis, 0)
-    start, stop = ref.offset * ref.span, (ref.offset + ref.length) * ref.span
-    block = moved[start:stop].reshape((ref.length, ref.span) + moved.shape[1:])
-    new_block = np.tensordot(matrix.astype(np.float64), block.astype(np.float64), axes=(1, 0))
-    new_block = new_block.reshape((-1,) + moved.shape[1:]).astype(array.dtype)
-    out = np.concatenate([moved[:start], new_block, moved[stop:]], axis=0)
-    return np.moveaxis(out, 0, ref.axis)
+    return apply_edits(array, [edit])
+
+
+def _apply_axis(array: np.ndarray, edits: list[Edit], axis: int) -> np.ndarray:
+    """The edits of one axis, each reading the original rows (their refs are disjoint)."""
+    moved = np.moveaxis(array, axis, 0)
+    result, alive = moved.copy(), np.ones(len(moved), bool)
+    for edit in edits:
+        ref, matrix = edit.ref, edit.matrix
+        k = len(matrix)
+        if matrix.shape[1] != ref.length or k > ref.length:
+            raise ValueError(f"a {matrix.shape[0]}x{matrix.shape[1]} edit does not fit "
+                             f"{ref.length} channels")
+        cols = unit_columns(ref, ref.span)
+        block = moved[cols.ravel()].reshape((ref.length, ref.span) + moved.shape[1:])
+        new = np.tensordot(matrix.astype(np.float64), block.astype(np.float64), axes=(1, 0))
+        result[cols[:k].ravel()] = new.reshape((-1,) + moved.shape[1:])
+        alive[cols[k:].ravel()] = False
+    return np.moveaxis(result[alive], 0, axis)
 
 
 def _apply_grouped(array: np.ndarray, edit: Edit) -> np.ndarray:
@@ -61,23 +73,31 @@ def _apply_grouped(array: np.ndarray, edit: Edit) -> np.ndarray:
 
 
 def apply_edits(array: np.ndarray, edits: list[Edit]) -> np.ndarray:
-    """Apply all `edits` of one weight: per axis, from the highest offset down."""
-    for edit in sorted(edits, key=lambda e: (e.ref.axis, -e.ref.offset)):
-        array = apply_edit(array, edit)
+    """Apply all `edits` of one weight: axis by axis (a grouped conv's input edit alone
+    on its axis)."""
+    for axis in sorted({e.ref.axis for e in edits}):
+        on_axis = [e for e in edits if e.ref.axis == axis]
+        grouped = [e for e in on_axis if e.ref.groups > 1]
+        if grouped and len(on_axis) > 1:
+            raise ValueError("a grouped conv's input edit must be the only one on its axis")
+        array = _apply_grouped(array, grouped[0]) if grouped else _apply_axis(array, on_axis,
+                                                                              axis)
     return array
 
 
 def rewrite(mod, edits: list[Edit], depthwise: set[int] = frozenset(),
             flattens: set[int] = frozenset(), func_name: str = "main", *,
-            replace: dict | None = None, outputs: tuple[int, ...] = ()):
+            replace: dict | None = None, outputs: tuple[int, ...] = (),
+            moves: dict | None = None):
     """Return a copy of `mod` with `edits` applied to `func_name`'s constants.
 
     `replace` maps ``(binding, arg)`` to a new array for that constant (applied before the
     edits; used by least-squares recovery). `outputs` lists binding numbers whose values
     are returned too: ``main`` then returns ``(original output, *those values)`` — a
-    *probe* of intermediate activations.
+    *probe* of intermediate activations. `moves` maps a split's or gather's binding to
+    its new split points or indices (`channel_classes.moved_attrs`).
     """
-    replace = replace or {}
+    replace, moves = replace or {}, moves or {}
     import tvm
     from tvm import relax
 
@@ -117,6 +137,12 @@ def rewrite(mod, edits: list[Edit], depthwise: set[int] = frozenset(),
                 args[0], args[1], strides=a.strides, padding=a.padding, dilation=a.dilation,
                 groups=_shape_of(args[1])[0], data_layout=a.data_layout,
                 kernel_layout=a.kernel_layout, out_layout=a.out_layout, out_dtype=a.out_dtype)
+        if op == "relax.take" and name in moves:
+            indices = np.asarray(moves[name], dtype=call.args[1].value.numpy().dtype)
+            return relax.op.take(args[0], relax.const(indices), axis=call.attrs.axis,
+                                 mode=call.attrs.mode)
+        if op == "relax.split" and name in moves:
+            return relax.op.split(args[0], list(moves[name]), axis=call.attrs.axis)
         if op == "relax.reshape" and name in flattens:
             in_shape = _shape_of(args[0])
             return relax.op.reshape(args[0], (in_shape[0], int(np.prod(in_shape[1:]))))

@@ -30,6 +30,7 @@ from mdl_tvm.core.relax_utils import main_bindings, op_name
 from relay_passes.activations import (
     ConsumerSpec,
     all_rows,
+    consumer_columns,
     input_width,
     sample_rows,
     weight_matrix,
@@ -61,11 +62,11 @@ def site_of(mod, binding: int, func_name: str = "main") -> int:
     return src
 
 
-def pixels(x: np.ndarray, offset: int, length: int) -> np.ndarray:
-    """Channels ``[offset, offset + length)`` of `x` (channels on axis 1) as
-    ``(pixels, length)`` float64 rows."""
-    part = np.moveaxis(x[:, offset : offset + length], 1, -1)
-    return part.reshape(-1, length).astype(np.float64)
+def pixels(x: np.ndarray, index=None) -> np.ndarray:
+    """Channels `index` of `x` (channels on axis 1; None: all) as ``(pixels, channels)``
+    float64 rows."""
+    part = np.moveaxis(x if index is None else x[:, np.asarray(index)], 1, -1)
+    return part.reshape(-1, part.shape[-1]).astype(np.float64)
 
 
 @dataclass
@@ -137,7 +138,7 @@ class RowPlan:
 class GroupStats:
     """Everything `collect` measured for one group."""
 
-    sites: dict  # (site binding, offset, length) -> SiteStats
+    sites: dict  # (site binding, channel positions) -> SiteStats
     rows: dict  # consumer binding -> RowStats
     sampled: dict  # consumer binding -> (M, D) sampled rows (activation / greedy criteria)
     split: tuple  # (fit indices, held-out indices)
@@ -152,8 +153,8 @@ def collect(current, original, samples, split, sites: dict, rows: dict[int, RowP
     current, original : callable
         ``run(x) -> {binding: array}`` of the current and the original network.
     sites : dict
-        ``{(site, offset, length): original offset}`` (the original graph's offset of the
-        same channels).
+        ``{(site, channel positions): original positions}`` (where the original graph
+        has the same channels).
     rows : dict
         ``{consumer binding: RowPlan}``.
     sampled : dict
@@ -162,14 +163,14 @@ def collect(current, original, samples, split, sites: dict, rows: dict[int, RowP
     fit, held = split
     which = np.empty(len(samples), object)
     which[fit], which[held] = "fit", "held_out"
-    site_stats = {key: SiteStats(key[2]) for key in sites}
+    site_stats = {key: SiteStats(len(key[1])) for key in sites}
     row_stats = {b: RowStats(input_width(p.spec), len(p.out_index)) for b, p in rows.items()}
     drawn: dict[int, list] = {b: [] for b in sampled}
     for s, x in enumerate(samples):
         cur, orig = current(x), original(x)
-        for (site, offset, length), orig_offset in sites.items():
-            z, a = pixels(cur[site], offset, length), pixels(orig[site], orig_offset, length)
-            site_stats[(site, offset, length)].grams[which[s]].add(
+        for (site, index), orig_index in sites.items():
+            z, a = pixels(cur[site], index), pixels(orig[site], orig_index)
+            site_stats[(site, index)].grams[which[s]].add(
                 np.hstack([z, a, np.ones((len(z), 1))]))
         for b, plan in rows.items():
             x_cur = all_rows(plan.spec, cur[plan.source]).astype(np.float64)
@@ -205,16 +206,13 @@ def residual(orig_skip: np.ndarray, cur_skip: np.ndarray, out_index: np.ndarray)
     (pixels, kept output channels). The layer then absorbs the error the residual stream
     carries from upstream instead of passing it on (the multi-branch target of He et al.,
     "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV 2017)."""
-    orig = pixels(orig_skip, 0, orig_skip.shape[1])[:, out_index]
-    return orig - pixels(cur_skip, 0, cur_skip.shape[1])
+    return pixels(orig_skip)[:, out_index] - pixels(cur_skip)
 
 
-def consumer_gram(weight: np.ndarray, spec: ConsumerSpec, offset: int, length: int,
-                  span: int) -> np.ndarray:
+def consumer_gram(weight: np.ndarray, spec: ConsumerSpec, ref) -> np.ndarray:
     """``Q = sum over taps (and spatial blocks) of W_tapᵀ W_tap`` on the consumer's input
-    channels ``[offset, offset + length)``: ``(length, length)``, weighting channel errors
-    by what the consumer does with them."""
+    channels of `ref`: ``(length, length)``, weighting channel errors by what the consumer
+    does with them."""
     w = weight_matrix(spec, weight.astype(np.float64))  # (outputs, inputs)
-    unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else span
-    blocks = w[:, offset * unit : (offset + length) * unit].reshape(len(w), length, unit)
+    blocks = w[:, consumer_columns(ref, spec)]
     return np.einsum("ocu,odu->cd", blocks, blocks)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from relay_passes.activations import ConsumerSpec, weight_matrix
+from relay_passes.activations import ConsumerSpec, consumer_columns, weight_matrix
 from relay_passes.channel_masks import block_ids
 from relay_passes.channel_stats import SiteStats
 from relay_passes.ls_recovery import ridge_toward
@@ -80,13 +80,11 @@ def channel_error(stats: SiteStats, keep: np.ndarray, g: np.ndarray, d: np.ndarr
     return float(np.trace(weights @ residual) / max(np.trace(weights @ aa), 1e-300))
 
 
-def intercept_shift(weight: np.ndarray, spec: ConsumerSpec, offset: int, length: int,
-                    span: int, d: np.ndarray) -> np.ndarray:
-    """``(outputs,)``: what the consumer's bias gains when its input channels
-    ``[offset, offset + length)`` carry a constant `d` more (every tap, every block)."""
+def intercept_shift(weight: np.ndarray, spec: ConsumerSpec, ref, d: np.ndarray) -> np.ndarray:
+    """``(outputs,)``: what the consumer's bias gains when its input channels of `ref`
+    carry a constant `d` more (every tap, every block)."""
     w = weight_matrix(spec, weight.astype(np.float64))
-    unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else span
-    blocks = w[:, offset * unit : (offset + length) * unit].reshape(len(w), length, unit)
+    blocks = w[:, consumer_columns(ref, spec)]
     return blocks.sum(axis=2) @ d
 
 

@@ -23,7 +23,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from relay_passes.activations import ConsumerSpec, from_matrix, output_width, weight_matrix
+from relay_passes.activations import (
+    ConsumerSpec,
+    consumer_columns,
+    from_matrix,
+    output_width,
+    weight_matrix,
+)
 from relay_passes.channel_rewrite import Edit, apply_edits
 from relay_passes.channel_stats import RowStats, consumer_gram
 from relay_passes.compensation import channel_error, compensate, intercept_shift, selection
@@ -56,20 +62,16 @@ class ConsumerResult:
     mixes: list  # the (k, C) consume matrix of each ref (least squares: of its base)
 
 
-def channel_columns(ref, spec: ConsumerSpec) -> np.ndarray:
-    """``(length, unit)`` input columns of each channel of consumer ref `ref`."""
-    unit = int(np.prod(spec.weight_shape[2:])) if spec.kind == "conv2d" else ref.span
-    starts = (ref.offset + np.arange(ref.length)) * unit
-    return starts[:, None] + np.arange(unit)[None, :]
-
-
 def kept_columns(item: ConsumerInput, keep: np.ndarray) -> np.ndarray:
-    """Columns of `weight_matrix` that survive the commit, in their new order."""
+    """The current column of `weight_matrix` each column after the commit reads, in the
+    new order (kept channel j takes the place of the ref's channel j)."""
     width = weight_matrix(item.spec, item.weight).shape[1]
-    alive = np.ones(width, bool)
+    source, alive = np.arange(width), np.ones(width, bool)
     for ref in item.refs:
-        alive[channel_columns(ref, item.spec)[~keep].ravel()] = False
-    return np.flatnonzero(alive)
+        cols = consumer_columns(ref, item.spec)
+        source[cols[:int(keep.sum())].ravel()] = cols[keep].ravel()
+        alive[cols[int(keep.sum()):].ravel()] = False
+    return source[alive]
 
 
 def _build(item: ConsumerInput, mixes: list, shift: np.ndarray | None):
@@ -97,8 +99,7 @@ def _fitted(item, keep, prior, options, split, intercept):
     for ref, site in zip(item.refs, item.sites, strict=True):
         g, d = compensate(site, keep, prior, options.mu, intercept, split, ref.groups)
         mixes.append(g)
-        shift = shift + intercept_shift(item.weight, item.spec, ref.offset, ref.length,
-                                        ref.span, d)
+        shift = shift + intercept_shift(item.weight, item.spec, ref, d)
     return _build(item, mixes, shift if intercept else None)
 
 
@@ -191,8 +192,7 @@ def _channel_error(item, keep, prior, options, name) -> float:
     total = 0.0
     for ref, site in zip(item.refs, item.sites, strict=True):
         q = consumer_gram(item.weight[item.out_rows] if item.spec.kind == "conv2d"
-                          else item.weight[:, item.out_rows], item.spec, ref.offset,
-                          ref.length, ref.span)
+                          else item.weight[:, item.out_rows], item.spec, ref)
         if name == "removal":
             g, d = selection(keep), np.zeros(len(keep))
         else:

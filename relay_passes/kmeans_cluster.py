@@ -45,13 +45,16 @@ import numpy as np
 
 from mdl_tvm.core.relax_utils import bound_constants
 from relay_passes.budget_curves import planning_curves
-from relay_passes.channel_graph import ChannelGroup, analyze, weight_rows
+from relay_passes.channel_classes import moved_attrs
+from relay_passes.channel_graph import analyze
+from relay_passes.channel_layout import ChannelGroup, weight_rows
 from relay_passes.channel_masks import ChannelMasks
 from relay_passes.channel_rewrite import Edit, rewrite
 from relay_passes.config import DEFAULT_CONFIG, CompressConfig, RecoveryConfig, kept_channels
 from relay_passes.layerwise import LayerwiseDriver, graph_order
 from relay_passes.macs_budget import planned_config
 from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
+from relay_passes.shuffle_as_take import shuffle_as_take
 
 
 def channel_features(group: ChannelGroup, consts: dict) -> np.ndarray:
@@ -145,14 +148,15 @@ def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool =
                      func_name: str = "main"):
     """Cluster every prunable channel group of `mod` without data; returns
     ``(new_mod, reports)``."""
+    mod = shuffle_as_take(mod, func_name)
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
     config = planned_config(mod, config, [g.name for g in graph_order(graph)
-                                          if g.name not in config.skip], None, func_name)
+                                          if not config.skips(g.name)], None, func_name)
     consts = bound_constants(mod, func_name)
-    edits, depthwise, reports = [], set(), report_frozen(graph, config)
+    edits, depthwise, reports, kept = [], set(), report_frozen(graph, config), {}
     for group in graph.groups.values():
-        if not group.prunable or group.name in config.skip:
+        if not group.prunable or config.skips(group.name):
             continue
         k = kept_channels(group.channels, config.ratio_for(group.name), group.blocks)
         labels = kmeans_labels(channel_features(group, consts), k, config.seed,
@@ -165,10 +169,12 @@ def cluster_channels(mod, config: CompressConfig = DEFAULT_CONFIG, merge: bool =
         edits += group_edits(group, labels, merge)
         if merge:
             depthwise.update(group.depthwise)
+            kept[group.name] = clusters
         reports.append(GroupReport(group.name, group.channels,
                                    clusters if merge else group.channels,
                                    f"{clusters} clusters, centroid merge (no data)"))
-    new_mod = rewrite(mod, edits, depthwise, set(graph.flatten_reshapes), func_name)
+    new_mod = rewrite(mod, edits, depthwise, set(graph.flatten_reshapes), func_name,
+                      moves=moved_attrs(graph.moves, kept))
     return new_mod, finish_reports(reports, graph, mod, new_mod)
 
 
@@ -179,9 +185,10 @@ def cluster_channels_refit(mod, config: CompressConfig, calibration, options=Non
     `layerwise`). Returns ``(new_mod, reports, driver, masks)``: ``masks`` keeps each
     cluster's representative."""
     options = options or RecoveryConfig()
+    mod = shuffle_as_take(mod, func_name)
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
-    order = [g.name for g in graph_order(graph) if g.name not in config.skip]
+    order = [g.name for g in graph_order(graph) if not config.skips(g.name)]
     reports = report_frozen(graph, config)
     driver = LayerwiseDriver(mod, config, options, calibration, func_name, runner)
     if config.speedup is not None:

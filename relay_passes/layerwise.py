@@ -43,6 +43,7 @@ from relay_passes.activations import (
     Runner,
     bias_of,
     clamp_after,
+    consumer_columns,
     consumer_spec,
     default_runner,
     input_width,
@@ -52,7 +53,9 @@ from relay_passes.activations import (
     weight_matrix,
 )
 from relay_passes.calibration import as_samples, require_samples, split_samples
-from relay_passes.channel_graph import ChannelGroup, analyze
+from relay_passes.channel_classes import moved_attrs
+from relay_passes.channel_graph import analyze
+from relay_passes.channel_layout import ChannelGroup, channel_positions
 from relay_passes.channel_rewrite import Edit, apply_edits, rewrite
 from relay_passes.channel_stats import (
     GroupStats,
@@ -64,11 +67,11 @@ from relay_passes.channel_stats import (
 )
 from relay_passes.compensation import selection
 from relay_passes.config import CompressConfig, RecoveryConfig
-from relay_passes.consumer_fit import ConsumerInput, channel_columns, decide
+from relay_passes.consumer_fit import ConsumerInput, decide
 from relay_passes.ls_recovery import well_posed
 from relay_passes.refit_select import MIN_ROWS_PER_UNKNOWN
 
-__all__ = ["Evidence", "LayerwiseDriver", "channel_columns", "graph_order"]
+__all__ = ["Evidence", "LayerwiseDriver", "graph_order"]
 OUTPUT = -1  # key of the model output in a probe's values
 
 
@@ -96,7 +99,7 @@ class Evidence:
 
     @property
     def columns(self) -> dict:
-        return {ref.binding: channel_columns(ref, self.specs[ref.binding])
+        return {ref.binding: consumer_columns(ref, self.specs[ref.binding])
                 for ref in self.group.consumers}
 
     def redundancy_terms(self):
@@ -104,8 +107,7 @@ class Evidence:
         terms, posed = [], True
         for ref, key in zip(self.group.consumers, self.site_keys, strict=True):
             zz, za, aa, _, _, rows = self.stats.sites[key].blocks("fit")
-            q = consumer_gram(self.consts[(ref.binding, 1)], self.specs[ref.binding],
-                              ref.offset, ref.length, ref.span)
+            q = consumer_gram(self.consts[(ref.binding, 1)], self.specs[ref.binding], ref)
             terms.append((zz, za, aa, q))
             posed &= well_posed(rows, self.group.channels, self.kappa)
         return terms, posed
@@ -124,7 +126,7 @@ class Evidence:
             m, d = stats.gram("fit").matrix, stats.inputs + 1
             if not well_posed(stats.gram("fit").rows, d, MIN_ROWS_PER_UNKNOWN):
                 return None
-            cols = np.hstack([channel_columns(ref, self.specs[b])
+            cols = np.hstack([consumer_columns(ref, self.specs[b])
                               for ref in self.group.consumers if ref.binding == b])
             terms.append((m[:d, :d], m[:d, d:], float(np.trace(m[d:, d:])), cols))
         return terms
@@ -213,8 +215,8 @@ class LayerwiseDriver:
         for ref, orig_ref in zip(group.consumers, orig_group.consumers, strict=True):
             if only is not None and ref.binding != only:
                 continue
-            key = (places[ref.binding][0], ref.offset, ref.length)
-            sites[key] = orig_ref.offset
+            key = (places[ref.binding][0], tuple(channel_positions(ref).tolist()))
+            sites[key] = tuple(channel_positions(orig_ref).tolist())
             keys.append(key)
         places = {b: p for b, p in places.items() if only is None or b == only}
         rows = {b: plan for b, (_, src) in places.items()
@@ -328,10 +330,15 @@ class LayerwiseDriver:
         for key, key_edits in edits.items():
             replace[key] = apply_edits(consts[key], key_edits)
         self.mod = rewrite(self.mod, [], set(group.depthwise), set(graph.flatten_reshapes),
-                           self.func, replace=replace)
-        for ref in group.producers:
-            rows = self.out_index.get(ref.binding, np.arange(ref.length))
-            self.out_index[ref.binding] = rows[keep]
+                           self.func, replace=replace,
+                           moves=moved_attrs(graph.moves, {group.name: int(keep.sum())}))
+        for ref in group.producers:  # kept channel j takes the place of channel j
+            width = consts[(ref.binding, ref.arg)].shape[ref.axis]
+            rows = self.out_index.get(ref.binding, np.arange(width))
+            pos = channel_positions(ref)
+            moved = rows.copy()
+            moved[pos[:keep.sum()]] = rows[pos[keep]]
+            self.out_index[ref.binding] = np.delete(moved, pos[keep.sum():])
         self.choices[group.name] = choices
 
     def held_out_error(self, mod, original=None) -> float:
@@ -356,7 +363,9 @@ class LayerwiseDriver:
             edits += [Edit(ref, prior) for ref in group.consumers]
         plain = rewrite(self.original, edits, {b for n in self.priors
                                                for b in graph.groups[n].depthwise},
-                        set(graph.flatten_reshapes), self.func)
+                        set(graph.flatten_reshapes), self.func,
+                        moves=moved_attrs(graph.moves, {n: int(keep.sum()) for n, (keep, _)
+                                                        in self.priors.items()}))
         err = np.array([self.held_out_error(m, original) for m in (self.mod, plain)])
         self.model_error = {"recovered": err[0], "data_free": err[1],
                             "held_out_samples": len(self.split[1])}

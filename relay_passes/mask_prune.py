@@ -39,7 +39,8 @@ import numpy as np
 
 from relay_passes.activations import weight_matrix
 from relay_passes.budget_curves import planning_curves
-from relay_passes.channel_graph import analyze, weight_rows
+from relay_passes.channel_graph import analyze
+from relay_passes.channel_layout import weight_rows
 from relay_passes.channel_masks import (
     ChannelMasks,
     greedy_keep,
@@ -60,6 +61,7 @@ from relay_passes.layerwise import Evidence, LayerwiseDriver, graph_order
 from relay_passes.macs_budget import planned_config
 from relay_passes.refit_select import refit_keep
 from relay_passes.reports import GroupReport, finish_reports, recovery_note, report_frozen
+from relay_passes.shuffle_as_take import shuffle_as_take
 
 
 def choose_mask(evidence: Evidence, k: int, criterion: str,
@@ -103,13 +105,14 @@ def prune_channels(mod, config: CompressConfig = DEFAULT_CONFIG,
                    options: RecoveryConfig = DEFAULT_RECOVERY, calibration=None,
                    masks: ChannelMasks | None = None, func_name: str = "main", runner=None):
     """Prune every prunable group; returns ``(new_mod, reports, masks, driver)``."""
+    mod = shuffle_as_take(mod, func_name)
     graph = analyze(mod, func_name)
     config.check_names(graph.groups)
     if masks is not None:
         masks.check(graph.groups)
     criterion = options.criterion_for(calibration is not None)
     order = [g.name for g in graph_order(graph)
-             if g.name not in config.skip and (masks is None or g.name in masks)]
+             if not config.skips(g.name) and (masks is None or g.name in masks)]
     chosen_masks = ChannelMasks()
     data_criterion = masks is None and criterion in DATA_CRITERIA
     driver = LayerwiseDriver(mod, config, replace(options, criterion=criterion), calibration,

@@ -27,13 +27,24 @@ class GroupReport:
 
 
 def finish_reports(reports, graph, before, after) -> list[GroupReport]:
-    """Fill in producer weights and MACs before/after, sorted in layer order."""
+    """Fill in producer weights and MACs before/after, sorted in layer order. A layer
+    whose channels form several classes (`channel_classes`) is shared out among them by
+    their channels, so the reports still add up to the network's totals."""
     cost_before, cost_after = binding_costs(before), binding_costs(after)
+    widths: dict[int, list[int]] = {}  # producer binding -> channels before, after
+    for r in reports:
+        for b in {ref.binding for ref in graph.groups[r.name].producers}:
+            width = widths.setdefault(b, [0, 0])
+            width[0], width[1] = width[0] + r.channels_before, width[1] + r.channels_after
     done = []
     for r in reports:
         bindings = {ref.binding for ref in graph.groups[r.name].producers}
-        w0, m0 = (sum(cost_before.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
-        w1, m1 = (sum(cost_after.get(b, (0, 0))[i] for b in bindings) for i in (0, 1))
+        share0 = {b: r.channels_before / max(widths[b][0], 1) for b in bindings}
+        share1 = {b: r.channels_after / max(widths[b][1], 1) for b in bindings}
+        w0, m0 = (round(sum(cost_before.get(b, (0, 0))[i] * share0[b] for b in bindings))
+                  for i in (0, 1))
+        w1, m1 = (round(sum(cost_after.get(b, (0, 0))[i] * share1[b] for b in bindings))
+                  for i in (0, 1))
         done.append(replace(r, weights_before=w0, weights_after=w1, macs_before=m0,
                             macs_after=m1))
     return sorted(done, key=lambda r: _layer_order(r.name))
@@ -42,10 +53,10 @@ def finish_reports(reports, graph, before, after) -> list[GroupReport]:
 def report_frozen(graph, config: CompressConfig) -> list[GroupReport]:
     reports = []
     for group in graph.groups.values():
-        if group.prunable and group.name not in config.skip:
+        if group.prunable and not config.skips(group.name):
             continue
-        note = "skipped" if group.name in config.skip else (group.frozen or "no consumer")
-        if group.frozen and group.frozen != "the model output" and group.name not in config.skip:
+        note = "skipped" if config.skips(group.name) else (group.frozen or "no consumer")
+        if group.frozen and group.frozen != "the model output" and not config.skips(group.name):
             warnings.warn(f"channel group {group.name} left untouched: it flows into "
                           f"{group.frozen}, which the channel analysis does not handle",
                           stacklevel=3)
@@ -54,8 +65,9 @@ def report_frozen(graph, config: CompressConfig) -> list[GroupReport]:
 
 
 def _layer_order(name: str):
-    kind = name.rstrip("0123456789")
-    return (kind != "conv", int(name[len(kind):] or 0))
+    layer, _, reader = name.partition(">")  # a class: its layer, then by readers
+    kind = layer.rstrip("0123456789")
+    return (kind != "conv", int(layer[len(kind):] or 0), reader)
 
 
 def recovery_note(criterion: str, choices: dict | None, recovery: str) -> str:

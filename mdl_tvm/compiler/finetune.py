@@ -41,11 +41,13 @@ from mdl_tvm.core.relax_utils import bound_constants
 from mdl_tvm.core.targets import get_profile
 from mdl_tvm.data import load_fashion_mnist
 from mdl_tvm.train import augment
-from relay_passes.channel_graph import WeightRef, analyze
+from relay_passes.channel_graph import analyze
+from relay_passes.channel_layout import WeightRef, channel_rows
 from relay_passes.channel_masks import ChannelMasks, keep_top
 from relay_passes.channel_rewrite import Edit, apply_edit
 from relay_passes.config import kept_channels
 from relay_passes.layerwise import graph_order
+from relay_passes.shuffle_as_take import shuffle_as_take
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -99,8 +101,9 @@ class FinetuneConfig:
 
 @dataclass
 class ConsumerLayer:
-    """A torch layer reading channels ``[offset, offset + length)`` of a group (each
-    spanning `span` inputs after a flatten), at consumer binding `binding`."""
+    """A torch layer reading channels ``[offset, offset + length)`` of a group (or at
+    `rows`, after a channel shuffle; each spanning `span` inputs after a flatten), at
+    consumer binding `binding`."""
 
     module: object
     offset: int
@@ -108,11 +111,17 @@ class ConsumerLayer:
     span: int
     binding: int
     groups: int = 1  # a grouped conv: its weight holds each group's columns only
+    rows: tuple[int, ...] | None = None
+
+    @property
+    def ref(self) -> WeightRef:
+        return WeightRef(self.binding, 0, 1, self.offset, self.length, self.span,
+                         self.groups, rows=self.rows)
 
 
 def _graph(model, example):
     state = BuildState(mod=import_model(model, None, (example,))[0], profile=get_profile("host"))
-    mod = run_pipeline(state, until="graph_passes").mod
+    mod = shuffle_as_take(run_pipeline(state, until="graph_passes").mod)  # as compressors do
     return analyze(mod), bound_constants(mod)
 
 
@@ -142,7 +151,7 @@ def consumer_layers(model, example):
     for g in graph_order(graph):
         readers = [ConsumerLayer(_torch_layer(layers, consts[(r.binding, r.arg)],
                                               1 - r.axis, g.name), r.offset, r.length,
-                                 r.span, r.binding, r.groups) for r in g.consumers]
+                                 r.span, r.binding, r.groups, r.rows) for r in g.consumers]
         out.append((g.name, g.channels, readers, g.blocks))
     return out
 
@@ -177,7 +186,7 @@ def _column_norms(layer: ConsumerLayer) -> np.ndarray:
     if layer.groups > 1:  # row block g holds channel block g's columns
         return np.concatenate([np.sqrt((rows.astype(np.float64) ** 2).sum(axis=(0, 2, 3)))
                                for rows in np.split(w, layer.groups)])
-    block = w[:, layer.offset * layer.span : (layer.offset + layer.length) * layer.span]
+    block = w[:, channel_rows(layer.ref)]
     return np.linalg.norm(block.reshape(len(w), layer.length, -1), axis=(0, 2))
 
 
@@ -185,10 +194,9 @@ def _edit_consumer(layer: ConsumerLayer, matrix: np.ndarray) -> None:
     """Apply a ``(C, C)`` consume matrix to the layer's input columns, in place."""
     import torch
 
-    ref = WeightRef(layer.binding, 0, 1, layer.offset, layer.length, layer.span, layer.groups)
     with torch.no_grad():
         w = layer.module.weight
-        w.copy_(torch.from_numpy(apply_edit(w.detach().numpy(), Edit(ref, matrix))))
+        w.copy_(torch.from_numpy(apply_edit(w.detach().numpy(), Edit(layer.ref, matrix))))
 
 
 def train_loop(model, config: FinetuneConfig, log=print, on_step=None):
@@ -260,13 +268,13 @@ def masked_finetune(model, config: FinetuneConfig | None = None, log=print, *,
         def hook(module, inputs):
             x = inputs[0]
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            seg = x[:, layer.offset * layer.span : (layer.offset + layer.length) * layer.span]
+            index = torch.from_numpy(channel_rows(layer.ref))
+            seg = x.index_select(1, index)
             seen = seg.detach().abs().reshape(len(x), layer.length, -1).mean(dim=(0, 2))
             usage[(name, i)] = 0.9 * usage[(name, i)] + 0.1 * seen.numpy()
             m = tensors[name].repeat_interleave(layer.span).reshape(shape)
             masked = seg * m + (seg - seg.detach()) * (1 - m)  # straight-through gradient
-            start, stop = layer.offset * layer.span, (layer.offset + layer.length) * layer.span
-            return (torch.cat([x[:, :start], masked, x[:, stop:]], dim=1), *inputs[1:])
+            return (x.index_copy(1, index, masked), *inputs[1:])
         return hook
 
     def importance(name, layers):
