@@ -282,10 +282,13 @@ class _Analysis:
         ids = in_layout.channel_ids()
         if op == "relax.take":
             indices = constant_value(call.args[1])
-            picked = [] if indices is None or indices.ndim != 1 else [ids[i] for i in indices]
+            fits = indices is not None and indices.ndim == 1 and all(
+                -len(ids) <= i < len(ids) for i in indices.tolist())
+            picked = [ids[i] for i in indices] if fits else []
             tracked = [i for i in picked if i is not None]
             if not picked or len(set(tracked)) != len(tracked):
-                self.freeze(in_layout, "take of channels by non-constant or repeated indices")
+                self.freeze(in_layout, "take of channels by unknown, out-of-range or repeated "
+                            "indices")
                 return None
             data, pieces = tuple(int(i) for i in indices), [(("take", name), picked)]
         else:

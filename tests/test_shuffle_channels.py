@@ -171,3 +171,27 @@ def test_a_layer_name_in_the_config_applies_to_its_classes(shufflenet):
     assert kept["conv3>conv4"] == kept["conv3>conv6+conv7"] == (12, 9)  # a quarter goes
     with pytest.raises(ValueError, match="unknown layer name"):
         KMeansChannelClustering(CompressConfig(skip=("conv99",)))(shufflenet)
+
+
+@pytest.mark.parametrize("indices, tracked", [((2, 0, 1, 3), True), ((0, 0, 1, 2), False),
+                                              ((0, 1, 2, 9), False)])
+def test_a_gather_of_channels_is_followed_only_when_it_is_a_selection(indices, tracked):
+    """A take that repeats a channel, or reads past the end, freezes what flows in
+    (no crash, no wrong rewrite); a permutation is followed."""
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 2, 1, 1)).astype("float32")
+    w2 = rng.normal(size=(3, 4, 1, 1)).astype("float32")
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w1)))
+        y = bb.emit(relax.op.take(y, relax.const(np.array(indices, "int64")), axis=1,
+                                  mode="clip"))
+        y = bb.emit(relax.op.nn.conv2d(y, relax.const(w2)))
+        return relax.op.nn.relu(y)
+
+    group = analyze(relax_module((1, 2, 4, 4), body)).groups["conv0"]
+    assert (group.frozen is None) == tracked
+    if not tracked:
+        assert "take of channels" in group.frozen
