@@ -22,7 +22,8 @@ order), so the positions of its first ``k`` channels survive in every tensor, an
 `moved_attrs` recomputes each split's indices and each gather's indices from that.
 Because a class passes the same split outputs, no output of a split is ever emptied.
 
-Pure Python and numpy; `channel_graph` calls `split_classes` for every coupled group.
+Python and numpy (`move_data` reads a call's arguments); `channel_graph` calls
+`split_classes` for every coupled group.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mdl_tvm.core.relax_utils import constant_value, static_shape
 from relay_passes.channel_layout import ChannelGroup, Move, WeightRef
 
 KINDS = ("producers", "params", "consumers")
@@ -49,6 +51,49 @@ class RawGroup:
     frozen: str | None = None
     blocks: int = 1
     passes: dict[int, list] = field(default_factory=dict)
+
+
+def _ints(expr) -> list[int]:
+    return [int(getattr(f, "value", f)) for f in getattr(expr, "fields", expr)]
+
+
+def move_data(kind: str, call, axis: int, n: int) -> tuple | None:
+    """What a move of `n` channels on `axis` keeps: a ``take``'s indices, a ``split``'s
+    points, a ``strided_slice``'s ``(begin, end, axis)``; None when the call is not a
+    plain selection of channels (another axis, unknown or out-of-range indices, a step)."""
+    rank = len(static_shape(call.args[0]) or ())
+    if kind in ("take", "split") and int(call.attrs.axis) % rank != axis:
+        return None
+    if kind == "take":
+        indices = constant_value(call.args[1])
+        if indices is None or indices.ndim != 1 or not all(-n <= i < n for i in
+                                                            indices.tolist()):
+            return None
+        return tuple(int(i) % n for i in indices)
+    if kind == "split":
+        sections = call.attrs.indices_or_sections
+        return (tuple(int(i) for i in sections) if hasattr(sections, "__len__") else
+                tuple(n // int(sections) * i for i in range(1, int(sections))))
+    axes = [a % rank for a in _ints(call.args[1])]
+    if axis not in axes:
+        return (0, n, axis)  # slices other axes only: all channels pass
+    i = axes.index(axis)
+    begin, end = _ints(call.args[2])[i], _ints(call.args[3])[i]
+    step = _ints(call.args[4])[i] if len(call.args) > 4 else 1
+    begin, end = (min(max(v + n if v < 0 else v, 0), n) for v in (begin, end))
+    return (begin, end, axis) if step == 1 and end > begin else None
+
+
+def move_pieces(kind: str, name: int, n: int, data: tuple) -> list[tuple[tuple, list]]:
+    """``[(site, input positions of that output)]`` of a move (`move_data`) of `n`
+    channels."""
+    if kind == "take":
+        return [(("take", name), list(data))]
+    if kind == "strided_slice":
+        return [(("strided_slice", name), list(range(data[0], data[1])))]
+    bounds = (0, *data, n)
+    return [(("split", name, k), list(range(lo, hi)))
+            for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
 
 
 def _site(kind: str, ref: WeightRef) -> tuple:
@@ -124,6 +169,12 @@ def moved_attrs(moves: dict[int, Move], kept: dict[str, int]) -> dict[int, tuple
         new_pos = np.cumsum(alive) - 1
         if move.kind == "take":
             out[binding] = tuple(int(new_pos[i]) for i in move.data if alive[i])
+        elif move.kind == "strided_slice":
+            begin, end, axis = move.data
+            out[binding] = (int(alive[:begin].sum()), int(alive[:end].sum()), axis)
+            if out[binding][1] <= out[binding][0]:
+                raise ValueError(f"pruning empties the channel slice at binding {binding}; "
+                                 "keep more channels there")
         else:
             cuts = tuple(int(alive[:b].sum()) for b in move.data)
             if any(b <= a for a, b in zip((0, *cuts), (*cuts, int(alive.sum())),

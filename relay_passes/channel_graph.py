@@ -22,8 +22,9 @@ Spaces that meet in a residual ``add`` (or any binary element-wise op) are *coup
 their channels must change together, so they are joined into one `ChannelGroup`
 (union-find, as Torch-Pruning's dependency graph does). ``concatenate`` along the channel
 axis lays its inputs' spaces side by side at offsets; depthwise conv, element-wise ops,
-pooling, spatial ``mean`` and flatten pass channels through. ``split`` and ``take`` along
-the channel axis (a channel shuffle, after `shuffle_as_take`) cut spaces into runs; the
+pooling, spatial ``mean`` and flatten pass channels through. ``split``, ``strided_slice``
+and ``take`` along the channel axis (a channel shuffle, after `shuffle_as_take`; GhostNet's
+``out[:, :oup]``) cut spaces into runs; the
 channels of a group that then go different ways become separate groups, one per *class*
 (`channel_classes`), named ``conv3>conv5+conv8`` (conv3's channels read by conv5 and conv8).
 
@@ -40,7 +41,7 @@ from __future__ import annotations
 import math
 
 from mdl_tvm.core.relax_utils import constant_value, main_bindings, static_shape, vars_in
-from relay_passes.channel_classes import RawGroup, split_classes
+from relay_passes.channel_classes import RawGroup, move_data, move_pieces, split_classes
 from relay_passes.channel_layout import (
     ChannelGraph,
     Layout,
@@ -166,7 +167,7 @@ class _Analysis:
             return self.visit_mean(call, in_layout, out_shape)
         if op == "relax.concat":
             return self.visit_concat(call, out_shape)
-        if op in ("relax.take", "relax.split"):
+        if op in ("relax.take", "relax.split", "relax.strided_slice"):
             return self.visit_move(name, op, call, in_layout)
         for arg in args:  # an op the analysis does not know: freeze what flows in
             for var in vars_in(arg):
@@ -271,39 +272,27 @@ class _Analysis:
         return None
 
     def visit_move(self, name, op, call, in_layout):
-        """A gather (``take``) or ``split`` along the channel axis: the channels follow the
-        indices; recorded (`ChannelGraph.moves`) so a rewrite can recompute them."""
+        """A gather (``take``), ``split`` or ``strided_slice`` along the channel axis: the
+        channels follow; recorded (`ChannelGraph.moves`) so a rewrite can recompute them."""
         if in_layout is None:
             return None
-        axis = int(call.attrs.axis) % len(static_shape(call.args[0]))
-        if axis != in_layout.axis or in_layout.span != 1:
-            self.freeze(in_layout, f"{op} along a non-channel axis")
+        kind, ids = op.split(".")[1], in_layout.channel_ids()
+        data = move_data(kind, call, in_layout.axis, len(ids)) if in_layout.span == 1 else None
+        pieces = None if data is None else move_pieces(kind, name, len(ids), data)
+        taken = [p for _, part in pieces or () for p in part if ids[p] is not None]
+        if not pieces or len(set(taken)) != len(taken):
+            self.freeze(in_layout, f"{op} of channels other than a selection (unknown, "
+                        "repeated or out-of-range indices, or strides)")
             return None
-        ids = in_layout.channel_ids()
-        if op == "relax.take":
-            indices = constant_value(call.args[1])
-            fits = indices is not None and indices.ndim == 1 and all(
-                -len(ids) <= i < len(ids) for i in indices.tolist())
-            picked = [ids[i] for i in indices] if fits else []
-            tracked = [i for i in picked if i is not None]
-            if not picked or len(set(tracked)) != len(tracked):
-                self.freeze(in_layout, "take of channels by unknown, out-of-range or repeated "
-                            "indices")
-                return None
-            data, pieces = tuple(int(i) for i in indices), [(("take", name), picked)]
-        else:
-            sections = call.attrs.indices_or_sections
-            data = (tuple(int(i) for i in sections) if hasattr(sections, "__len__") else
-                    tuple(len(ids) // int(sections) * i for i in range(1, int(sections))))
-            bounds = (0, *data, len(ids))
-            pieces = [(("split", name, k), ids[lo:hi])
-                      for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
-        for site, part in pieces:
-            for item in filter(None, part):
-                self.space_info[item[0]]["passes"].setdefault(item[1], []).append(site)
-        self.moves[name] = (op.split(".")[1], ids, data)
-        layouts = [Layout.of_ids(axis, part) for _, part in pieces]
-        return layouts[0] if op == "relax.take" else layouts
+        copy = [ids[:p].count(ids[p]) for p in range(len(ids))]  # a channel met twice
+        for site, part in pieces:  # (cat(x, dw(x))): which copy passes, too
+            for p in (p for p in part if ids[p] is not None):
+                self.space_info[ids[p][0]]["passes"].setdefault(ids[p][1], []).append(
+                    (*site, copy[p]))
+        self.moves[name] = (kind, ids, data)
+        layouts = [Layout.of_ids(in_layout.axis, [ids[p] for p in part])
+                   for _, part in pieces]
+        return layouts if kind == "split" else layouts[0]
 
     def visit_reshape(self, name, data, in_layout, out_shape):
         if in_layout is None:

@@ -143,6 +143,8 @@ def rewrite(mod, edits: list[Edit], depthwise: set[int] = frozenset(),
                                  mode=call.attrs.mode)
         if op == "relax.split" and name in moves:
             return relax.op.split(args[0], list(moves[name]), axis=call.attrs.axis)
+        if op == "relax.strided_slice" and name in moves:
+            return _channel_slice(call, args[0], *moves[name])
         if op == "relax.reshape" and name in flattens:
             in_shape = _shape_of(args[0])
             return relax.op.reshape(args[0], (in_shape[0], int(np.prod(in_shape[1:]))))
@@ -169,6 +171,20 @@ def rewrite(mod, edits: list[Edit], depthwise: set[int] = frozenset(),
     out = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions))
     out[func_name] = new_mod[func_name]
     return out
+
+
+def _channel_slice(call, data, begin: int, end: int, axis: int):
+    """`call` (a ``strided_slice``) on `data` with channel `axis` cut to ``[begin, end)``."""
+    from tvm import relax
+
+    rank = len(_shape_of(data))
+    parts = [[int(getattr(f, "value", f)) for f in a.fields] for a in call.args[1:]]
+    axes = [a % rank for a in parts[0]]
+    if axis not in axes:
+        return relax.Call(call.op, [data, *call.args[1:]], call.attrs, call.ty_args)
+    i = axes.index(axis)
+    parts[1][i], parts[2][i] = begin, end
+    return relax.op.strided_slice(data, *parts, assume_inbound=call.attrs.assume_inbound)
 
 
 def _shape_of(expr) -> tuple[int, ...]:

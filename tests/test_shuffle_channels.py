@@ -20,6 +20,7 @@ from relay_passes.channel_classes import Move, moved_attrs
 from relay_passes.channel_graph import analyze
 from relay_passes.channel_layout import WeightRef, channel_rows
 from relay_passes.channel_rewrite import Edit, apply_edit, rewrite
+from relay_passes.config import kept_channels
 from relay_passes.shuffle_as_take import shuffle_as_take, shuffle_permutation
 
 SHAPE = families.TINY_SHAPE
@@ -195,3 +196,62 @@ def test_a_gather_of_channels_is_followed_only_when_it_is_a_selection(indices, t
     assert (group.frozen is None) == tracked
     if not tracked:
         assert "take of channels" in group.frozen
+
+
+class Ghost(torch.nn.Module):
+    """GhostNet's module: a primary 1x1 conv, a cheap depthwise conv of its output, both
+    concatenated and sliced to the output width (``out[:, :oup]``)."""
+
+    def __init__(self, cut):
+        super().__init__()
+        self.primary = torch.nn.Conv2d(3, 8, 1)
+        self.cheap = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.cut, self.head = cut, torch.nn.Conv2d(len(range(16)[cut]), 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        x1 = torch.relu(self.primary(x))
+        out = torch.cat([x1, torch.relu(self.cheap(x1))], 1)[:, self.cut]
+        return self.fc(torch.relu(self.head(out)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cut", [slice(0, 12), slice(2, None), slice(3, -3)])
+def test_kmeans_through_a_channel_slice_is_exact_on_duplicated_channels(cut):
+    torch.manual_seed(0)
+    mod = prepared(Ghost(cut).eval(), (1, 3, 8, 8))
+    graph = analyze(mod)
+    assert any(m.kind == "strided_slice" for m in graph.moves.values())
+    assert all(g.prunable for n, g in graph.groups.items() if n.startswith("conv0"))
+
+    def pair(moved, rows):
+        for i in range(1, len(rows), 2):
+            moved[rows[i]] = moved[rows[i - 1]]
+
+    mod, graph = _with_rows(mod, pair)
+    small = KMeansChannelClustering(CompressConfig(ratio=0.5))(mod)
+    classes = [g.channels for n, g in graph.groups.items() if n.startswith("conv0")]
+    if cut == slice(3, -3):  # 0-2 read through the cheap conv only, 5-7 directly only
+        assert sorted(classes) == [2, 3, 3]
+    assert sum(g.channels for n, g in analyze(small).groups.items()
+               if n.startswith("conv0")) == sum(kept_channels(c, 0.5) for c in classes) < 8
+    x = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype("float32")
+    assert _relative(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
+
+
+def test_an_onnx_shufflenet_compiles_and_compresses_through_its_slices(tmp_path):
+    """TorchScript's ONNX export computes the halves of ``chunk`` and the shuffle's view from
+    ``Shape`` nodes; folded before the import (`onnx_fold`), the graph has static shapes,
+    matches PyTorch, and k-means follows its channel slices and shuffles."""
+    import mdl_tvm
+
+    model = families.build("shufflenetv2", tiny=True)
+    x = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "shufflenet.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False)
+    base = mdl_tvm.compile(str(path), "host")
+    want = model(x).detach().numpy()
+    assert _relative(np.asarray(base.run(x.numpy())[0]), want) < 1e-5
+    small = mdl_tvm.compile(str(path), "host", compress="kmeans:0.5")
+    assert small.stats.macs / base.stats.macs < 0.4  # 0.376: every class halved
+    assert [r["name"] for r in small.compression
+            if r["channels_after"] == r["channels_before"]] == ["dense0"]

@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from mdl_tvm.compiler.onnx_fold import fold_shape_arithmetic
 from mdl_tvm.core.errors import InputSpecError, ModelFormatError, UnsupportedOpError
 from mdl_tvm.core.relax_utils import bound_constants
 from mdl_tvm.core.specs import SUPPORTED_DTYPES, InputSpec
@@ -239,6 +240,7 @@ def _import_onnx_proto(proto, input_shapes):
             )
         shape_dict[inp.name] = list(shape)
         dtype_dict[inp.name] = _onnx_dtype(tensor_type.elem_type)
+    proto = fold_shape_arithmetic(proto, shape_dict)
     try:
         mod = from_onnx(proto, shape_dict=shape_dict, dtype_dict=dtype_dict)
     except Exception as err:
