@@ -31,10 +31,9 @@ import numpy as np
 from mdl_tvm.core.relax_utils import bound_constants
 from relay_passes.activations import consumer_spec
 from relay_passes.channel_graph import analyze
-from relay_passes.channel_layout import channel_positions
 from relay_passes.channel_masks import redundancy_path
 from relay_passes.channel_stats import collect, consumer_gram
-from relay_passes.layerwise import LayerwiseDriver
+from relay_passes.layerwise import LayerwiseDriver, site_key
 from relay_passes.macs_budget import macs_model, plan_kept
 
 SENSITIVITY_SAMPLES = 256  # fit samples a group's lone pruning is recovered from
@@ -56,8 +55,7 @@ def removal_curves(driver: LayerwiseDriver, order: list[str]) -> Curves:
     sites, keys = {}, {}  # keys: group -> the site key of each consumer ref
     for name in order:
         places = driver.places(mod, graph.groups[name])
-        keys[name] = [(places[ref.binding][0], tuple(channel_positions(ref).tolist()))
-                      for ref in graph.groups[name].consumers]
+        keys[name] = [site_key(places, ref) for ref in graph.groups[name].consumers]
         sites.update({key: key[1] for key in keys[name]})
     probe = driver.probe(mod, sorted({key[0] for key in sites}))  # both sides of the regression
     stats = collect(probe, probe, driver.samples, driver.split, sites, {}, {}, 1,

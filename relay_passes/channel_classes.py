@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mdl_tvm.core.relax_utils import constant_value, static_shape
-from relay_passes.channel_layout import ChannelGroup, Move, WeightRef
+from mdl_tvm.core.relax_utils import constant_value, int_values, static_shape
+from relay_passes.channel_layout import CLASS_SEP, ChannelGroup, Move, WeightRef
 
 KINDS = ("producers", "params", "consumers")
 
@@ -53,10 +53,6 @@ class RawGroup:
     passes: dict[int, list] = field(default_factory=dict)
 
 
-def _ints(expr) -> list[int]:
-    return [int(getattr(f, "value", f)) for f in getattr(expr, "fields", expr)]
-
-
 def move_data(kind: str, call, axis: int, n: int) -> tuple | None:
     """What a move of `n` channels on `axis` keeps: a ``take``'s indices, a ``split``'s
     points, a ``strided_slice``'s ``(begin, end, axis)``; None when the call is not a
@@ -74,12 +70,12 @@ def move_data(kind: str, call, axis: int, n: int) -> tuple | None:
         sections = call.attrs.indices_or_sections
         return (tuple(int(i) for i in sections) if hasattr(sections, "__len__") else
                 tuple(n // int(sections) * i for i in range(1, int(sections))))
-    axes = [a % rank for a in _ints(call.args[1])]
+    axes = [a % rank for a in int_values(call.args[1])]
     if axis not in axes:
         return (0, n, axis)  # slices other axes only: all channels pass
     i = axes.index(axis)
-    begin, end = _ints(call.args[2])[i], _ints(call.args[3])[i]
-    step = _ints(call.args[4])[i] if len(call.args) > 4 else 1
+    begin, end = int_values(call.args[2])[i], int_values(call.args[3])[i]
+    step = int_values(call.args[4])[i] if len(call.args) > 4 else 1
     begin, end = (min(max(v + n if v < 0 else v, 0), n) for v in (begin, end))
     return (begin, end, axis) if step == 1 and end > begin else None
 
@@ -117,11 +113,12 @@ def split_classes(raw: RawGroup, layer_names: dict[int, str]) -> list[tuple[Chan
     positions: dict[tuple, dict[int, list[int]]] = {}  # site -> channel -> positions
     signature: list[list] = [list(raw.passes.get(c, ())) for c in range(raw.channels)]
     for kind, ref in raw.refs:
-        site = positions.setdefault(_site(kind, ref), {})
+        key = _site(kind, ref)
+        site = positions.setdefault(key, {})
         for i in range(ref.length):
             c = ref.start + i
             site.setdefault(c, []).append(ref.offset + i)
-            signature[c].append(_site(kind, ref))
+            signature[c].append(key)
     members: dict[tuple, list[int]] = {}
     for c, sig in enumerate(signature):
         members.setdefault(tuple(sorted(sig, key=repr)), []).append(c)
@@ -146,7 +143,8 @@ def _cut(raw: RawGroup, layer_names: dict, positions: dict, classes: list, plain
         params = {r.binding for r in group.params}
         group.depthwise = [b for b in raw.depthwise if b in params]
         readers = sorted({r.binding for r in group.consumers})
-        base = f"{raw.name}>{'+'.join(layer_names.get(b, str(b)) for b in readers) or 'out'}"
+        readers_name = "+".join(layer_names.get(b, str(b)) for b in readers) or "out"
+        base = f"{raw.name}{CLASS_SEP}{readers_name}"
         names[base] = names.get(base, 0) + 1
         group.name = raw.name if plain else (
             base if names[base] == 1 else f"{base}#{names[base]}")

@@ -284,7 +284,10 @@ class _Analysis:
             self.freeze(in_layout, f"{op} of channels other than a selection (unknown, "
                         "repeated or out-of-range indices, or strides)")
             return None
-        copy = [ids[:p].count(ids[p]) for p in range(len(ids))]  # a channel met twice
+        seen, copy = {}, []  # a channel met twice: which copy each position holds
+        for item in ids:
+            copy.append(seen.get(item, 0))
+            seen[item] = copy[-1] + 1
         for site, part in pieces:  # (cat(x, dw(x))): which copy passes, too
             for p in (p for p in part if ids[p] is not None):
                 self.space_info[ids[p][0]]["passes"].setdefault(ids[p][1], []).append(

@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+CLASS_SEP = ">"  # a class's group name: its layer, CLASS_SEP, the layers that read it
+
+
+def layer_of(name: str) -> str:
+    """The layer a group is named after (``conv3`` for the class ``conv3>conv5+conv8``)."""
+    return name.partition(CLASS_SEP)[0]
+
 
 @dataclass(frozen=True)
 class Segment:

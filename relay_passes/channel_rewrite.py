@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdl_tvm.core.relax_utils import main_bindings
+from mdl_tvm.core.relax_utils import int_values, main_bindings
 from relay_passes.channel_layout import WeightRef, unit_columns
 
 
@@ -178,7 +178,7 @@ def _channel_slice(call, data, begin: int, end: int, axis: int):
     from tvm import relax
 
     rank = len(_shape_of(data))
-    parts = [[int(getattr(f, "value", f)) for f in a.fields] for a in call.args[1:]]
+    parts = [int_values(a) for a in call.args[1:]]
     axes = [a % rank for a in parts[0]]
     if axis not in axes:
         return relax.Call(call.op, [data, *call.args[1:]], call.attrs, call.ty_args)

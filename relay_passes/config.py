@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from relay_passes.channel_layout import layer_of
+
 METHODS = ("kmeans", "mask")
 
 
@@ -50,16 +52,15 @@ class CompressConfig:
 
     def ratio_for(self, name: str) -> float:
         """The ratio of group `name`; a class (``conv3>conv5``) follows its layer's."""
-        layer = name.partition(">")[0]
-        return float(self.per_layer.get(name, self.per_layer.get(layer, self.ratio)))
+        return float(self.per_layer.get(name, self.per_layer.get(layer_of(name), self.ratio)))
 
     def skips(self, name: str) -> bool:
         """Whether group `name` (or, for a class ``conv3>conv5``, its layer) is skipped."""
-        return name in self.skip or name.partition(">")[0] in self.skip
+        return name in self.skip or layer_of(name) in self.skip
 
     def check_names(self, known) -> None:
         """Raise ValueError when `per_layer` or `skip` name a layer the model lacks."""
-        known = list(dict.fromkeys([*known, *(n.partition(">")[0] for n in known)]))
+        known = list(dict.fromkeys([*known, *(layer_of(n) for n in known)]))
         unknown = sorted(set(self.per_layer) - set(known) | set(self.skip) - set(known))
         if unknown:
             raise ValueError(

@@ -66,11 +66,11 @@ def kept_columns(item: ConsumerInput, keep: np.ndarray) -> np.ndarray:
     """The current column of `weight_matrix` each column after the commit reads, in the
     new order (kept channel j takes the place of the ref's channel j)."""
     width = weight_matrix(item.spec, item.weight).shape[1]
-    source, alive = np.arange(width), np.ones(width, bool)
+    source, alive, k = np.arange(width), np.ones(width, bool), int(keep.sum())
     for ref in item.refs:
         cols = consumer_columns(ref, item.spec)
-        source[cols[:int(keep.sum())].ravel()] = cols[keep].ravel()
-        alive[cols[int(keep.sum()):].ravel()] = False
+        source[cols[:k].ravel()] = cols[keep].ravel()
+        alive[cols[k:].ravel()] = False
     return source[alive]
 
 

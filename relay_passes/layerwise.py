@@ -71,8 +71,14 @@ from relay_passes.consumer_fit import ConsumerInput, decide
 from relay_passes.ls_recovery import well_posed
 from relay_passes.refit_select import MIN_ROWS_PER_UNKNOWN
 
-__all__ = ["Evidence", "LayerwiseDriver", "graph_order"]
+__all__ = ["Evidence", "LayerwiseDriver", "graph_order", "site_key"]
 OUTPUT = -1  # key of the model output in a probe's values
+
+
+def site_key(places: dict, ref) -> tuple:
+    """``(site binding, channel positions)``: where `collect` measures consumer ref `ref`
+    (`places`: `LayerwiseDriver.places`)."""
+    return places[ref.binding][0], tuple(channel_positions(ref).tolist())
 
 
 def graph_order(graph) -> list[ChannelGroup]:
@@ -215,8 +221,8 @@ class LayerwiseDriver:
         for ref, orig_ref in zip(group.consumers, orig_group.consumers, strict=True):
             if only is not None and ref.binding != only:
                 continue
-            key = (places[ref.binding][0], tuple(channel_positions(ref).tolist()))
-            sites[key] = tuple(channel_positions(orig_ref).tolist())
+            key = site_key(places, ref)
+            sites[key] = site_key(places, orig_ref)[1]  # the same channels, originally
             keys.append(key)
         places = {b: p for b, p in places.items() if only is None or b == only}
         rows = {b: plan for b, (_, src) in places.items()

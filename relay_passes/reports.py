@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass, replace
 
 from mdl_tvm.core.graph_stats import binding_costs
+from relay_passes.channel_layout import CLASS_SEP
 from relay_passes.config import CompressConfig
 
 
@@ -65,7 +66,7 @@ def report_frozen(graph, config: CompressConfig) -> list[GroupReport]:
 
 
 def _layer_order(name: str):
-    layer, _, reader = name.partition(">")  # a class: its layer, then by readers
+    layer, _, reader = name.partition(CLASS_SEP)  # a class: its layer, then by readers
     kind = layer.rstrip("0123456789")
     return (kind != "conv", int(layer[len(kind):] or 0), reader)
 

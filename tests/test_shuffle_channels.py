@@ -14,6 +14,7 @@ import torch
 from helpers import host_fn, prepared, relax_module
 
 from mdl_tvm import families
+from mdl_tvm.core.numerics import relative_error
 from mdl_tvm.core.relax_utils import bound_constants
 from relay_passes import CompressConfig, KMeansChannelClustering, MaskPruning, RecoveryConfig
 from relay_passes.channel_classes import Move, moved_attrs
@@ -108,23 +109,21 @@ def _with_rows(mod, change):
     return rewrite(mod, [], replace=new), graph
 
 
-def _relative(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+def _pair(moved, rows):
+    """Channel 2i + 1 of a ref repeats channel 2i (an exact k-means merge exists)."""
+    for i in range(1, len(rows), 2):
+        moved[rows[i]] = moved[rows[i - 1]]
 
 
 def test_kmeans_merges_duplicated_channels_exactly_through_the_shuffles(shufflenet):
-    def pair(moved, rows):  # channel 2i + 1 repeats channel 2i
-        for i in range(1, len(rows), 2):
-            moved[rows[i]] = moved[rows[i - 1]]
-
-    mod, graph = _with_rows(shufflenet, pair)
+    mod, graph = _with_rows(shufflenet, _pair)
     small = KMeansChannelClustering(CompressConfig(ratio=0.5))(mod)
     after = analyze(small)
     for name, group in graph.groups.items():
         if group.prunable:
             assert after.groups[name].channels == group.channels // 2, name
     x = np.random.default_rng(0).normal(size=SHAPE).astype("float32")
-    assert _relative(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
+    assert relative_error(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
 
 
 def test_mask_pruning_removes_dead_channels_exactly_through_the_shuffles(shufflenet):
@@ -140,18 +139,14 @@ def test_mask_pruning_removes_dead_channels_exactly_through_the_shuffles(shuffle
             keep = pruner.masks[name]
             assert keep.tolist() == [i % 2 == 0 for i in range(group.channels)], name
     x = np.random.default_rng(1).normal(size=SHAPE).astype("float32")
-    assert _relative(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
+    assert relative_error(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
 
 
 @pytest.mark.slow
 def test_kmeans_with_data_stays_exact_through_the_shuffles(shufflenet):
     """The data-aware path (group-by-group driver, site statistics at scattered channel
     positions, consumer refits) on the same duplicated channels: still exact."""
-    def pair(moved, rows):
-        for i in range(1, len(rows), 2):
-            moved[rows[i]] = moved[rows[i - 1]]
-
-    mod, _ = _with_rows(shufflenet, pair)
+    mod, _ = _with_rows(shufflenet, _pair)
     # 32 samples: enough rows (4x4 maps) for every consumer's regression to be posed
     calibration = np.random.default_rng(2).normal(size=(32, *SHAPE[1:])).astype("float32")
     pruner = KMeansChannelClustering(CompressConfig(ratio=0.5), calibration=calibration)
@@ -160,7 +155,7 @@ def test_kmeans_with_data_stays_exact_through_the_shuffles(shufflenet):
     assert all(choice == "compensation" for group in pruner.choices.values()
                for choice, _ in group.values())
     x = np.random.default_rng(3).normal(size=SHAPE).astype("float32")
-    assert _relative(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
+    assert relative_error(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
 
 
 def test_a_layer_name_in_the_config_applies_to_its_classes(shufflenet):
@@ -223,11 +218,7 @@ def test_kmeans_through_a_channel_slice_is_exact_on_duplicated_channels(cut):
     assert any(m.kind == "strided_slice" for m in graph.moves.values())
     assert all(g.prunable for n, g in graph.groups.items() if n.startswith("conv0"))
 
-    def pair(moved, rows):
-        for i in range(1, len(rows), 2):
-            moved[rows[i]] = moved[rows[i - 1]]
-
-    mod, graph = _with_rows(mod, pair)
+    mod, graph = _with_rows(mod, _pair)
     small = KMeansChannelClustering(CompressConfig(ratio=0.5))(mod)
     classes = [g.channels for n, g in graph.groups.items() if n.startswith("conv0")]
     if cut == slice(3, -3):  # 0-2 read through the cheap conv only, 5-7 directly only
@@ -235,7 +226,7 @@ def test_kmeans_through_a_channel_slice_is_exact_on_duplicated_channels(cut):
     assert sum(g.channels for n, g in analyze(small).groups.items()
                if n.startswith("conv0")) == sum(kept_channels(c, 0.5) for c in classes) < 8
     x = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype("float32")
-    assert _relative(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
+    assert relative_error(host_fn(small)(x), host_fn(mod)(x)) < 1e-5
 
 
 def test_an_onnx_shufflenet_compiles_and_compresses_through_its_slices(tmp_path):
@@ -250,7 +241,7 @@ def test_an_onnx_shufflenet_compiles_and_compresses_through_its_slices(tmp_path)
     torch.onnx.export(model, (x,), str(path), dynamo=False)
     base = mdl_tvm.compile(str(path), "host")
     want = model(x).detach().numpy()
-    assert _relative(np.asarray(base.run(x.numpy())[0]), want) < 1e-5
+    assert relative_error(np.asarray(base.run(x.numpy())[0]), want) < 1e-5
     small = mdl_tvm.compile(str(path), "host", compress="kmeans:0.5")
     assert small.stats.macs / base.stats.macs < 0.4  # 0.376: every class halved
     assert [r["name"] for r in small.compression

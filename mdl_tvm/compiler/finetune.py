@@ -265,10 +265,11 @@ def masked_finetune(model, config: FinetuneConfig | None = None, log=print, *,
     tensors = {name: torch.ones(c) for name, c, _, _ in groups}
 
     def hook_for(name, i, layer):
+        index = torch.from_numpy(channel_rows(layer.ref))  # the layer's input columns
+
         def hook(module, inputs):
             x = inputs[0]
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            index = torch.from_numpy(channel_rows(layer.ref))
             seg = x.index_select(1, index)
             seen = seg.detach().abs().reshape(len(x), layer.length, -1).mean(dim=(0, 2))
             usage[(name, i)] = 0.9 * usage[(name, i)] + 0.1 * seen.numpy()

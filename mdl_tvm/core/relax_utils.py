@@ -107,6 +107,12 @@ def flatten_outputs(value) -> list[np.ndarray]:
     raise TypeError(f"unexpected VM output of type {type(value).__name__}")
 
 
+def int_values(expr) -> list[int]:
+    """The integers of a Relax tuple of immediates (``strided_slice``'s axes / begin / end)
+    or of a plain sequence."""
+    return [int(getattr(f, "value", f)) for f in getattr(expr, "fields", expr)]
+
+
 def constant_value(arg) -> np.ndarray | None:
     """A call argument as numpy when it is a constant: a tensor constant, or a scalar
     immediate such as an epsilon (``T.float32(1e-05)``); None for anything else."""
